@@ -1,0 +1,46 @@
+"""tokencache: a cluster cache for asyncio services, after Google's groupcache.
+
+Every process of an application is a peer. A consistent-hash ring names one owner per key; a miss
+anywhere is loaded once, by the owner, and shared; values carry a TTL::
+
+    ws = tokencache.Workspace(self_url="http://10.0.0.1:5000")
+    ws.set_peers(["http://10.0.0.1:5000", "http://10.0.0.2:5000"])
+    group = ws.new_group("thumbnails", max_bytes=64 << 20, loader=load)
+    value = await group.get(key)
+"""
+
+from ._bridge import BackgroundLoop
+from ._clock import Clock, MonotonicClock
+from ._errors import Declined, InvalidArgument, NotFound, PeerError, TokenCacheError
+from ._group import Entry, Group, Loader
+from ._lru import CacheStats, LRUCache
+from ._metrics import GroupcacheCollector
+from ._ring import Ring
+from ._singleflight import SingleFlight
+from ._stats import GroupStats, ServerStats
+from ._transport import HttpTransport, PeerTransport
+from ._workspace import Workspace
+
+__all__ = [
+    "BackgroundLoop",
+    "CacheStats",
+    "Clock",
+    "Declined",
+    "Entry",
+    "Group",
+    "GroupStats",
+    "GroupcacheCollector",
+    "HttpTransport",
+    "InvalidArgument",
+    "LRUCache",
+    "Loader",
+    "MonotonicClock",
+    "NotFound",
+    "PeerError",
+    "PeerTransport",
+    "Ring",
+    "ServerStats",
+    "SingleFlight",
+    "TokenCacheError",
+    "Workspace",
+]

@@ -1,0 +1,82 @@
+"""Prometheus metrics for the engine, with golang/groupcache_exporter's names and labels.
+
+The collector reads the plain-int counters at scrape time; nothing is updated per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ._workspace import Workspace
+
+_GROUP_COUNTERS = (
+    ("gets", "gets", "Count of cache gets (including from peers, from either main or hot caches)"),
+    ("hits", "cache_hits", "Count of cache hits (from either main or hot caches)"),
+    ("peer_loads", "peer_loads", "Count of non-error loads or cache hits from peers (remote load)"),
+    ("peer_errors", "peer_errors", "Count of errors from peers"),
+    ("loads", "loads", "Count of gets that missed both caches (before singleflight)"),
+    ("loads_deduped", "loads_deduped", "Count of loads after singleflight"),
+    ("local_load", "local_loads", "Count of loads from the local loader (successful or not)"),
+    ("local_load_errs", "local_load_errs", "Count of loader errors"),
+    ("server_requests", "server_requests", "Count of gets received from peers"),
+    (
+        "crosstalk_refusals",
+        "crosstalk_refusals",
+        "Count of peer requests for keys this process does not own, loaded here, not forwarded",
+    ),
+)
+
+_CACHE_COUNTERS = (
+    ("gets", "Count of cache gets"),
+    ("hits", "Count of cache hits"),
+    ("evictions", "Count of cache evictions"),
+    ("evictions_nonexpired", "Count of evictions of entries that had not expired"),
+)
+
+
+class GroupcacheCollector(Collector):
+    """Exposes every group of a workspace as ``[namespace_]groupcache_*`` metrics."""
+
+    def __init__(self, workspace: Workspace, namespace: str = "") -> None:
+        self._ws = workspace
+        self._prefix = f"{namespace}_groupcache_" if namespace else "groupcache_"
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: the families are built at collect time."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Build the metric families from the current counters."""
+        p = self._prefix
+        groups = sorted(self._ws.groups.values(), key=lambda g: g.name)
+        for metric, attr, doc in _GROUP_COUNTERS:
+            family = CounterMetricFamily(p + metric, doc, labels=["group"])
+            for group in groups:
+                family.add_metric([group.name], getattr(group.stats, attr))
+            yield family
+        slowest = GaugeMetricFamily(
+            p + "get_from_peers_latency_slowest_milliseconds",
+            "Slowest get from a peer, in milliseconds",
+            labels=["group"],
+        )
+        for group in groups:
+            slowest.add_metric([group.name], group.stats.get_from_peers_latency_slowest_ms)
+        yield slowest
+        cache_bytes = GaugeMetricFamily(p + "cache_bytes", "Bytes held", labels=["group", "type"])
+        cache_items = GaugeMetricFamily(p + "cache_items", "Items held", labels=["group", "type"])
+        counters = {
+            name: CounterMetricFamily(p + "cache_" + name, doc, labels=["group", "type"])
+            for name, doc in _CACHE_COUNTERS
+        }
+        for group in groups:
+            for kind, cache in (("main", group.main_cache), ("hot", group.hot_cache)):
+                cache_bytes.add_metric([group.name, kind], cache.bytes)
+                cache_items.add_metric([group.name, kind], len(cache))
+                for name, _ in _CACHE_COUNTERS:
+                    counters[name].add_metric([group.name, kind], getattr(cache.stats, name))
+        yield cache_bytes
+        yield cache_items
+        yield from counters.values()

@@ -1,0 +1,36 @@
+"""Counters of a group, named after golang/groupcache's ``Stats``. Plain ints, read at scrape time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class GroupStats:
+    """Per-group counters.
+
+    ``loads`` counts gets that missed both caches (before deduplication); ``loads_deduped`` counts
+    the loads that actually ran after singleflight (groupcache's meaning of the two names).
+    ``crosstalk_refusals`` counts peer requests for keys this process does not own, which it loads
+    itself instead of forwarding again (a request from a peer is never forwarded).
+    """
+
+    gets: int = 0
+    cache_hits: int = 0
+    peer_loads: int = 0
+    peer_errors: int = 0
+    loads: int = 0
+    loads_deduped: int = 0
+    local_loads: int = 0
+    local_load_errs: int = 0
+    server_requests: int = 0
+    crosstalk_refusals: int = 0
+    get_from_peers_latency_slowest_ms: float = 0.0
+
+
+@dataclass
+class ServerStats:
+    """Counters of the peer server shared by all groups."""
+
+    unauthorized: int = 0
+    bad_requests: int = 0

@@ -1,0 +1,162 @@
+"""How a process talks to its peers: the transport protocol and its HTTP implementation.
+
+The core never imports the HTTP client; a :class:`PeerTransport` is injected (galaxycache's
+``FetchProtocol``). The default is :class:`HttpTransport`: one pooled aiohttp session, a timeout per
+request, requests signed when a peer secret is set, and every failure turned into ``PeerError``
+(or ``NotFound``/``Declined`` when the owner said so) at this one boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import aiohttp
+
+from . import _protocol as wire
+from ._errors import Declined, NotFound, PeerError
+from ._signing import Signer
+
+
+class PeerTransport(Protocol):
+    """Carries get and remove requests to one peer, named by its base URL."""
+
+    async def fetch(
+        self,
+        peer: str,
+        group: str,
+        key: str,
+        *,
+        min_ttl: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[bytes, float | None]:
+        """Ask ``peer`` for ``key``; return the value and its remaining TTL (``None``: no expiry).
+
+        Raises ``NotFound`` or ``Declined`` when the owner answered so, ``PeerError`` otherwise.
+        """
+        ...
+
+    async def remove(
+        self,
+        peer: str,
+        group: str,
+        key: str,
+        *,
+        if_digest: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Ask ``peer`` to drop ``key`` (only where its value has ``if_digest``, when given)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class HttpTransport:
+    """The peer protocol over HTTP/1.1 with a pooled aiohttp client."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 2.0,
+        secret: bytes | str | None = None,
+        max_value_bytes: int = 64 << 20,
+        connections_per_peer: int = 64,
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._signer = Signer(secret) if secret else None
+        self._max_value_bytes = max_value_bytes
+        self._connections_per_peer = connections_per_peer
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=0, limit_per_host=self._connections_per_peer, keepalive_timeout=30
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, auto_decompress=False
+            )
+        return self._session
+
+    def _headers(self, path: str, body: bytes, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = dict(extra or {})
+        headers["Content-Type"] = "application/octet-stream"
+        if self._signer is not None:
+            headers.update(self._signer.headers("POST", path, body))
+        return headers
+
+    async def _post(
+        self, peer: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        try:
+            async with self._client().post(peer + path, data=body, headers=headers) as resp:
+                length = resp.content_length
+                if length is not None and length > self._max_value_bytes:
+                    raise PeerError(peer, "answer larger than the value limit")
+                data = await resp.content.read(self._max_value_bytes + 1)
+                if len(data) > self._max_value_bytes:
+                    raise PeerError(peer, "answer larger than the value limit")
+                return resp.status, resp.headers, data
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise PeerError(peer, type(exc).__name__) from exc
+
+    async def fetch(
+        self,
+        peer: str,
+        group: str,
+        key: str,
+        *,
+        min_ttl: float = 0.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[bytes, float | None]:
+        """See :meth:`PeerTransport.fetch`."""
+        path = wire.path(group, wire.GET_OP)
+        body = wire.encode_key(key)
+        extra = dict(headers or {})
+        if min_ttl > 0:
+            extra[wire.MIN_TTL_HEADER] = f"{min_ttl:.3f}"
+        status, resp_headers, data = await self._post(
+            peer, path, body, self._headers(path, body, extra)
+        )
+        if status == 200:
+            try:
+                ttl = wire.parse_seconds(resp_headers.get(wire.TTL_HEADER), wire.TTL_HEADER)
+            except wire.ProtocolError as exc:
+                raise PeerError(peer, str(exc)) from exc
+            return data, ttl
+        code = resp_headers.get(wire.ERROR_HEADER, "")
+        if code == "not-found":
+            raise NotFound(key)
+        if code == "declined":
+            raise Declined(f"peer {peer} declined")
+        raise PeerError(peer, f"HTTP {status} {code}".strip())
+
+    async def remove(
+        self,
+        peer: str,
+        group: str,
+        key: str,
+        *,
+        if_digest: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """See :meth:`PeerTransport.remove`."""
+        path = wire.path(group, wire.REMOVE_OP)
+        body = wire.encode_key(key)
+        extra = dict(headers or {})
+        if if_digest is not None:
+            extra[wire.IF_DIGEST_HEADER] = if_digest
+        status, resp_headers, _ = await self._post(
+            peer, path, body, self._headers(path, body, extra)
+        )
+        if status != 200:
+            code = resp_headers.get(wire.ERROR_HEADER, "")
+            raise PeerError(peer, f"HTTP {status} {code}".strip())
+
+    async def close(self) -> None:
+        """Close the pooled session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
