@@ -1,0 +1,247 @@
+"""Several workspaces in one process wired by the in-process transport (no sockets, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+
+import tokencache
+from tokencache import Declined, Entry, InvalidArgument, NotFound, Workspace
+from tokencache.testing import FakeClock, LocalTransport
+
+URLS = ["http://a:1", "http://b:1", "http://c:1"]
+
+
+class Cluster:
+    def __init__(
+        self, loader_factory=None, *, hot_probability: float = 0.0, ttl: float | None = 60
+    ):
+        self.clock = FakeClock()
+        self.transport = LocalTransport()
+        self.loads: Counter[str] = Counter()
+        self.gate: asyncio.Event | None = None
+        self.ttl = ttl
+        self.ws: dict[str, Workspace] = {}
+        for url in URLS:
+            ws = Workspace(url, clock=self.clock, transport=self.transport, rng=random.Random(1))
+            ws.set_peers(URLS)
+            loader = loader_factory(url) if loader_factory else self._loader(url)
+            ws.new_group("g", 1 << 20, loader, hot_probability=hot_probability)
+            self.transport.register(url, ws)
+            self.ws[url] = ws
+
+    def _loader(self, url: str):
+        async def load(key: str) -> Entry:
+            self.loads[url] += 1
+            if self.gate is not None:
+                await self.gate.wait()
+            return Entry(f"{key}@{self.loads.total()}".encode(), self.ttl)
+
+        return load
+
+    def group(self, url: str) -> tokencache.Group:
+        group = self.ws[url].get_group("g")
+        assert group is not None
+        return group
+
+    def owner_of(self, key: str) -> str:
+        return self.ws[URLS[0]].owner(key) or URLS[0]
+
+
+async def test_one_load_for_the_whole_cluster_by_the_owner() -> None:
+    cluster = Cluster()
+    cluster.gate = asyncio.Event()
+    key = "thumb/42?size=large"
+    tasks = [asyncio.create_task(cluster.group(URLS[i % 3]).get(key)) for i in range(300)]
+    await asyncio.sleep(0)
+    cluster.gate.set()
+    values = await asyncio.gather(*tasks)
+    assert len(set(values)) == 1
+    assert cluster.loads == Counter({cluster.owner_of(key): 1})
+    non_owners = [u for u in URLS if u != cluster.owner_of(key)]
+    for url in non_owners:
+        assert cluster.group(url).stats.peer_loads == 1
+
+
+async def test_expired_values_are_reloaded_once() -> None:
+    cluster = Cluster(ttl=10)
+    first = await cluster.group(URLS[0]).get("k")
+    assert await cluster.group(URLS[1]).get("k") == first
+    cluster.clock.advance(10.5)
+    second = await cluster.group(URLS[2]).get("k")
+    assert second != first
+    assert cluster.loads.total() == 2
+
+
+async def test_dead_owner_never_fails_the_caller() -> None:
+    cluster = Cluster()
+    key = next(k for k in (f"k{i}" for i in range(100)) if cluster.owner_of(k) == URLS[1])
+    cluster.transport.down.add(URLS[1])
+    value = await cluster.group(URLS[0]).get(key)
+    assert value.startswith(key.encode())
+    assert cluster.group(URLS[0]).stats.peer_errors == 1
+    assert cluster.loads[URLS[0]] == 1
+
+
+async def test_not_found_reaches_caller_and_is_not_retried_locally() -> None:
+    def factory(url: str):
+        async def load(key: str) -> Entry:
+            calls[url] += 1
+            raise NotFound(key)
+
+        return load
+
+    calls: Counter[str] = Counter()
+    cluster = Cluster(factory)
+    key = next(k for k in (f"k{i}" for i in range(100)) if cluster.owner_of(k) == URLS[2])
+    with pytest.raises(NotFound):
+        await cluster.group(URLS[0]).get(key)
+    assert calls == Counter({URLS[2]: 1})
+
+
+async def test_declined_owner_makes_the_caller_load_itself() -> None:
+    def factory(url: str):
+        async def load(key: str) -> Entry:
+            calls[url] += 1
+            if url == URLS[1]:
+                raise Declined("no credentials here")
+            return Entry(url.encode(), 60)
+
+        return load
+
+    calls: Counter[str] = Counter()
+    cluster = Cluster(factory)
+    key = next(k for k in (f"k{i}" for i in range(100)) if cluster.owner_of(k) == URLS[1])
+    assert await cluster.group(URLS[0]).get(key) == URLS[0].encode()
+    assert calls == Counter({URLS[1]: 1, URLS[0]: 1})
+    assert cluster.group(URLS[0]).stats.peer_errors == 0
+
+
+async def test_loader_error_reaches_every_waiter_and_is_not_cached() -> None:
+    failing = True
+    gate = asyncio.Event()
+
+    def factory(url: str):
+        async def load(key: str) -> Entry:
+            calls[url] += 1
+            await gate.wait()
+            if failing:
+                raise RuntimeError("backend down")
+            return Entry(b"ok", 60)
+
+        return load
+
+    calls: Counter[str] = Counter()
+    cluster = Cluster(factory)
+    key = next(k for k in (f"k{i}" for i in range(100)) if cluster.owner_of(k) == URLS[0])
+    tasks = [asyncio.create_task(cluster.group(URLS[0]).get(key)) for _ in range(20)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert calls[URLS[0]] == 1
+    assert cluster.group(URLS[0]).stats.local_load_errs == 1
+    failing = False
+    assert await cluster.group(URLS[0]).get(key) == b"ok"
+
+
+async def test_rings_that_disagree_never_wait_on_each_other() -> None:
+    cluster = Cluster()
+    # a thinks b owns everything, b thinks a owns everything: requests from a peer are not forwarded.
+    cluster.ws[URLS[0]].set_peers([URLS[1]])
+    cluster.ws[URLS[1]].set_peers([URLS[0]])
+    values = await asyncio.wait_for(
+        asyncio.gather(*(cluster.group(URLS[i % 2]).get(f"k{i % 5}") for i in range(40))), timeout=5
+    )
+    assert len(values) == 40
+    assert cluster.group(URLS[1]).stats.crosstalk_refusals >= 1
+
+
+async def test_cancelled_caller_does_not_cancel_the_cluster_load() -> None:
+    cluster = Cluster()
+    cluster.gate = asyncio.Event()
+    key = "k"
+    first = asyncio.create_task(cluster.group(URLS[0]).get(key))
+    second = asyncio.create_task(cluster.group(URLS[0]).get(key))
+    await asyncio.sleep(0)
+    first.cancel()
+    cluster.gate.set()
+    assert (await second).startswith(b"k@")
+    assert cluster.loads.total() == 1
+
+
+async def test_hot_copies_end_with_the_owners_remaining_ttl() -> None:
+    cluster = Cluster(hot_probability=1.0, ttl=10)
+    key = next(k for k in (f"k{i}" for i in range(100)) if cluster.owner_of(k) == URLS[1])
+    await cluster.group(URLS[1]).get(key)
+    cluster.clock.advance(6)
+    await cluster.group(URLS[0]).get(key)  # fetched with 4 s left, kept hot
+    assert cluster.group(URLS[0]).peek(key) is not None
+    cluster.clock.advance(4.01)
+    assert cluster.group(URLS[0]).peek(key) is None
+
+
+async def test_ttl_zero_reaches_waiters_but_is_stored_nowhere() -> None:
+    cluster = Cluster(ttl=0)
+    await cluster.group(URLS[0]).get("k")
+    await cluster.group(URLS[0]).get("k")
+    assert cluster.loads.total() == 2
+    assert all(cluster.group(u).peek("k") is None for u in URLS)
+
+
+async def test_remove_owner_first_then_hot_copies_and_compare_and_invalidate() -> None:
+    cluster = Cluster(hot_probability=1.0)
+    key = next(k for k in (f"k{i}" for i in range(100)) if cluster.owner_of(k) == URLS[2])
+    old = await cluster.group(URLS[0]).get(key)
+    assert cluster.group(URLS[0]).peek(key) == old  # hot copy
+    await cluster.group(URLS[1]).remove(key, if_value=b"not the value")
+    assert cluster.group(URLS[2]).peek(key) == old
+    await cluster.group(URLS[1]).remove(key, if_value=old)
+    assert all(cluster.group(u).peek(key) is None for u in URLS)
+    new = await cluster.group(URLS[0]).get(key)
+    assert new != old
+    await cluster.group(URLS[0]).remove(key)
+    assert all(cluster.group(u).peek(key) is None for u in URLS)
+
+
+async def test_min_ttl_reloads_once_on_the_owner() -> None:
+    cluster = Cluster(ttl=100)
+    first = await cluster.group(URLS[0]).get("tok")
+    cluster.clock.advance(90)
+    assert await cluster.group(URLS[1]).get("tok") == first  # 10 s left is fine for a plain get
+    refreshed = await asyncio.gather(*(cluster.group(u).get("tok", min_ttl=20) for u in URLS * 5))
+    assert len(set(refreshed)) == 1 and refreshed[0] != first
+    assert cluster.loads.total() == 2
+    assert await cluster.group(URLS[2]).get("tok") == refreshed[0]
+
+
+async def test_bad_keys_and_groups_are_refused_clearly() -> None:
+    cluster = Cluster()
+    ws = cluster.ws[URLS[0]]
+    with pytest.raises(InvalidArgument):
+        await cluster.group(URLS[0]).get("x" * (ws.max_key_bytes + 1))
+    with pytest.raises(InvalidArgument):
+        await cluster.group(URLS[0]).get("\ud800")
+    with pytest.raises(InvalidArgument):
+        ws.new_group("g", 1, cluster._loader(URLS[0]))
+    with pytest.raises(InvalidArgument):
+        ws.new_group("bad/name", 1, cluster._loader(URLS[0]))
+    assert await cluster.group(URLS[0]).get("") is not None  # the empty key is a key
+
+
+async def test_byte_budget_bounds_main_plus_hot() -> None:
+    clock = FakeClock()
+    ws = Workspace("", clock=clock)
+
+    async def load(key: str) -> Entry:
+        return Entry(b"x" * 1000, None)
+
+    group = ws.new_group("g", 50_000, load)
+    for i in range(500):
+        await group.get(f"k{i}")
+    assert group.main_cache.bytes + group.hot_cache.bytes <= 50_000
+    assert group.main_cache.stats.evictions > 0
+    assert group.peek("k499") is not None

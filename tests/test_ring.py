@@ -1,0 +1,70 @@
+"""The consistent-hash ring: balance, stability under membership change, determinism."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from tokencache import Ring
+
+
+def _peers(rng: random.Random, n: int) -> list[str]:
+    return [
+        f"http://10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}:5000"
+        for _ in range(n)
+    ]
+
+
+KEYS = [f"key-{i}" for i in range(10_000)]
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.parametrize("seed", range(8))
+def test_keys_spread_within_15_percent_of_even(n: int, seed: int) -> None:
+    ring = Ring(_peers(random.Random(seed), n))  # defaults: 50 replicas
+    counts = Counter(ring.owner(k) for k in KEYS)
+    even = len(KEYS) / n
+    assert set(counts) == set(ring.peers)
+    for peer, count in counts.items():
+        assert abs(count - even) / even <= 0.15, (peer, count, even)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_adding_a_peer_moves_only_about_one_nth_and_only_to_it(seed: int) -> None:
+    peers = _peers(random.Random(seed), 4)
+    before = Ring(peers)
+    newcomer = "http://192.0.2.10:5000"
+    after = Ring([*peers, newcomer])
+    moved = [k for k in KEYS if before.owner(k) != after.owner(k)]
+    assert all(after.owner(k) == newcomer for k in moved)
+    share = len(moved) / len(KEYS)
+    assert 0.5 / 5 <= share <= 1.5 / 5
+
+
+def test_removing_a_peer_moves_only_its_keys() -> None:
+    peers = _peers(random.Random(99), 5)
+    before = Ring(peers)
+    gone = peers[2]
+    after = Ring([p for p in peers if p != gone])
+    for k in KEYS[:3000]:
+        if before.owner(k) != gone:
+            assert after.owner(k) == before.owner(k)
+
+
+def test_same_list_same_owners_in_any_order() -> None:
+    peers = _peers(random.Random(7), 6)
+    a, b = Ring(peers), Ring(list(reversed(peers)))
+    assert all(a.owner(k) == b.owner(k) for k in KEYS[:2000])
+
+
+def test_edge_cases() -> None:
+    assert Ring([]).owner("x") is None
+    assert Ring(["only"]).owner("anything") == "only"
+    assert Ring(["a", "b"]).owner("") in {"a", "b"}
+    assert Ring(["a", "b"]).owner("ünïcode ✓") in {"a", "b"}
+    with pytest.raises(ValueError, match="replicas"):
+        Ring(["a"], replicas=0)
+    with pytest.raises(ValueError, match="probes"):
+        Ring(["a"], probes=9)
