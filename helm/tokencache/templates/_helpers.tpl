@@ -1,0 +1,136 @@
+{{/*
+Names. Kubernetes names are limited to 63 characters (DNS labels).
+*/}}
+{{- define "tokencache.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tokencache.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tokencache.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels. The instance label scopes every selector (Deployment, Service, PDB,
+NetworkPolicy, peer discovery) to one release: two releases in a namespace must never
+join one hash ring.
+*/}}
+{{- define "tokencache.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tokencache.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tokencache.labels" -}}
+helm.sh/chart: {{ include "tokencache.chart" . }}
+{{ include "tokencache.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+The same selector as a Kubernetes label-selector string (KUBEGROUP_LABEL_SELECTOR).
+*/}}
+{{- define "tokencache.selectorString" -}}
+{{- $pairs := list }}
+{{- range $k, $v := (include "tokencache.selectorLabels" . | fromYaml) }}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
+{{- define "tokencache.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tokencache.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret and key GROUPCACHE_PEER_SECRET is read from: the operator's Secret when it
+names a key, otherwise the one this chart generates.
+*/}}
+{{- define "tokencache.peerSecretName" -}}
+{{- if and .Values.secrets.existingSecret .Values.secrets.peerSecretKey }}
+{{- .Values.secrets.existingSecret }}
+{{- else }}
+{{- printf "%s-peer" (include "tokencache.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "tokencache.peerSecretKey" -}}
+{{- if and .Values.secrets.existingSecret .Values.secrets.peerSecretKey }}
+{{- .Values.secrets.peerSecretKey }}
+{{- else }}
+{{- "GROUPCACHE_PEER_SECRET" }}
+{{- end }}
+{{- end }}
+
+{{- define "tokencache.generatePeerSecret" -}}
+{{- not (and .Values.secrets.existingSecret .Values.secrets.peerSecretKey) }}
+{{- end }}
+
+{{/*
+The environment the chart owns: ports, paths and discovery must agree with the
+declared container ports and probes, so they are derived from values and never
+taken from configMapProperties.
+*/}}
+{{- define "tokencache.managedConfig" -}}
+LISTEN_ADDR: {{ printf ":%v" .Values.service.targetPort | quote }}
+GROUPCACHE_PORT: {{ printf ":%v" .Values.peer.port | quote }}
+HEALTH_ADDR: {{ printf ":%v" .Values.podHealthCheck.port | quote }}
+HEALTH_PATH: {{ .Values.podHealthCheck.path | quote }}
+READY_PATH: {{ .Values.podHealthCheck.readyPath | quote }}
+METRICS_ADDR: {{ printf ":%v" .Values.metrics.port | quote }}
+METRICS_PATH: {{ .Values.metrics.path | quote }}
+PEER_DISCOVERY: "kubernetes"
+KUBEGROUP_LABEL_SELECTOR: {{ include "tokencache.selectorString" . | quote }}
+SHUTDOWN_TIMEOUT: {{ printf "%vs" .Values.shutdown.timeoutSeconds | quote }}
+{{- with .Values.secretRoleArn }}
+SECRET_ROLE_ARN: {{ . | quote }}
+{{- end }}
+{{- with .Values.oauth2.tokenUrl }}
+OAUTH2_TOKEN_URL: {{ . | quote }}
+{{- end }}
+{{- with .Values.oauth2.clientId }}
+OAUTH2_CLIENT_ID: {{ . | quote }}
+{{- end }}
+{{- with .Values.oauth2.scope }}
+OAUTH2_SCOPE: {{ . | quote }}
+{{- end }}
+{{- with .Values.oauth2.authMethod }}
+OAUTH2_AUTH_METHOD: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Keys that must not come from configMapProperties: the managed ones, the env the pod
+spec sets (POD_IP, secrets), and the settings that would break discovery.
+*/}}
+{{- define "tokencache.reservedKeys" -}}
+{{- $keys := keys (include "tokencache.managedConfig" . | fromYaml) }}
+{{- $keys = concat $keys (list "POD_IP" "GROUPCACHE_PEER_SECRET" "GROUPCACHE_PEERS" "GROUPCACHE_SELF_URL" "SECRET_ROLE_ARN" "OAUTH2_TOKEN_URL" "OAUTH2_CLIENT_ID" "OAUTH2_SCOPE" "OAUTH2_AUTH_METHOD") }}
+{{- if and .Values.secrets.existingSecret .Values.secrets.oauth2ClientSecretKey }}
+{{- $keys = append $keys "OAUTH2_CLIENT_SECRET" }}
+{{- end }}
+{{- toJson (uniq $keys) }}
+{{- end }}
+
+{{/*
+The grace period: preStop sleep + drain + margin, or an explicit larger value.
+*/}}
+{{- define "tokencache.gracePeriod" -}}
+{{- add .Values.shutdown.preStopSleepSeconds .Values.shutdown.timeoutSeconds .Values.shutdown.marginSeconds }}
+{{- end }}
