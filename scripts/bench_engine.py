@@ -56,8 +56,15 @@ async def remote_gets(samples: int = 3000) -> tuple[float, float]:
     port, control = free_port(), free_port()
     owner_url = f"http://127.0.0.1:{port}"
     proc = Process.python(
-        "tests.support.engine_peer", "--port", str(port), "--control-port", str(control),
-        "--peers", owner_url, "--secret", "bench-secret",
+        "tests.support.engine_peer",
+        "--port",
+        str(port),
+        "--control-port",
+        str(control),
+        "--peers",
+        owner_url,
+        "--secret",
+        "bench-secret",
     )
     try:
         wait_http(f"http://127.0.0.1:{control}/stats", proc=proc)
@@ -91,8 +98,17 @@ async def herd(n: int = 1000) -> int:
     urls = ",".join(f"http://127.0.0.1:{p}" for p, _ in ports)
     procs = [
         Process.python(
-            "tests.support.engine_peer", "--port", str(p), "--control-port", str(c),
-            "--peers", urls, "--load-delay", "0.2", "--secret", "bench-secret",
+            "tests.support.engine_peer",
+            "--port",
+            str(p),
+            "--control-port",
+            str(c),
+            "--peers",
+            urls,
+            "--load-delay",
+            "0.2",
+            "--secret",
+            "bench-secret",
         )
         for p, c in ports
     ]
@@ -111,7 +127,7 @@ async def herd(n: int = 1000) -> int:
             assert set(statuses) == {200}, statuses
         runs = 0
         for _, c in ports:
-            with urllib.request.urlopen(f"http://127.0.0.1:{c}/stats") as resp:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{c}/stats") as resp:
                 runs += json.loads(resp.read())["loader_runs"]
         return runs
     finally:
@@ -120,7 +136,7 @@ async def herd(n: int = 1000) -> int:
 
 
 def memory_child(entries: int) -> None:
-    """In a fresh interpreter: RSS growth for ``entries`` × 1 KiB against the counted bytes."""
+    """In a fresh interpreter: RSS growth for ``entries`` x 1 KiB against the counted bytes."""
 
     async def run() -> tuple[int, int]:
         ws = tokencache.Workspace("")
@@ -140,9 +156,11 @@ def memory_child(entries: int) -> None:
 
 
 def memory(entries: int) -> tuple[float, float, float]:
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(
         [sys.executable, "-m", "scripts.bench_engine", "--memory-child", str(entries)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     data = json.loads(out.strip().splitlines()[-1])
     return data["rss"] / entries, data["counted"] / entries, data["rss"] / data["counted"]
@@ -163,8 +181,11 @@ def main() -> None:
     for entries in (10_000, 100_000):
         rss, counted, ratio = memory(entries)
         rows.append(
-            (f"RSS per entry, {entries:,} x 1 KiB", f"{rss:,.0f} B vs {counted:,.0f} B counted",
-             f"ratio {ratio:.2f} (target <= 2)")
+            (
+                f"RSS per entry, {entries:,} x 1 KiB",
+                f"{rss:,.0f} B vs {counted:,.0f} B counted",
+                f"ratio {ratio:.2f} (target <= 2)",
+            )
         )
     width = max(len(r[0]) for r in rows)
     print(f"| {'measure'.ljust(width)} | result | target |")
