@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install tools demo test lint typecheck pytest bench chaos clean
+.PHONY: install tools demo engine-demo test lint typecheck pytest bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ tools: install
 
 demo: tools
 	$(PY) -m proxy.demo
+
+engine-demo: install
+	$(PY) -m scripts.engine_demo
 
 lint: install
 	$(VENV)/bin/ruff check .

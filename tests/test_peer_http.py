@@ -172,6 +172,10 @@ async def test_unsigned_badly_signed_and_replayed_requests_get_401(
         async with session.post(url + path, data=b"k", headers=old) as resp:
             assert resp.status == 401
     assert ws.server_stats.unauthorized == 5
+    registry = CollectorRegistry()
+    registry.register(GroupcacheCollector(ws))
+    text = generate_latest(registry).decode()
+    assert 'tokencache_peer_requests_refused_total{reason="unauthorized"} 5.0' in text
 
 
 async def test_cluster_over_http_loads_once_and_exports_groupcache_metrics() -> None:

@@ -43,6 +43,7 @@ class GroupcacheCollector(Collector):
     def __init__(self, workspace: Workspace, namespace: str = "") -> None:
         self._ws = workspace
         self._prefix = f"{namespace}_groupcache_" if namespace else "groupcache_"
+        self._own_prefix = f"{namespace}_tokencache_" if namespace else "tokencache_"
 
     def describe(self) -> list[Metric]:
         """Nothing up front: the families are built at collect time."""
@@ -80,3 +81,11 @@ class GroupcacheCollector(Collector):
         yield cache_bytes
         yield cache_items
         yield from counters.values()
+        refused = CounterMetricFamily(
+            self._own_prefix + "peer_requests_refused",
+            "Peer requests refused before reaching a group (unauthenticated or malformed)",
+            labels=["reason"],
+        )
+        refused.add_metric(["unauthorized"], self._ws.server_stats.unauthorized)
+        refused.add_metric(["bad_request"], self._ws.server_stats.bad_requests)
+        yield refused
