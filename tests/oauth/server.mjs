@@ -1,0 +1,92 @@
+// A real OAuth2 authorization server (oidc-provider, client credentials) for the tests.
+//
+//   node tests/oauth/server.mjs [--port N] [--config PATH] [--ready-file PATH]
+//
+// Port: --port, else OAUTH_PORT, else 0 (the OS picks one). Always binds 127.0.0.1.
+// Config: --config PATH, else OAUTH_CONFIG (a path), else OAUTH_CONFIG_JSON (inline);
+// see config.mjs for its shape. The issuer is http://127.0.0.1:PORT and the token
+// endpoint is ISSUER/token. /_control/* (see control.mjs) is answered before the
+// request reaches oidc-provider.
+//
+// Once listening it prints one JSON line {"port", "issuer", "token_endpoint", "pid"} to
+// stdout and, with --ready-file, writes the same JSON to that file (atomically: write
+// then rename) so a launcher can wait for it. SIGTERM or SIGINT exits at once.
+import { renameSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { parseArgs } from 'node:util';
+
+import { loadConfig } from './config.mjs';
+import { ControlState } from './control.mjs';
+import { buildProvider } from './provider.mjs';
+
+const HOST = '127.0.0.1';
+const TOKEN_PATH = '/token';
+
+function listen(server, port) {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host: HOST, port }, () => {
+      server.off('error', reject);
+      resolve(server.address().port);
+    });
+  });
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      port: { type: 'string' },
+      config: { type: 'string' },
+      'ready-file': { type: 'string' },
+    },
+  });
+  const port = Number.parseInt(values.port ?? process.env.OAUTH_PORT ?? '0', 10);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error('port must be 0-65535');
+  const config = loadConfig(values.config ?? process.env.OAUTH_CONFIG, process.env.OAUTH_CONFIG_JSON);
+
+  const control = new ControlState();
+  let providerCallback = null;
+  const server = createServer((req, res) => {
+    if (req.url.startsWith('/_control/')) {
+      control.handleControl(req, res).catch((err) => {
+        res.destroy(err);
+      });
+      return;
+    }
+    if (providerCallback === null) {
+      res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' });
+      res.end('{"error":"temporarily_unavailable","error_description":"starting"}');
+      return;
+    }
+    providerCallback(req, res);
+  });
+
+  // The issuer names the real port, which is only known once listening (port 0).
+  const actualPort = await listen(server, port);
+  const issuer = `http://${HOST}:${actualPort}`;
+  const provider = buildProvider(issuer, config);
+  provider.use(control.tokenMiddleware(TOKEN_PATH));
+  providerCallback = provider.callback();
+
+  const ready = JSON.stringify({
+    port: actualPort,
+    issuer,
+    token_endpoint: `${issuer}${TOKEN_PATH}`,
+    pid: process.pid,
+  });
+  if (values['ready-file']) {
+    const tmp = `${values['ready-file']}.tmp`;
+    writeFileSync(tmp, ready);
+    renameSync(tmp, values['ready-file']);
+  }
+  process.stdout.write(`${ready}\n`);
+}
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => process.exit(0));
+}
+
+main().catch((err) => {
+  process.stderr.write(`oauth test server failed to start: ${err.message}\n`);
+  process.exit(1);
+});
