@@ -1,0 +1,329 @@
+"""Secret references in configuration values, resolved once at start-up.
+
+Theory of operation: the proxy's config module reads each setting from the environment and hands the
+raw string to :meth:`SecretResolver.resolve`. A value in one of these forms is a *reference* and is
+replaced by the secret it names; anything else is a literal and comes back unchanged::
+
+    aws-secretsmanager:<region>:<secret name or ARN>[:<json field>]
+    aws-parameterstore:<region>:<parameter name or ARN>[:<json field>]   (read with decryption)
+    file:<path>                          (a mounted Kubernetes Secret; one trailing newline dropped)
+
+Parse rule for the optional JSON field: Secrets Manager and Parameter Store names cannot contain
+``:``, so after a plain name the first ``:`` starts the field. An ARN does contain colons, so a
+value starting with ``arn:`` takes exactly the ARN's own segments (7 for a secret, 6 for a
+parameter) and whatever follows the next ``:`` is the field. Parameter versions and labels
+(``name:3``) are therefore not supported.
+
+House rules kept here (kubecache got both wrong): a failed lookup raises
+:class:`SecretReferenceError` and never falls back to the reference string; resolved values never
+reach a log line or an error message (errors name the variable, the reference kind and the
+reference, i.e. region and name, which are not secret).
+
+Errors::
+
+    proxy.ConfigError
+    └── SecretReferenceError    variable, kind, reason
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from proxy._errors import ConfigError
+
+if TYPE_CHECKING:
+    import boto3.session
+
+__all__ = [
+    "ReferenceKind",
+    "SecretReference",
+    "SecretReferenceError",
+    "SecretResolver",
+    "parse_reference",
+]
+
+_log = logging.getLogger(__name__)
+
+ReferenceKind = Literal["aws-secretsmanager", "aws-parameterstore", "file"]
+
+_SECRETS_MANAGER: ReferenceKind = "aws-secretsmanager"
+_PARAMETER_STORE: ReferenceKind = "aws-parameterstore"
+_FILE: ReferenceKind = "file"
+# Colon-separated segments of an ARN: arn:aws:secretsmanager:region:account:secret:name-AbCdEf
+# and arn:aws:ssm:region:account:parameter/name.
+_ARN_SEGMENTS = {_SECRETS_MANAGER: 7, _PARAMETER_STORE: 6}
+# us-east-1, eu-central-2, us-gov-west-1, cn-north-1: strict, so a forgotten region
+# ("aws-secretsmanager:db:password") is a loud parse error rather than a lookup in region "db".
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+# AWS error codes that mean "the credentials may not do this" and "there is no such thing".
+_DENIED_CODES = frozenset(
+    {"AccessDenied", "AccessDeniedException", "UnrecognizedClientException",
+     "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "SignatureDoesNotMatch"}
+)  # fmt: skip
+_MISSING_CODES = frozenset({"ResourceNotFoundException", "ParameterNotFound"})
+
+
+class SecretReferenceError(ConfigError):
+    """A configuration value is a secret reference that could not be resolved.
+
+    The message names the variable, the reference kind and why; never the secret's value.
+    """
+
+    def __init__(self, variable: str, kind: str, reason: str) -> None:
+        super().__init__(f"{variable}: cannot resolve {kind} reference: {reason}")
+        self.variable = variable
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class SecretReference:
+    """A parsed reference: where the secret lives, and which JSON field of it to take (if any)."""
+
+    kind: ReferenceKind
+    locator: str  # secret name/ARN, parameter name/ARN, or file path
+    region: str | None = None
+    field: str | None = None
+
+    def describe(self) -> str:
+        """The reference in words for error messages (names where the secret is, not what it is)."""
+        where = self.locator if self.region is None else f"{self.region}:{self.locator}"
+        return where if self.field is None else f"{where} field {self.field!r}"
+
+
+def parse_reference(variable: str, value: str) -> SecretReference | None:
+    """Parse ``value``; None when it is a literal. Raises SecretReferenceError when malformed."""
+    if value.startswith("file:"):
+        path = value[len("file:") :]
+        if not path:
+            raise SecretReferenceError(variable, _FILE, "malformed reference: expected file:<path>")
+        return SecretReference(_FILE, path)
+    for kind in (_SECRETS_MANAGER, _PARAMETER_STORE):
+        if value.startswith(kind + ":"):
+            return _parse_aws(variable, kind, value[len(kind) + 1 :])
+    return None
+
+
+def _parse_aws(variable: str, kind: ReferenceKind, rest: str) -> SecretReference:
+    def malformed(why: str) -> SecretReferenceError:
+        usage = f"{kind}:<region>:<name or ARN>[:<json field>]"
+        return SecretReferenceError(
+            variable, kind, f"malformed reference ({why}): expected {usage}"
+        )
+
+    region, sep, rest = rest.partition(":")
+    if not sep or not _REGION.fullmatch(region):
+        raise malformed("no valid region")
+    parts = rest.split(":")
+    n = _ARN_SEGMENTS[kind] if parts[0] == "arn" else 1
+    if len(parts) < n or not all(parts[:n]):
+        raise malformed("incomplete ARN" if n > 1 else "no name")
+    locator = ":".join(parts[:n])
+    field = ":".join(parts[n:]) if len(parts) > n else None
+    if field == "":
+        raise malformed("empty json field")
+    if n > 1 and parts[3] != region:
+        raise malformed(f"ARN region {parts[3]} differs from {region}")
+    return SecretReference(kind, locator, region, field)
+
+
+class SecretResolver:
+    """Resolves secret references in configuration values (blocking I/O: use it at start-up).
+
+    ``role_arn``: when set, STS AssumeRole is called once (on the first AWS reference) and the
+    temporary credentials read every AWS secret; otherwise the default credential chain of the
+    session is used (environment, IRSA web identity, instance profile...). ``session_factory`` makes
+    the base boto3 session (default ``boto3.session.Session()``); ``endpoint_url`` points every
+    client at another endpoint (tests, VPC endpoints). boto3 is imported only when an AWS reference
+    is met. Each secret is fetched at most once per resolver, however many references name it.
+    """
+
+    def __init__(
+        self,
+        role_arn: str | None = None,
+        *,
+        session_factory: Callable[[], boto3.session.Session] | None = None,
+        endpoint_url: str | None = None,
+        role_session_name: str = "tokencache",
+    ) -> None:
+        self._role_arn = role_arn or None
+        self._session_factory = session_factory
+        self._endpoint_url = endpoint_url
+        self._role_session_name = role_session_name
+        self._base_session: Any = None  # made on the first AWS reference
+        self._role_credentials: dict[str, str] | None = None  # AssumeRole runs once
+        self._clients: dict[tuple[str, str], Any] = {}  # (service, region) -> boto3 client
+        self._fetched: dict[tuple[str, str | None, str], str] = {}  # (kind, region, locator) -> raw
+
+    def resolve(self, name: str, value: str) -> str:
+        """The secret ``value`` references, or ``value`` itself when it is a literal.
+
+        ``name`` is the setting's variable name; it is used only in error messages.
+        """
+        ref = parse_reference(name, value)
+        if ref is None:
+            return value
+        key = (ref.kind, ref.region, ref.locator)
+        raw = self._fetched.get(key)
+        if raw is None:
+            raw = self._fetch(name, ref)
+            self._fetched[key] = raw
+        result = raw if ref.field is None else _json_field(name, ref, raw)
+        _log.debug("resolved %s from %s", name, ref.kind)
+        return result
+
+    def resolve_all(self, env: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+        """Resolve each of ``names`` that is present in ``env``; absent names are left out."""
+        return {name: self.resolve(name, env[name]) for name in names if name in env}
+
+    def _fetch(self, variable: str, ref: SecretReference) -> str:
+        if ref.kind == _FILE:
+            return _read_file(variable, ref)
+        assert ref.region is not None  # parse_reference gives every AWS reference a region
+        aws = _import_boto3(variable, ref.kind)
+        try:
+            return self._fetch_aws(variable, ref, ref.region)
+        except aws.ClientError as exc:
+            reason = _client_error_reason(exc)
+            # botocore errors carry codes, ARNs and URLs, never a secret value: keep the chain.
+            raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: {reason}") from exc
+        except aws.BotoCoreError as exc:
+            reason = f"{ref.describe()}: AWS call failed ({type(exc).__name__})"
+            raise SecretReferenceError(variable, ref.kind, reason) from exc
+
+    def _fetch_aws(self, variable: str, ref: SecretReference, region: str) -> str:
+        if ref.kind == _SECRETS_MANAGER:
+            reply = self._client(variable, ref, "secretsmanager", region).get_secret_value(
+                SecretId=ref.locator
+            )
+            text = reply.get("SecretString")
+            if isinstance(text, str):
+                return text
+            try:
+                return bytes(reply["SecretBinary"]).decode("utf-8")
+            except (KeyError, TypeError, UnicodeDecodeError):
+                reason = f"{ref.describe()}: secret has no UTF-8 text value"
+                raise SecretReferenceError(variable, ref.kind, reason) from None
+        reply = self._client(variable, ref, "ssm", region).get_parameter(
+            Name=ref.locator, WithDecryption=True
+        )
+        text = reply.get("Parameter", {}).get("Value")
+        if not isinstance(text, str):
+            reason = f"{ref.describe()}: parameter has no value"
+            raise SecretReferenceError(variable, ref.kind, reason)
+        return text
+
+    def _client(self, variable: str, ref: SecretReference, service: str, region: str) -> Any:
+        client = self._clients.get((service, region))
+        if client is not None:
+            return client
+        boto3 = _import_boto3(variable, ref.kind).boto3
+        if self._base_session is None:
+            factory = self._session_factory or boto3.session.Session
+            self._base_session = factory()
+        session = self._base_session
+        if self._role_arn is not None:
+            creds = self._assume_role(variable, ref, region)
+            session = boto3.session.Session(
+                aws_access_key_id=creds["AccessKeyId"],
+                aws_secret_access_key=creds["SecretAccessKey"],
+                aws_session_token=creds["SessionToken"],
+            )
+        client = session.client(service, region_name=region, endpoint_url=self._endpoint_url)
+        self._clients[(service, region)] = client
+        return client
+
+    def _assume_role(self, variable: str, ref: SecretReference, region: str) -> dict[str, str]:
+        if self._role_credentials is None:
+            # Regional STS in the first referenced region: it is reachable if the secret is.
+            sts = self._base_session.client(
+                "sts", region_name=region, endpoint_url=self._endpoint_url
+            )
+            try:
+                reply = sts.assume_role(
+                    RoleArn=self._role_arn, RoleSessionName=self._role_session_name
+                )
+            except _import_boto3(variable, ref.kind).ClientError as exc:
+                reason = f"assuming role {self._role_arn}: {_client_error_reason(exc)}"
+                raise SecretReferenceError(variable, ref.kind, reason) from exc
+            self._role_credentials = dict(reply["Credentials"])
+        return self._role_credentials
+
+
+class _Aws:
+    """boto3 and the botocore error classes, imported on the first AWS reference."""
+
+    def __init__(self) -> None:
+        import boto3
+        import boto3.session
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self.boto3: Any = boto3
+        self.ClientError: type[Exception] = ClientError
+        self.BotoCoreError: type[Exception] = BotoCoreError
+
+
+def _import_boto3(variable: str, kind: str) -> _Aws:
+    try:
+        return _Aws()
+    except ImportError:
+        reason = "boto3 is not installed (install the tokencache[aws] extra)"
+        raise SecretReferenceError(variable, kind, reason) from None
+
+
+def _client_error_reason(exc: Any) -> str:
+    code = str(exc.response.get("Error", {}).get("Code", "unknown"))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    # AWS answers 403 only for authentication and authorisation failures; a body botocore could
+    # not parse (some emulators and proxies) leaves "403" as the code, which means the same.
+    if code in _DENIED_CODES or status == 403:
+        return f"access denied ({code})"
+    if code in _MISSING_CODES:
+        return f"not found ({code})"
+    return f"AWS error {code}"
+
+
+def _read_file(variable: str, ref: SecretReference) -> str:
+    path = Path(ref.locator)
+    try:
+        # Bytes, not read_text: universal newlines would rewrite a "\r" inside the secret.
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        reason = f"file missing: {path}"
+    except IsADirectoryError:
+        reason = f"not a regular file: {path}"
+    except PermissionError:
+        reason = f"permission denied: {path}"
+    except UnicodeDecodeError:
+        reason = f"not UTF-8 text: {path}"  # the error object holds the bytes: do not chain it
+    except OSError as exc:
+        reason = f"cannot read {path} ({type(exc).__name__})"
+    else:
+        # Secret files often end with the newline an editor added; take off one (LF or CRLF).
+        return text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
+    raise SecretReferenceError(variable, ref.kind, reason) from None
+
+
+def _json_field(variable: str, ref: SecretReference, raw: str) -> str:
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        # JSONDecodeError.doc is the whole secret: never chain it.
+        reason = f"{ref.describe()}: value is not JSON"
+        raise SecretReferenceError(variable, ref.kind, reason) from None
+    if not isinstance(document, dict):
+        raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: not a JSON object")
+    if ref.field not in document:
+        raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: no such json field")
+    found = document[ref.field]
+    if isinstance(found, str):
+        return found
+    if isinstance(found, bool | int | float):
+        return json.dumps(found)  # 5432 -> "5432", true -> "true"
+    raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: json field is not a scalar")
