@@ -86,7 +86,7 @@ class Group:
         self._ws = workspace
         self.name = name
         self.max_bytes = max_bytes
-        self._loader = loader
+        self.loader = loader  # public: integrations find their own groups by it
         self._hot_fraction = hot_fraction
         self._hot_probability = hot_probability
         self._rng = rng
@@ -219,7 +219,7 @@ class Group:
             "tokencache.load", attributes={"tokencache.group": self.name}
         ):
             try:
-                entry = await self._loader(key)
+                entry = await self.loader(key)
             except NotFound:
                 raise
             except BaseException:

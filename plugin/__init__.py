@@ -1,0 +1,71 @@
+"""plugin: OAuth2 client-credentials tokens as a tokencache group, behind an ``httpx.Auth``.
+
+One token fetch per credential and scope per token lifetime for the whole cluster::
+
+    auth = plugin.ClientCredentialsAuth(token_url=..., client_id=..., client_secret=..., scope="api")
+    async with httpx.AsyncClient(auth=auth) as client:      # or httpx.Client(auth=auth)
+        await client.get("https://api.example.com/things")
+
+Pass ``workspace=`` (the process's :class:`tokencache.Workspace`) to share across the cluster; see
+docs/plugin.md. httpx2 users: :mod:`plugin.httpx2`. Errors are drawn in :mod:`plugin._errors`.
+"""
+
+from plugin._auth import ClientCredentialsAuth
+from plugin._cache import Held, Policy, TokenCache
+from plugin._errors import (
+    ERROR_KINDS,
+    ConfigurationError,
+    InvalidClientError,
+    InvalidRequestError,
+    InvalidScopeError,
+    PluginError,
+    TokenConnectionError,
+    TokenEndpointError,
+    TokenError,
+    TokenRejectedError,
+    TokenResponseError,
+    TokenServerError,
+    TokenThrottledError,
+    TokenTimeoutError,
+    UnauthorizedClientError,
+)
+from plugin._fetch import TokenFetcher
+from plugin._httpx_sender import HttpxTokenSender
+from plugin._key import AUTH_METHODS, Credentials, secret_fingerprint
+from plugin._metrics import TokenMetricsCollector, TokenStats
+from plugin._request import TokenHttpResponse, TokenRequest, TokenSender, build_token_request
+from plugin._token import Token
+
+__all__ = [
+    "AUTH_METHODS",
+    "ClientCredentialsAuth",
+    "ConfigurationError",
+    "Credentials",
+    "ERROR_KINDS",
+    "Held",
+    "HttpxTokenSender",
+    "InvalidClientError",
+    "InvalidRequestError",
+    "InvalidScopeError",
+    "PluginError",
+    "Policy",
+    "Token",
+    "TokenCache",
+    "TokenConnectionError",
+    "TokenEndpointError",
+    "TokenError",
+    "TokenFetcher",
+    "TokenHttpResponse",
+    "TokenMetricsCollector",
+    "TokenRejectedError",
+    "TokenRequest",
+    "TokenResponseError",
+    "TokenSender",
+    "TokenServerError",
+    "TokenStats",
+    "TokenThrottledError",
+    "TokenTimeoutError",
+    "UnauthorizedClientError",
+    "build_token_request",
+    "secret_fingerprint",
+]

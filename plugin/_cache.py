@@ -1,0 +1,239 @@
+"""The token group of one workspace: loader, credential registry, local copies, cooldown, refresh.
+
+Theory of operation. One :class:`TokenCache` exists per (workspace, group name); every
+``ClientCredentialsAuth`` built on that workspace registers its credentials here. The engine's group
+(created with ``hot_probability=1``, so every process keeps a copy of what its owner sent) makes a
+token load happen once for the cluster: the owner of a key runs :meth:`TokenCache._load` with the
+credentials registered *in its own process*, or raises ``Declined`` when it has none, and the asking
+process then loads with its own.
+
+In front of the group sits a small per-process table of :class:`Held` tokens that threads read
+without taking a lock (a dict lookup is atomic) and that only changes under ``_lock``; it is what makes
+a cached token cost a dict lookup and a clock read per request, from any thread or loop.
+
+Invariants:
+- a failed fetch is never cached; for ``cooldown`` seconds (longer when a 429 asked for it) callers in
+  this process get that error at once instead of calling the endpoint again;
+- at most one background refresh per key per process is in flight (``_refreshing``), and a finished
+  one is not followed by another for ``_REFRESH_PAUSE`` of the window (an endpoint that keeps
+  granting short tokens is not hammered);
+- a local copy is dropped when its value is compare-and-invalidated here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import tokencache
+from plugin._errors import ConfigurationError, TokenError, TokenThrottledError
+from plugin._fetch import TokenFetcher
+from plugin._key import Credentials
+from plugin._metrics import TokenStats
+from plugin._token import Token, cache_ttl
+
+_log = logging.getLogger("plugin.oauth2")
+_REFRESH_PAUSE = 0.1  # share of the refresh window to wait after one refresh before another
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A token as this process holds it: cached bytes, decoded token, local expiry and refresh time."""
+
+    value: bytes
+    token: Token
+    expires_at: float
+    refresh_at: float
+    window: float
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Per-credentials timing: leeway before expiry, refresh-ahead share, failure cooldown."""
+
+    leeway: float | None = None
+    refresh_fraction: float = 0.2
+    cooldown: float = 2.0
+    max_cooldown: float = 60.0
+
+
+@dataclass
+class _Registered:
+    creds: Credentials
+    fetcher: TokenFetcher
+    policy: Policy
+    users: int = 1
+
+
+class TokenCache:
+    """The OAuth2 token group of one workspace. Use :meth:`for_workspace` to get it."""
+
+    def __init__(
+        self, workspace: tokencache.Workspace, group_name: str = "oauth2", max_bytes: int = 1 << 20
+    ) -> None:
+        self.workspace = workspace
+        self.name = group_name
+        self.stats = TokenStats()
+        self._clock = workspace.clock
+        self._lock = threading.Lock()  # guards every dict/set below except lock-free memo reads
+        self._registry: dict[str, _Registered] = {}
+        self._memo: dict[str, Held] = {}
+        self._failures: dict[str, tuple[float, TokenError]] = {}
+        self._refreshing: set[str] = set()
+        self._refresh_not_before: dict[str, float] = {}
+        self._background: set[Future[None]] = set()
+        self.group = workspace.new_group(
+            group_name, max_bytes=max_bytes, loader=self._load, hot_probability=1.0
+        )
+
+    @classmethod
+    def for_workspace(
+        cls, workspace: tokencache.Workspace, group_name: str = "oauth2"
+    ) -> TokenCache:
+        """The workspace's token cache for ``group_name``, created on first use."""
+        for _ in range(2):
+            group = workspace.get_group(group_name)
+            if group is None:
+                try:
+                    return cls(workspace, group_name)
+                except tokencache.InvalidArgument:
+                    continue  # another thread created it between our look and our create
+            loader = group.loader
+            owner = getattr(loader, "__self__", None)
+            if isinstance(owner, TokenCache):
+                return owner
+            break
+        raise ConfigurationError(f"group {group_name!r} exists and is not an OAuth2 token group")
+
+    # -- registry -------------------------------------------------------------------------------
+
+    def register(self, creds: Credentials, fetcher: TokenFetcher, policy: Policy) -> str:
+        """Make ``creds`` loadable by this process; return the cache key."""
+        key = creds.key
+        with self._lock:
+            reg = self._registry.get(key)
+            if reg is None:
+                self._registry[key] = _Registered(creds, fetcher, policy)
+            else:
+                reg.users += 1
+        return key
+
+    def unregister(self, key: str) -> TokenFetcher | None:
+        """Drop one registration; return the fetcher when it was the last one (to close it)."""
+        with self._lock:
+            reg = self._registry.get(key)
+            if reg is None:
+                return None
+            reg.users -= 1
+            if reg.users > 0:
+                return None
+            del self._registry[key]
+            self._memo.pop(key, None)
+            return reg.fetcher
+
+    def _policy(self, key: str) -> Policy:
+        reg = self._registry.get(key)
+        return reg.policy if reg is not None else Policy()
+
+    # -- the loader (runs on the engine loop, in the owner or in a process the owner declined) ---
+
+    async def _load(self, key: str) -> tokencache.Entry:
+        reg = self._registry.get(key)
+        if reg is None:
+            raise tokencache.Declined("no credentials registered for this token key here")
+        self.check_cooldown(key)
+        try:
+            token = await reg.fetcher.fetch()
+        except TokenError as exc:
+            self.stats.count_error(exc.kind)
+            self._cool(key, exc, reg.policy)
+            raise
+        self.stats.count_fetch()
+        with self._lock:
+            self._failures.pop(key, None)
+        return tokencache.Entry(token.encode(), cache_ttl(token.lifetime, reg.policy.leeway))
+
+    def _cool(self, key: str, exc: TokenError, policy: Policy) -> None:
+        pause = policy.cooldown
+        if isinstance(exc, TokenThrottledError) and exc.retry_after:
+            pause = max(pause, min(exc.retry_after, policy.max_cooldown))
+        if pause > 0:
+            with self._lock:
+                self._failures[key] = (self._clock.now() + pause, exc)
+
+    def check_cooldown(self, key: str) -> None:
+        """Raise the last error for ``key`` while its cooldown lasts."""
+        failed = self._failures.get(key)
+        if failed is not None and self._clock.now() < failed[0]:
+            self.stats.count_cooldown()
+            raise failed[1].with_traceback(None)
+
+    # -- the front: local copies (any thread) -----------------------------------------------------
+
+    def peek(self, key: str) -> Held | None:
+        """The live local copy of ``key``, without I/O or locks; counts a hit or a miss."""
+        held = self._memo.get(key)
+        if held is not None and self._clock.now() < held.expires_at:
+            self.stats.count_hit()
+            return held
+        self.stats.count_miss()
+        return None
+
+    def _remember(self, key: str, value: bytes, ttl: float | None) -> Held:
+        current = self._memo.get(key)
+        token = current.token if current is not None and current.value == value else None
+        token = token or Token.decode(value)
+        policy = self._policy(key)
+        total = cache_ttl(token.lifetime, policy.leeway)
+        expires_at = self._clock.now() + (total if ttl is None else ttl)
+        window = policy.refresh_fraction * total
+        held = Held(value, token, expires_at, expires_at - window, window)
+        with self._lock:
+            self._memo[key] = held
+        return held
+
+    async def get(self, key: str, min_ttl: float = 0.0) -> Held:
+        """Engine loop: the token for ``key`` from the cluster (loading it once if needed)."""
+        value, ttl = await self.group.get_with_ttl(key, min_ttl=min_ttl)
+        return self._remember(key, value, ttl)
+
+    async def renew(self, key: str, rejected: Held) -> Held:
+        """Engine loop: compare-and-invalidate ``rejected`` cluster-wide, then get the current token."""
+        await self.group.remove(key, if_value=rejected.value)
+        with self._lock:
+            held = self._memo.get(key)
+            if held is not None and held.value == rejected.value:
+                del self._memo[key]
+        return await self.get(key)
+
+    # -- refresh-ahead ------------------------------------------------------------------------------
+
+    def refresh_due(self, key: str, held: Held) -> bool:
+        """True (and the key marked in flight) when ``held`` is in its refresh window."""
+        now = self._clock.now()
+        if now < held.refresh_at:
+            return False
+        with self._lock:
+            if key in self._refreshing or now < self._refresh_not_before.get(key, 0.0):
+                return False
+            self._refreshing.add(key)
+        return True
+
+    async def refresh(self, key: str, window: float) -> None:
+        """Engine loop: reload ``key`` unless the cluster already holds it with ``window`` to live."""
+        try:
+            await self.get(key, min_ttl=window)
+            self.stats.count_refresh()
+        except Exception as exc:  # noqa: BLE001 - the current token keeps serving; next get retries
+            _log.warning("background token refresh failed: %s", type(exc).__name__)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+                self._refresh_not_before[key] = self._clock.now() + _REFRESH_PAUSE * window
+
+    @property
+    def background(self) -> set[Future[None]]:
+        """Refreshes started from any thread and still running (kept referenced until done)."""
+        return self._background

@@ -1,0 +1,10 @@
+"""The OAuth2 plugin for httpx2: ``plugin.httpx2.ClientCredentialsAuth``.
+
+Same behaviour and parameters as :class:`plugin.ClientCredentialsAuth`; requests and token
+fetches go through httpx2 only (install the ``httpx2`` extra).
+"""
+
+from plugin.httpx2._auth import ClientCredentialsAuth
+from plugin.httpx2._sender import Httpx2TokenSender
+
+__all__ = ["ClientCredentialsAuth", "Httpx2TokenSender"]
