@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,15 +24,19 @@ class Process:
     ) -> None:
         self.name = name or args[0]
         full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+        # Output goes to a file, not a pipe: nobody reads a pipe while the test runs, and a chatty
+        # child would block once the pipe buffer fills.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - read and kept for output()
         self.popen = subprocess.Popen(
             list(args),
             cwd=ROOT,
             env=full_env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         self.pid = self.popen.pid
+        self._final_output = ""
 
     @classmethod
     def python(cls, module: str, *args: str, env: dict[str, str] | None = None) -> Process:
@@ -55,10 +60,17 @@ class Process:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill9()
-        out = self.popen.stdout.read() if self.popen.stdout else b""
-        if self.popen.stdout:
-            self.popen.stdout.close()
-        return out.decode(errors="replace")
+        if not self._log.closed:
+            self._final_output = self.output()
+            self._log.close()
+        return self._final_output
+
+    def output(self) -> str:
+        """What the process printed so far (all of it, once stopped)."""
+        if self._log.closed:
+            return self._final_output
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
 
 
 def wait_http(url: str, timeout: float = 20.0, proc: Process | None = None) -> None:
