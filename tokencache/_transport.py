@@ -60,11 +60,15 @@ class HttpTransport:
         self,
         *,
         timeout: float = 2.0,
+        connect_timeout: float | None = None,
         secret: bytes | str | None = None,
         max_value_bytes: int = 64 << 20,
         connections_per_peer: int = 64,
     ) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # A peer that is gone (partitioned, powered off) is noticed at connect time; a live peer
+        # running a slow load still gets the whole ``timeout``.
+        connect = min(timeout, 1.0) if connect_timeout is None else connect_timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect)
         self._signer = Signer(secret) if secret else None
         self._max_value_bytes = max_value_bytes
         self._connections_per_peer = connections_per_peer

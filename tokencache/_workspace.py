@@ -44,6 +44,7 @@ class Workspace:
         probes: int = 8,
         peer_secret: bytes | str | None = None,
         peer_timeout: float = 2.0,
+        peer_connect_timeout: float | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
         transport: PeerTransport | None = None,
@@ -62,7 +63,10 @@ class Workspace:
         self.purge_interval = purge_interval
         self.peer_timeout = peer_timeout
         self.transport: PeerTransport = transport or HttpTransport(
-            timeout=peer_timeout, secret=peer_secret, max_value_bytes=max_value_bytes
+            timeout=peer_timeout,
+            connect_timeout=peer_connect_timeout,
+            secret=peer_secret,
+            max_value_bytes=max_value_bytes,
         )
         self.verifier = Verifier(peer_secret) if peer_secret else None
         self.tracer = trace.get_tracer("tokencache", tracer_provider=tracer_provider)
