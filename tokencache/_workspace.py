@@ -14,6 +14,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
 
 from . import _protocol as wire
@@ -27,6 +28,25 @@ from ._stats import ServerStats
 from ._transport import HttpTransport, PeerTransport
 
 log = logging.getLogger("tokencache")
+
+
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs every malformed request at ERROR with a traceback (about 1 KB each), which
+    lets anyone who can reach the peer port flood the logs. Keep one short INFO line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed peer request: %s"
+            record.args = (type(exc).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_http_log = logging.getLogger("tokencache.server.http")
+_http_log.addFilter(_QuietBadRequests())
 
 
 def _normalise_url(url: str) -> str:
@@ -191,7 +211,9 @@ class Workspace:
     async def serve(self, host: str, port: int) -> None:
         """Run the peer server on ``host:port`` (returns once listening) and start background work."""
         await self.start()
-        runner = web.AppRunner(self.peer_app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.peer_app(), access_log=None, handle_signals=False, logger=_http_log
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
