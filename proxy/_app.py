@@ -1,0 +1,170 @@
+"""`ProxyApp`: the proxy's data path assembled — policy, ``http`` group, loader, listener.
+
+The service shell (config, main, health, metrics server) builds one `ProxyApp` per process from the
+settings, starts it on ``LISTEN_ADDR``, and on SIGTERM calls `begin_drain`, waits with `wait_idle`,
+then `close`. The workspace (peers, the peer port) and the metrics registry belong to the shell;
+the app only adds its ``http`` group to the one and hands `ProxyMetrics.collector` to the other.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import logging
+import re
+import time
+from collections.abc import Sequence
+
+import httpx
+from opentelemetry import trace
+
+import tokencache
+
+from ._forward import Forwarder
+from ._handler import CacheHandler
+from ._http_request import ListenerLimits
+from ._http_server import Listener
+from ._loader import BackendLoader
+from ._metrics import ProxyMetrics
+from ._policy import CachePolicy
+
+__all__ = ["ProxyApp"]
+
+RouteSpec = str | re.Pattern[str] | Sequence[str | re.Pattern[str]] | None
+
+
+def _routes(spec: RouteSpec) -> tuple[re.Pattern[str], ...]:
+    if spec is None:
+        return ()
+    items = [spec] if isinstance(spec, str | re.Pattern) else list(spec)
+    return tuple(r if isinstance(r, re.Pattern) else re.compile(r) for r in items if r)
+
+
+def _backend_client(timeout: float) -> httpx.AsyncClient:
+    # No environment proxies, no redirects followed (the client sees them), and a cookie jar that
+    # accepts nothing: backend Set-Cookie headers belong to the client, not to this process.
+    jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(
+        timeout=timeout,
+        trust_env=False,
+        follow_redirects=False,
+        cookies=jar,
+        limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+    )
+
+
+class ProxyApp:
+    """A caching reverse proxy in front of `backend_url`, one per process.
+
+    `restrict_methods` and `route_regexp` (any match; none = every route) select what is cached;
+    2xx responses live `cache_ttl` seconds, other statuses `cache_error_ttl`; bodies above
+    `max_body_bytes` pass uncached; with `stale_if_error` > 0 an entry expired less than that long
+    ago is served (marked stale) when the backend fails. Requests carrying ``Authorization`` or
+    ``Cookie`` are forwarded uncached unless `allow_auth_caching`. `backend_auth` (e.g. the
+    plugin's OAuth2 auth) is applied to every backend request.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend_url: str,
+        backend_timeout: float,
+        cache_ttl: float,
+        cache_error_ttl: float,
+        restrict_methods: Sequence[str],
+        route_regexp: RouteSpec,
+        max_body_bytes: int,
+        stale_if_error: float,
+        allow_auth_caching: bool = False,
+        workspace: tokencache.Workspace,
+        group_bytes: int,
+        backend_client: httpx.AsyncClient | None = None,
+        backend_auth: httpx.Auth | None = None,
+        metrics: ProxyMetrics,
+        tracer: trace.Tracer | None = None,
+        logger: logging.Logger | None = None,
+        clock: tokencache.Clock | None = None,
+        limits: ListenerLimits | None = None,
+        group_name: str = "http",
+    ) -> None:
+        self.policy = CachePolicy(
+            methods=frozenset(m.upper() for m in restrict_methods),
+            routes=_routes(route_regexp),
+            cache_ttl=cache_ttl,
+            error_ttl=cache_error_ttl,
+            max_body_bytes=max_body_bytes,
+            allow_auth_caching=allow_auth_caching,
+        )
+        self.metrics = metrics
+        self.logger = logger or logging.getLogger("proxy")
+        peer_timeout = getattr(workspace, "peer_timeout", None)
+        if (
+            workspace.self_url
+            and isinstance(peer_timeout, float | int)
+            and peer_timeout < backend_timeout
+        ):
+            # A peer fetch that times out is loaded again locally (engine invariant 3): with a
+            # backend slower than the peer timeout, one miss becomes two backend requests.
+            self.logger.warning(
+                "peer timeout is shorter than the backend timeout",
+                extra={"peer_timeout": peer_timeout, "backend_timeout": backend_timeout},
+            )
+        self._own_client = backend_client is None
+        self._client = backend_client or _backend_client(backend_timeout)
+        forwarder = Forwarder(
+            client=self._client,
+            backend_url=backend_url,
+            timeout=backend_timeout,
+            auth=backend_auth,
+            metrics=metrics,
+            logger=self.logger,
+        )
+        self.handler = CacheHandler(
+            policy=self.policy,
+            forwarder=forwarder,
+            metrics=metrics,
+            logger=self.logger,
+            tracer=tracer,
+            now=clock.now if clock is not None else time.perf_counter,
+        )
+        loader = BackendLoader(
+            client=self._client,
+            backend_url=backend_url,
+            timeout=backend_timeout,
+            auth=backend_auth,
+            policy=self.policy,
+            stale_if_error=stale_if_error,
+            metrics=metrics,
+            logger=self.logger,
+            on_load=self.handler.note_load,
+        )
+        self.group = workspace.new_group(
+            group_name, max_bytes=group_bytes, loader=loader, stale_window=stale_if_error
+        )
+        loader.group = self.group
+        self.handler.group = self.group
+        self.listener = Listener(self.handler, limits, self.logger)
+        self.address: tuple[str, int] | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on host:port (0 = a free port); return the bound (host, port)."""
+        self.address = await self.listener.start(host, port)
+        return self.address
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered by a task right now (misses and forwards; hits take no time)."""
+        return self.listener.in_flight
+
+    def begin_drain(self) -> None:
+        """Stop keeping connections alive: answers say ``Connection: close``; idle ones close."""
+        self.listener.begin_drain()
+
+    async def wait_idle(self, timeout: float) -> bool:  # noqa: ASYNC109 - the contract's API
+        """Wait until nothing is in flight; False when `timeout` seconds passed first."""
+        return await self.listener.wait_idle(timeout)
+
+    async def close(self) -> None:
+        """Close the listener and every connection, and the backend client if this app made it."""
+        await self.listener.close()
+        if self._own_client:
+            await self._client.aclose()

@@ -1,0 +1,106 @@
+"""The public listener's server side: accepting connections, draining, timeouts.
+
+One `Listener` per process owns the listening socket and every `Connection`. A sweeper task
+updates a coarse clock (`Listener.now`) and asks each connection to check its deadlines, so the
+per-request hot path only stores a float. `in_flight` counts requests whose answer a task is
+producing; `wait_idle` waits for it to reach zero (the shell's SIGTERM drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from ._http import Connection
+from ._http_request import Handler, ListenerLimits
+
+__all__ = ["Listener"]
+
+
+class Listener:
+    """Accepts connections and runs one `Connection` per socket."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        limits: ListenerLimits | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits or ListenerLimits()
+        self.logger = logger or logging.getLogger("proxy.http")
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self.now = 0.0
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on host:port (port 0 = any free port) and return the bound address."""
+        loop = asyncio.get_running_loop()
+        self.now = loop.time()
+        self._server = await loop.create_server(
+            lambda: Connection(self), host, port, backlog=1024, reuse_address=True
+        )
+        self._sweeper = loop.create_task(self._sweep())
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    @property
+    def in_flight(self) -> int:
+        """Requests whose answer is being produced by a task right now."""
+        return self._busy
+
+    def _task_started(self) -> None:
+        self._busy += 1
+        self._idle.clear()
+
+    def _task_done(self) -> None:
+        self._busy -= 1
+        if self._busy == 0:
+            self._idle.set()
+
+    def begin_drain(self) -> None:
+        """Answer in-flight requests with ``Connection: close``; close idle connections now."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.close_if_idle()
+
+    async def wait_idle(self, timeout: float) -> bool:  # noqa: ASYNC109 - the contract's API
+        """Wait until no request is in flight; False when `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop listening, close every connection and wait for their tasks to end."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._server is not None:
+            self._server.close()
+        tasks = [t for conn in list(self.connections) for t in conn.abort()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        limits = self.limits
+        tick = max(0.01, min(1.0, limits.header_timeout / 4, limits.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = self.now = loop.time()
+            for conn in list(self.connections):
+                conn.check_timeouts(now)

@@ -1,0 +1,350 @@
+"""Cache-hit throughput of the proxy side by side with nginx ``proxy_cache``, same conditions.
+
+    .venv/bin/python -m scripts.bench_proxy [--rounds 5] [--duration 4] [--connections 50]
+
+What it does: installs nginx and wrk with apt when they are missing; starts a backend (core 1),
+the proxy (one process under uvloop, pinned to core 0) and nginx (one worker, pinned to core 0,
+``proxy_cache`` in a temp dir, run as the current user); warms both caches; then for 1 KiB and
+100 KiB bodies runs ``taskset -c 1 wrk -t1 -cN -dS --latency`` against each, alternating, for
+several rounds, and prints req/s, p50 and p99 of each and the proxy/nginx ratio (medians of the
+rounds), plus each server's CPU time per request (from /proc, so less sensitive to other load
+on a shared machine). Every process it started is stopped by PID at the end. Only 127.0.0.1 is
+used. Ratios are medians of per-round ratios: read them, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+SIZES = {"1k": 1024, "100k": 100 * 1024}
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ensure_tools() -> None:
+    missing = [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing {missing}; run as root once to apt-get install them")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "nginx", "wrk"],
+        check=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+# --- the processes ----------------------------------------------------------------------------
+
+
+def serve_backend(port: int) -> None:
+    """A trivial backend: /1k and /100k with fixed bodies."""
+    from aiohttp import web
+
+    bodies = {f"/{name}": b"x" * size for name, size in SIZES.items()}
+
+    async def handle(request: web.Request) -> web.Response:
+        body = bodies.get(request.path)
+        if body is None:
+            return web.Response(status=404)
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_proxy(port: int, backend_url: str) -> None:
+    """The proxy's data path alone, single node, under uvloop when available."""
+    import tokencache
+    from proxy._app import ProxyApp
+    from proxy._metrics import ProxyMetrics
+
+    async def run() -> None:
+        ws = tokencache.Workspace()
+        app = ProxyApp(
+            backend_url=backend_url,
+            backend_timeout=30.0,
+            cache_ttl=3600.0,
+            cache_error_ttl=60.0,
+            restrict_methods=["GET", "HEAD"],
+            route_regexp=None,
+            max_body_bytes=1 << 20,
+            stale_if_error=0.0,
+            workspace=ws,
+            group_bytes=64 << 20,
+            metrics=ProxyMetrics(),
+        )
+        await app.start("127.0.0.1", port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        await stop.wait()
+        await app.close()
+        await ws.close()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
+
+
+_NGINX_CONF = """
+{user}
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy_temp;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    proxy_cache_path {tmp}/cache levels=1:2 keys_zone=bench:10m max_size=100m inactive=60m
+                     use_temp_path=off;
+    upstream backend {{ server 127.0.0.1:{backend}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 3600s;
+            add_header X-Cache-Status $upstream_cache_status;
+        }}
+    }}
+}}
+"""
+
+
+class Bench:
+    """The three servers of one run; `stop` ends each by its PID."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.backend_port = _free_port()
+        self.proxy_port = _free_port()
+        self.nginx_port = _free_port()
+
+    def _spawn(self, argv: list[str], name: str) -> None:
+        log = (self.tmp / f"{name}.log").open("wb")
+        self.procs.append(
+            subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=_ROOT
+            )
+        )
+
+    def start(self) -> None:
+        me = [sys.executable, "-m", "scripts.bench_proxy"]
+        backend = f"http://127.0.0.1:{self.backend_port}"
+        self._spawn(["taskset", "-c", "1", *me, "--serve-backend", str(self.backend_port)], "be")
+        self._spawn(
+            ["taskset", "-c", "0", *me, "--serve-proxy", str(self.proxy_port), backend], "proxy"
+        )
+        user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(
+            _NGINX_CONF.format(
+                user=user, tmp=self.tmp, backend=self.backend_port, port=self.nginx_port
+            )
+        )
+        self._spawn(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(self.tmp)], "nginx")
+        for port in (self.backend_port, self.proxy_port, self.nginx_port):
+            _wait_http(f"http://127.0.0.1:{port}/1k")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def _wait_http(url: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                r.read()
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of `pid` and its children that are still alive (nginx's worker)."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(c) for c in children.read_text().split()]
+    total = 0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One wrk run against one server."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+
+
+def _wrk(url: str, duration: int, connections: int, pid: int) -> Sample:
+    argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
+    cpu_before = _cpu_seconds(pid)
+    out = subprocess.run(
+        [*argv, "--latency", url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+    ).stdout
+    cpu = _cpu_seconds(pid) - cpu_before
+    if re.search(r"Non-2xx or 3xx responses|Socket errors", out):
+        raise RuntimeError(f"errors from {url}:\n{out}")
+
+    def number(pattern: str) -> float:
+        m = re.search(pattern, out, re.M)
+        assert m is not None, out
+        return float(m.group(1))
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m is not None, out
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+    requests = number(r"(\d+) requests in")
+    return Sample(
+        rps=number(r"Requests/sec:\s+([\d.]+)"),
+        p50_ms=pct("50"),
+        p99_ms=pct("99"),
+        cpu_us_per_request=cpu / max(requests, 1) * 1e6,
+    )
+
+
+Results = dict[str, dict[str, list[Sample]]]
+
+
+def run(rounds: int, duration: int, connections: int) -> Results:
+    """Run the comparison; return every sample per size and server, in round order."""
+    _ensure_tools()
+    results: Results = {size: {"proxy": [], "nginx": []} for size in SIZES}
+    with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            bench.start()
+            targets = {
+                "proxy": (bench.proxy_port, bench.procs[1].pid),
+                "nginx": (bench.nginx_port, bench.procs[2].pid),
+            }
+            for size in SIZES:
+                for port, pid in targets.values():  # warm: fill both caches, then a short burst
+                    for _ in range(3):
+                        _wait_http(f"http://127.0.0.1:{port}/{size}")
+                    _wrk(f"http://127.0.0.1:{port}/{size}", 1, connections, pid)
+            for r in range(rounds):
+                order = list(targets.items()) if r % 2 == 0 else list(targets.items())[::-1]
+                for size in SIZES:
+                    for name, (port, pid) in order:
+                        res = _wrk(f"http://127.0.0.1:{port}/{size}", duration, connections, pid)
+                        results[size][name].append(res)
+                        print(
+                            f"round {r + 1} {size:>5} {name:>5}: {res.rps:10.0f} req/s "
+                            f"{res.cpu_us_per_request:7.1f} CPU-us/req",
+                            flush=True,
+                        )
+        finally:
+            bench.stop()
+    return results
+
+
+def report(results: Results) -> None:
+    """Print medians per server and the proxy/nginx ratios (medians of per-round ratios)."""
+    targets = {"1k": 1.0, "100k": 0.8}
+    print(
+        f"\n{'size':>5} {'server':>6} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU-us/req':>11}"
+    )
+    for size, by_name in results.items():
+        for name, samples in by_name.items():
+            print(
+                f"{size:>5} {name:>6} {statistics.median(x.rps for x in samples):10.0f} "
+                f"{statistics.median(x.p50_ms for x in samples):8.2f} "
+                f"{statistics.median(x.p99_ms for x in samples):8.2f} "
+                f"{statistics.median(x.cpu_us_per_request for x in samples):11.1f}"
+            )
+        pairs = list(zip(by_name["proxy"], by_name["nginx"], strict=True))
+        rps_ratio = statistics.median(p.rps / n.rps for p, n in pairs)
+        cpu_ratio = statistics.median(n.cpu_us_per_request / p.cpu_us_per_request for p, n in pairs)
+        verdict = "meets" if rps_ratio >= targets[size] else "misses"
+        print(
+            f"{size:>5} proxy/nginx: throughput {rps_ratio:.2f} ({verdict} the "
+            f"{targets[size]}x target), requests per CPU-second {cpu_ratio:.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--serve-backend", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-proxy", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_backend:
+        serve_backend(args.serve_backend)
+        return
+    if args.serve_proxy:
+        serve_proxy(int(args.serve_proxy[0]), args.serve_proxy[1])
+        return
+    report(run(args.rounds, args.duration, args.connections))
+
+
+if __name__ == "__main__":
+    main()

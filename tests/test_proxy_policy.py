@@ -1,0 +1,228 @@
+"""The proxy's cache policy: pure functions, checked exhaustively."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy._policy import (
+    HOP_BY_HOP,
+    CachePolicy,
+    base_key,
+    cache_status,
+    parse_key,
+    strip_hop_by_hop,
+    variant_key,
+)
+
+
+def policy(**overrides: object) -> CachePolicy:
+    options: dict[str, object] = {
+        "methods": frozenset({"GET", "HEAD"}),
+        "routes": (),
+        "cache_ttl": 300.0,
+        "error_ttl": 60.0,
+        "max_body_bytes": 1000,
+    }
+    options.update(overrides)
+    return CachePolicy(**options)  # type: ignore[arg-type]
+
+
+def bypass(p: CachePolicy, method: str = "GET", target: str = "/x", **flags: bool) -> str | None:
+    options = {"has_authorization": False, "has_cookie": False, "has_body": False}
+    options.update(flags)
+    return p.request_bypass(method, target, **options)
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+def test_get_and_head_are_cacheable_by_default():
+    assert bypass(policy(), "GET") is None
+    assert bypass(policy(), "HEAD") is None
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "get"])
+def test_other_methods_are_forwarded(method: str):
+    assert bypass(policy(), method) == "method"
+
+
+def test_routes_are_searched_in_the_path_without_the_query():
+    p = policy(routes=(re.compile("^/prod"), re.compile("/develop/?$")))
+    assert bypass(p, target="/prod/app") is None
+    assert bypass(p, target="/x/develop/") is None
+    assert bypass(p, target="/x/develop?y=1") is None
+    assert bypass(p, target="/other?/prod") == "route"
+    assert bypass(p, target="/develop/x") == "route"
+
+
+def test_no_routes_means_every_route():
+    assert bypass(policy(routes=()), target="/anything/at/all?q") is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        ({"has_authorization": True}, "authorization"),
+        ({"has_cookie": True}, "cookie"),
+        ({"has_body": True}, "body"),
+        ({"has_authorization": True, "has_cookie": True}, "authorization"),
+    ],
+)
+def test_credentials_and_bodies_bypass(flags: dict[str, bool], reason: str):
+    assert bypass(policy(), **flags) == reason
+
+
+def test_allow_auth_caching_lets_credentials_through_but_not_bodies():
+    p = policy(allow_auth_caching=True)
+    assert bypass(p, has_authorization=True, has_cookie=True) is None
+    assert bypass(p, has_body=True) == "body"
+
+
+def test_method_is_checked_before_route():
+    p = policy(routes=(re.compile("^/only"),))
+    assert bypass(p, "POST", "/elsewhere") == "method"
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "ttl"), [(200, 300.0), (204, 300.0), (299, 300.0)])
+def test_2xx_lives_cache_ttl(status: int, ttl: float):
+    assert policy().response_ttl(status, [], 10) == (ttl, None)
+
+
+@pytest.mark.parametrize("status", [301, 304, 404, 500, 503, 199])
+def test_other_statuses_live_error_ttl(status: int):
+    assert policy().response_ttl(status, [], 10) == (60.0, None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ([(b"Cache-Control", b"no-store")], "no-store"),
+        ([(b"cache-control", b"max-age=60, No-Store")], "no-store"),
+        ([(b"Cache-Control", b"public"), (b"Cache-Control", b"no-store")], "no-store"),
+        ([(b"Cache-Control", b"private")], "private"),
+        ([(b"Cache-Control", b'private="set-cookie"')], "private"),
+        ([(b"Set-Cookie", b"a=b")], "set-cookie"),
+        ([(b"SET-COOKIE", b"a=b; HttpOnly")], "set-cookie"),
+        ([(b"Vary", b"*")], "vary-star"),
+        ([(b"Vary", b"Accept, *")], "vary-star"),
+        ([(b"Vary", b"Authorization")], "vary-credentials"),
+        ([(b"vary", b"accept-language"), (b"Vary", b"Cookie")], "vary-credentials"),
+    ],
+)
+def test_unstorable_responses(headers: list[tuple[bytes, bytes]], reason: str):
+    assert policy().response_ttl(200, headers, 10) == (0.0, reason)
+
+
+def test_public_and_max_age_do_not_prevent_storing():
+    headers = [(b"Cache-Control", b"public, max-age=5"), (b"Vary", b"Accept-Encoding")]
+    assert policy().response_ttl(200, headers, 10) == (300.0, None)
+
+
+def test_body_size_limit_is_inclusive():
+    assert policy().response_ttl(200, [], 1000) == (300.0, None)
+    assert policy().response_ttl(200, [], 1001) == (0.0, "too-large")
+
+
+def test_zero_ttl_means_not_stored():
+    assert policy(cache_ttl=0.0).response_ttl(200, [], 1) == (0.0, "ttl")
+    assert policy(error_ttl=0.0).response_ttl(500, [], 1) == (0.0, "ttl")
+
+
+def test_vary_names_are_lowercase_sorted_unique():
+    headers = [(b"Vary", b"Accept-Language, accept-encoding"), (b"VARY", b"Accept-Language")]
+    assert policy().vary_names(headers) == ["accept-encoding", "accept-language"]
+    assert policy().vary_names([]) == []
+    assert policy().vary_names([(b"Vary", b"*")]) is None
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def test_base_key_is_method_and_target():
+    assert base_key("GET", "/a/b?c=d") == "GET /a/b?c=d"
+
+
+def test_variant_key_distinguishes_absent_from_empty():
+    absent = variant_key("GET /x", ["accept"], [None])
+    empty = variant_key("GET /x", ["accept"], [b""])
+    assert absent != empty
+    assert parse_key(absent) == ("GET", "/x", [])
+    assert parse_key(empty) == ("GET", "/x", [("accept", "")])
+
+
+def test_parse_key_round_trips_varied_headers():
+    key = variant_key("GET /p?q=1 2", ["accept-language", "x-v"], [b"fr, en;q=0.5", b"a:b"])
+    assert parse_key(key) == (
+        "GET",
+        "/p?q=1 2",
+        [("accept-language", "fr, en;q=0.5"), ("x-v", "a:b")],
+    )
+
+
+header_value = st.binary(max_size=30).filter(lambda b: b"\n" not in b and b"\r" not in b)
+
+
+@given(
+    method=st.sampled_from(["GET", "HEAD", "PURGE"]),
+    target=st.text(alphabet=st.characters(blacklist_characters="\n\r"), min_size=1, max_size=40),
+    values=st.lists(st.one_of(st.none(), header_value), max_size=4),
+)
+def test_key_round_trip_property(method: str, target: str, values: list[bytes | None]):
+    names = [f"h{i}" for i in range(len(values))]
+    key = variant_key(base_key(method, target), names, values)
+    expected = [
+        (n, v.decode("latin-1")) for n, v in zip(names, values, strict=True) if v is not None
+    ]
+    assert parse_key(key) == (method, target, expected)
+
+
+# --- hop-by-hop -----------------------------------------------------------------------------
+
+
+def test_hop_by_hop_headers_are_dropped_case_insensitively():
+    headers = [(name.upper(), b"v") for name in HOP_BY_HOP] + [(b"X-Keep", b"1")]
+    assert strip_hop_by_hop(headers) == [(b"X-Keep", b"1")]
+
+
+def test_headers_named_in_connection_are_dropped():
+    headers = [
+        (b"Connection", b"keep-alive, X-Private , x-other"),
+        (b"X-Private", b"secret"),
+        (b"X-Other", b"o"),
+        (b"X-Public", b"p"),
+        (b"Content-Length", b"3"),
+    ]
+    assert strip_hop_by_hop(headers) == [(b"X-Public", b"p"), (b"Content-Length", b"3")]
+
+
+def test_order_and_spelling_survive():
+    headers = [(b"B", b"2"), (b"a", b"1"), (b"B", b"3")]
+    assert strip_hop_by_hop(headers) == headers
+
+
+# --- Cache-Status ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text"),
+    [
+        ({"hit": True, "ttl": 42.9}, b"tokencache; hit; ttl=42"),
+        ({"fwd": "miss", "stored": True}, b"tokencache; fwd=miss; stored"),
+        ({"fwd": "uri-miss", "detail": "no-store"}, b"tokencache; fwd=uri-miss; detail=no-store"),
+        ({"fwd": "bypass"}, b"tokencache; fwd=bypass"),
+        (
+            {"hit": True, "fwd_status": 502, "detail": "stale"},
+            b"tokencache; hit; fwd-status=502; detail=stale",
+        ),
+        ({}, b"tokencache"),
+    ],
+)
+def test_cache_status_values(kwargs: dict[str, object], text: bytes):
+    assert cache_status(**kwargs) == text  # type: ignore[arg-type]
