@@ -1,0 +1,356 @@
+"""The proxy process: wires settings into the engine, the plugin, the data path and the side servers.
+
+Start-up order (each step only after the previous one succeeded; a failure stops what was started):
+
+1. tracing (an SDK TracerProvider, or none with TRACE=false), installed as the global provider so
+   the engine, the plugin and httpx instrumentation all report into one trace;
+2. the `tokencache.Workspace` (self URL, peer secret) and its peer server on GROUPCACHE_PORT
+   (not in single-node mode: there is no one to talk to);
+3. peer selection: static list, Kubernetes discovery, or single node;
+4. the OAuth2 `httpx.Auth` when OAUTH2_TOKEN_URL is set (its ``oauth2`` group lives in the same
+   Workspace, so the cluster fetches one token per TTL);
+5. `ProxyApp` on LISTEN_ADDR, then the health and metrics servers; readiness turns true last.
+
+Shutdown (SIGTERM/SIGINT) is the reverse and keeps invariant "no new work lands on a leaving node":
+readiness goes false at once (the load balancer stops sending), the node leaves its own ring (keys
+it owned are loaded elsewhere), discovery stops, the data path drains for SHUTDOWN_TIMEOUT. Only
+then do the health/metrics servers, the peer server and the data path close, in that order. Peers
+may ask this node for keys until they see it leave; the peer server stays up through the drain and
+closes before the backend client does, so a peer gets either a real answer or a refused connection
+(and then loads the key itself, engine invariant 3), never a load that failed on a closed client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+import tokencache
+from plugin import ClientCredentialsAuth, TokenMetricsCollector
+
+from ._app import ProxyApp
+from ._config import Address, Settings
+from ._errors import ConfigError
+from ._health import AppServer, Readiness, build_app
+from ._logging import configure_logging
+from ._metrics import DEFAULT_BUCKETS, ProxyMetrics
+from ._tracing import build_tracer_provider
+
+_log = logging.getLogger("proxy")
+PEER_TIMEOUT_MARGIN = 1.0  # seconds a peer's answer may take beyond BACKEND_TIMEOUT
+
+
+class PeerSource(Protocol):
+    """What the service needs from a peer discovery source (`KubernetesPeerSource` fits)."""
+
+    async def start(self) -> None:
+        """Begin watching; call `on_peers` with every new peer list."""
+
+    async def stop(self) -> None:
+        """Stop watching (idempotent)."""
+
+
+# Builds a source from the callback that receives peer lists (tests pass a fake).
+PeerSourceFactory = Callable[[Callable[[list[str]], None]], PeerSource]
+
+
+class ProxyService:
+    """One proxy process's parts; `start`, then `shutdown` once (after a signal, say)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        install_tracer: bool = True,
+        peer_source: PeerSourceFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.readiness = Readiness()
+        self.metrics = ProxyMetrics(
+            namespace=settings.metrics_namespace,
+            buckets=settings.metrics_buckets_latency_http or DEFAULT_BUCKETS,
+        )
+        self.registry = CollectorRegistry()
+        self._install_tracer = install_tracer
+        self._peer_source = peer_source or self._kubernetes_source
+        self._provider: TracerProvider | None = None
+        self._ws: tokencache.Workspace | None = None
+        self._app: ProxyApp | None = None
+        self._auth: ClientCredentialsAuth | None = None
+        self._discovery: PeerSource | None = None
+        self._servers: list[AppServer] = []
+        self._closed = False
+
+    @property
+    def workspace(self) -> tokencache.Workspace:
+        """The engine workspace (after `start`)."""
+        assert self._ws is not None, "start() first"
+        return self._ws
+
+    async def start(self) -> None:
+        """Bring every part up; on failure, close what was started and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_all()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        self._provider = build_tracer_provider(s.trace, s.otel)
+        if self._provider is not None and self._install_tracer:
+            trace.set_tracer_provider(self._provider)
+        single = s.peer_discovery == "none"
+        ws = tokencache.Workspace(
+            self_url="" if single else s.groupcache_self_url,
+            peer_secret=s.groupcache_peer_secret or None,
+            # The owner answers a peer only after its backend request: a shorter peer timeout
+            # would make the caller give up on a slow backend and load the key a second time.
+            peer_timeout=s.backend_timeout + PEER_TIMEOUT_MARGIN,
+            tracer_provider=self._provider,
+        )
+        self._ws = ws
+        if single:
+            await ws.start()  # background purge of expired entries; no peer port to serve
+        else:
+            # serve() also logs the one warning when GROUPCACHE_PEER_SECRET is unset.
+            await ws.serve(s.groupcache_port.bind_host, s.groupcache_port.port)
+        await self._start_peers(ws)
+        if s.oauth2_token_url:
+            self._auth = ClientCredentialsAuth(
+                token_url=s.oauth2_token_url,
+                client_id=s.oauth2_client_id,
+                client_secret=s.oauth2_client_secret,
+                scope=s.oauth2_scope or None,
+                auth_method=s.oauth2_auth_method,
+                workspace=ws,
+            )
+        self._app = ProxyApp(
+            backend_url=s.backend_url,
+            backend_timeout=s.backend_timeout,
+            cache_ttl=s.cache_ttl,
+            cache_error_ttl=s.cache_error_ttl,
+            restrict_methods=s.restrict_method,
+            route_regexp=s.restrict_route_regexp,
+            max_body_bytes=s.cache_max_body_bytes,
+            stale_if_error=s.cache_stale_if_error,
+            allow_auth_caching=s.cache_allow_authorized,
+            workspace=ws,
+            group_bytes=s.groupcache_size_bytes,
+            backend_auth=self._auth,
+            metrics=self.metrics,
+            tracer=None if self._provider is None else self._provider.get_tracer("proxy"),
+            logger=logging.getLogger("proxy.app"),
+        )
+        await self._app.start(s.listen_addr.bind_host, s.listen_addr.port)
+        self._register_metrics(ws)
+        await self._start_side_servers()
+        self.readiness.started = True
+        _log.info(
+            "proxy started",
+            extra={
+                "listen": str(s.listen_addr),
+                "backend": _safe_url(s.backend_url),
+                "peer_discovery": s.peer_discovery,
+                "self_url": s.groupcache_self_url if not single else "",
+                "oauth2": bool(s.oauth2_token_url),
+                "tracing": self._provider is not None,
+            },
+        )
+
+    async def _start_peers(self, ws: tokencache.Workspace) -> None:
+        s = self.settings
+        if s.peer_discovery == "static":
+            ws.set_peers(list(s.groupcache_peers))
+            self.readiness.peers_known = True
+        elif s.peer_discovery == "kubernetes":
+
+            def on_peers(urls: Sequence[str]) -> None:
+                if self.readiness.draining:
+                    return  # a leaving node keeps itself out of its ring
+                ws.set_peers(list(urls))
+                self.readiness.peers_known = True
+
+            self._discovery = self._peer_source(on_peers)
+            await self._discovery.start()
+        else:
+            self.readiness.peers_known = True  # single node: the ring is just us
+
+    def _kubernetes_source(self, on_peers: Callable[[list[str]], None]) -> PeerSource:
+        from tokencache.discovery import DiscoveryConfigError, KubernetesPeerSource
+
+        s = self.settings
+        try:
+            source: PeerSource = KubernetesPeerSource(
+                on_peers,
+                label_selector=s.kubegroup_label_selector,
+                peer_port=s.groupcache_port.port,
+                debounce=s.kubegroup_debounce,
+                registry=self.registry,
+                metrics_namespace=s.metrics_namespace,
+            )
+        except DiscoveryConfigError as exc:
+            raise ConfigError(f"PEER_DISCOVERY: kubernetes discovery cannot start: {exc}") from None
+        return source
+
+    def _register_metrics(self, ws: tokencache.Workspace) -> None:
+        s = self.settings
+        self.registry.register(tokencache.GroupcacheCollector(ws, namespace=s.metrics_namespace))
+        self.registry.register(self.metrics.collector())
+        if self._auth is not None:
+            caches = [self._auth.token_cache]
+            self.registry.register(TokenMetricsCollector(caches, namespace=s.metrics_namespace))
+        ProcessCollector(namespace=s.metrics_namespace, registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    async def _start_side_servers(self) -> None:
+        s = self.settings
+        shared = s.metrics_addr == s.health_addr
+        health = build_app(
+            self.readiness,
+            health_path=s.health_path,
+            ready_path=s.ready_path,
+            metrics_path=s.metrics_path if shared else None,
+            registry=self.registry,
+        )
+        plan: list[tuple[Address, Any]] = [(s.health_addr, health)]
+        if not shared:
+            metrics = build_app(self.readiness, metrics_path=s.metrics_path, registry=self.registry)
+            plan.append((s.metrics_addr, metrics))
+        for addr, app in plan:
+            server = AppServer(app)
+            self._servers.append(server)
+            await server.start(addr.bind_host, addr.port)
+
+    async def shutdown(self) -> bool:
+        """Drain and stop; True when every in-flight request finished within SHUTDOWN_TIMEOUT."""
+        s = self.settings
+        self.readiness.draining = True
+        _log.info("shutting down: draining", extra={"timeout_s": s.shutdown_timeout})
+        ws = self._ws
+        if ws is not None and s.peer_discovery != "none":
+            ws.set_peers([p for p in ws.peers if p != s.groupcache_self_url])
+        if self._discovery is not None:
+            await self._discovery.stop()
+        idle = True
+        if self._app is not None:
+            self._app.begin_drain()
+            idle = await self._app.wait_idle(s.shutdown_timeout)
+            if not idle:
+                _log.warning(
+                    "shutdown timeout: closing with requests in flight",
+                    extra={"in_flight": self._app.in_flight},
+                )
+        await self._close_all()
+        _log.info("stopped")
+        return idle
+
+    async def _close_all(self) -> None:
+        """Close whatever was started, once, in an order that never serves half-closed loads."""
+        if self._closed:
+            return
+        self._closed = True
+        steps: list[Callable[[], Any]] = [s.close for s in reversed(self._servers)]
+        if self._discovery is not None:
+            steps.append(self._discovery.stop)
+        # The peer port goes before the data path: a peer asking this node for a key must get
+        # either an answer loaded with a working backend client or a refused connection (then it
+        # loads the key itself), never a load failure from a client that is already closed.
+        if self._ws is not None:
+            steps.append(self._ws.close)
+        if self._app is not None:
+            steps.append(self._app.close)
+        if self._auth is not None:
+            steps.append(self._auth.aclose)
+        if self._provider is not None:
+            steps.append(self._provider.shutdown)
+        for close in steps:
+            try:
+                await _maybe_await(close())
+            except Exception:  # noqa: BLE001 - one failing part must not keep the rest open
+                _log.exception("error while closing")
+
+
+async def run(settings: Settings) -> int:
+    """Run the proxy until SIGTERM or SIGINT; the process exit code (0 after a clean drain)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = ProxyService(settings)
+    try:
+        await service.start()
+    except OSError as exc:
+        _log.error("cannot start: %s", exc)  # bind errors name an address, never a secret
+        return 1
+    await stop.wait()
+    await service.shutdown()
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """The URL without userinfo, for a log line."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def settings_help() -> str:
+    """Every setting with its default and help, one per line (generated from `Settings`)."""
+    rows = Settings.help_rows()
+    width = max(len(name) for name, _, _ in rows)
+    lines = ["settings (environment variables):"]
+    for name, default, text in rows:
+        shown = default if default else '""'
+        lines.append(f"  {name:<{width}}  {text} (default: {shown})")
+    lines.append("")
+    lines.append("Any URL or secret may be a reference resolved at start-up:")
+    lines.append("  aws-secretsmanager:<region>:<name>[:<json field>]")
+    lines.append("  aws-parameterstore:<region>:<name>[:<json field>]   file:<path>")
+    lines.append("Tracing also reads the standard OTEL_* variables (OTEL_TRACES_EXPORTER, ...).")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="tokencache-proxy",
+        description="A caching reverse proxy whose replicas share one cache (configured by "
+        "environment variables; kubecache-compatible names).",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"tokencache-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(debug=settings.debug_log, secrets=settings.secret_values())
+    try:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+            return asyncio.run(run(settings))
+        return uvloop.run(run(settings))
+    except ConfigError as exc:  # found while starting (e.g. an OTEL_* value)
+        print(f"tokencache-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
