@@ -1,32 +1,28 @@
-"""``ClientCredentialsAuth`` for httpx2: the same flow as :mod:`plugin._auth`, on httpx2 types.
-
-Kept as its own module (not a shared generic flow) so the httpx2 code path imports and runs only
-httpx2, and tokens for it are fetched with :class:`Httpx2TokenSender`. Flow, 401 retry and body
-replay rules are those of the httpx class (see its module docstring).
-"""
+"""``ClientCredentialsAuth`` for httpx2: the flow of :mod:`plugin._flow` on httpx2 types only."""
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
+from typing import Unpack
 
 import httpx2
 
-import tokencache
-from plugin._cache import Policy, TokenCache
-from plugin._core import AuthCore
-from plugin._fetch import Sleep
+from plugin._flow import CredentialsFlow, FlowOptions, build_core
 from plugin.httpx2._sender import Httpx2TokenSender
 
 
-class ClientCredentialsAuth(httpx2.Auth):
+def _replayable(request: httpx2.Request) -> bool:
+    return isinstance(request.stream, httpx2.ByteStream)
+
+
+class ClientCredentialsAuth(CredentialsFlow, httpx2.Auth):
     """OAuth2 client-credentials tokens shared across the cluster, for httpx2 clients.
 
     Standalone when ``workspace`` is None (a private single-node workspace on a private loop
     thread); clustered when given the process's :class:`tokencache.Workspace`. A sync client used
     with a given workspace needs ``loop=`` (the loop the workspace runs on, or a
-    :class:`tokencache.BackgroundLoop`). See docs/plugin.md for every parameter.
+    :class:`tokencache.BackgroundLoop`). The flow is :mod:`plugin._flow`'s; see docs/plugin.md
+    for every parameter.
     """
 
     def __init__(
@@ -38,24 +34,11 @@ class ClientCredentialsAuth(httpx2.Auth):
         extra_params: Mapping[str, str] | None = None,
         auth_method: str = "client_secret_basic",
         *,
-        workspace: tokencache.Workspace | None = None,
-        group_name: str = "oauth2",
-        loop: asyncio.AbstractEventLoop | tokencache.BackgroundLoop | None = None,
-        leeway: float | None = None,
-        refresh_fraction: float = 0.2,
-        default_lifetime: float = 300.0,
-        cooldown: float = 2.0,
-        max_attempts: int = 3,
-        max_retry_after: float = 30.0,
         timeout: float = 10.0,
-        sync_timeout: float = 60.0,
         token_transport: httpx2.AsyncBaseTransport | None = None,
-        clock: tokencache.Clock | None = None,
-        sleep: Sleep | None = None,
-        wall_clock: Callable[[], float] | None = None,
-        rng: random.Random | None = None,
+        **options: Unpack[FlowOptions],
     ) -> None:
-        self._core = AuthCore(
+        self._core = build_core(
             token_url=token_url,
             client_id=client_id,
             client_secret=client_secret,
@@ -63,72 +46,17 @@ class ClientCredentialsAuth(httpx2.Auth):
             extra_params=extra_params,
             auth_method=auth_method,
             sender=Httpx2TokenSender(timeout=timeout, transport=token_transport),
-            workspace=workspace,
-            loop=loop,
-            group_name=group_name,
-            policy=Policy(leeway=leeway, refresh_fraction=refresh_fraction, cooldown=cooldown),
-            default_lifetime=default_lifetime,
-            max_attempts=max_attempts,
-            max_retry_after=max_retry_after,
-            sync_timeout=sync_timeout,
-            clock=clock,
-            sleep=sleep,
-            wall_clock=wall_clock,
-            rng=rng,
+            options=options,
         )
-
-    @property
-    def key(self) -> str:
-        """The cache key of these credentials (no secret in it)."""
-        return self._core.key
-
-    @property
-    def token_cache(self) -> TokenCache:
-        """The token cache (group, stats) these credentials live in."""
-        return self._core.cache
 
     def sync_auth_flow(
         self, request: httpx2.Request
     ) -> Generator[httpx2.Request, httpx2.Response, None]:
         """The flow for ``httpx2.Client``: blocks this thread only, on a token miss."""
-        core = self._core
-        held = core.token_sync()
-        request.headers["Authorization"] = held.token.authorization
-        response = yield request
-        if response.status_code != 401:
-            return
-        fresh = core.renew_sync(held)
-        if fresh.token.access_token == held.token.access_token or not isinstance(
-            request.stream, httpx2.ByteStream
-        ):
-            return
-        core.cache.stats.count_unauthorized_retry()
-        request.headers["Authorization"] = fresh.token.authorization
-        yield request
+        return self._sync_flow(request, _replayable)
 
-    async def async_auth_flow(
+    def async_auth_flow(
         self, request: httpx2.Request
     ) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
         """The flow for ``httpx2.AsyncClient``: awaits the engine, never blocks the loop."""
-        core = self._core
-        held = await core.token()
-        request.headers["Authorization"] = held.token.authorization
-        response = yield request
-        if response.status_code != 401:
-            return
-        fresh = await core.renew(held)
-        if fresh.token.access_token == held.token.access_token or not isinstance(
-            request.stream, httpx2.ByteStream
-        ):
-            return
-        core.cache.stats.count_unauthorized_retry()
-        request.headers["Authorization"] = fresh.token.authorization
-        yield request
-
-    def close(self) -> None:
-        """Release the credentials registration and token client (and the private loop)."""
-        self._core.close()
-
-    async def aclose(self) -> None:
-        """Async :meth:`close`."""
-        await self._core.aclose()
+        return self._async_flow(request, _replayable)

@@ -1,0 +1,161 @@
+"""The auth flow both ``ClientCredentialsAuth`` classes (httpx and httpx2) run.
+
+This module imports neither HTTP library: it touches requests only through ``headers`` and
+responses only through ``status_code``, and each class says for itself whether a request's body
+can be sent twice. So the httpx class runs httpx code only and the httpx2 class httpx2 code only,
+while the flow itself is written once.
+
+The flow (sync and async, as httpx's docs prescribe for flows that do I/O):
+
+1. take the token (this process's copy, else the cluster's group; refresh-ahead in the background
+   when it is in the last part of its life) and send the request with it;
+2. on 401, compare-and-invalidate: remove the rejected token cluster-wide *only if the cached value is
+   still that token*, get the current one, and retry once with it. If the current token is the one
+   that was just rejected, the 401 is returned (never a second retry, never the same token twice).
+
+Request bodies: bytes, str, form, JSON and multipart-from-bytes bodies are replayable (a
+``ByteStream``) and are retried. A streaming body (a generator or file object) cannot be sent twice:
+its 401 is returned as is (the rejected token is still invalidated, so the next request gets a new
+one). Call ``request.read()`` first to make such a body replayable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, MutableMapping
+from typing import Protocol, TypedDict, TypeVar
+
+import tokencache
+from plugin._cache import Policy, TokenCache
+from plugin._core import AuthCore
+from plugin._fetch import Sleep
+from plugin._request import TokenSender
+
+
+class _Request(Protocol):
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
+
+
+class _Response(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+
+Req = TypeVar("Req", bound=_Request)
+Resp = TypeVar("Resp", bound=_Response)
+
+
+class FlowOptions(TypedDict, total=False):
+    """The keyword options both Auth classes take; see docs/plugin.md for each."""
+
+    workspace: tokencache.Workspace | None
+    group_name: str
+    loop: asyncio.AbstractEventLoop | tokencache.BackgroundLoop | None
+    leeway: float | None
+    refresh_fraction: float
+    default_lifetime: float
+    cooldown: float
+    max_attempts: int
+    max_retry_after: float
+    sync_timeout: float
+    clock: tokencache.Clock | None
+    sleep: Sleep | None
+    wall_clock: Callable[[], float] | None
+    rng: random.Random | None
+
+
+def build_core(
+    *,
+    token_url: str,
+    client_id: str,
+    client_secret: str,
+    scope: str | Iterable[str] | None,
+    extra_params: Mapping[str, str] | None,
+    auth_method: str,
+    sender: TokenSender,
+    options: FlowOptions,
+) -> AuthCore:
+    """The token side of an Auth class, with every option's default in one place."""
+    return AuthCore(
+        token_url=token_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        scope=scope,
+        extra_params=extra_params,
+        auth_method=auth_method,
+        sender=sender,
+        workspace=options.get("workspace"),
+        loop=options.get("loop"),
+        group_name=options.get("group_name", "oauth2"),
+        policy=Policy(
+            leeway=options.get("leeway"),
+            refresh_fraction=options.get("refresh_fraction", 0.2),
+            cooldown=options.get("cooldown", 2.0),
+        ),
+        default_lifetime=options.get("default_lifetime", 300.0),
+        max_attempts=options.get("max_attempts", 3),
+        max_retry_after=options.get("max_retry_after", 30.0),
+        sync_timeout=options.get("sync_timeout", 60.0),
+        clock=options.get("clock"),
+        sleep=options.get("sleep"),
+        wall_clock=options.get("wall_clock"),
+        rng=options.get("rng"),
+    )
+
+
+class CredentialsFlow:
+    """The library-agnostic half of ``ClientCredentialsAuth``: token handling and the 401 retry."""
+
+    _core: AuthCore
+
+    @property
+    def key(self) -> str:
+        """The cache key of these credentials (no secret in it)."""
+        return self._core.key
+
+    @property
+    def token_cache(self) -> TokenCache:
+        """The token cache (group, stats) these credentials live in."""
+        return self._core.cache
+
+    def _sync_flow(
+        self, request: Req, replayable: Callable[[Req], bool]
+    ) -> Generator[Req, Resp, None]:
+        core = self._core
+        held = core.token_sync()
+        request.headers["Authorization"] = held.token.authorization
+        response = yield request
+        if response.status_code != 401:
+            return
+        fresh = core.renew_sync(held)
+        if fresh.token.access_token == held.token.access_token or not replayable(request):
+            return
+        core.cache.stats.count_unauthorized_retry()
+        request.headers["Authorization"] = fresh.token.authorization
+        yield request
+
+    async def _async_flow(
+        self, request: Req, replayable: Callable[[Req], bool]
+    ) -> AsyncGenerator[Req, Resp]:
+        core = self._core
+        held = await core.token()
+        request.headers["Authorization"] = held.token.authorization
+        response = yield request
+        if response.status_code != 401:
+            return
+        fresh = await core.renew(held)
+        if fresh.token.access_token == held.token.access_token or not replayable(request):
+            return
+        core.cache.stats.count_unauthorized_retry()
+        request.headers["Authorization"] = fresh.token.authorization
+        yield request
+
+    def close(self) -> None:
+        """Release the credentials registration and token client (and the private loop)."""
+        self._core.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        await self._core.aclose()
