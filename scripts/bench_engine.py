@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import tokencache
+from tests.support.engine_cluster import start_engine_peers, stop_all
 from tests.support.net import free_port
 from tests.support.processes import Process, wait_http
 
@@ -94,31 +95,12 @@ async def herd(n: int = 1000) -> int:
     """Loader runs across 3 peer processes for ``n`` concurrent gets of one key."""
     import aiohttp
 
-    ports = [(free_port(), free_port()) for _ in range(3)]
-    urls = ",".join(f"http://127.0.0.1:{p}" for p, _ in ports)
-    procs = [
-        Process.python(
-            "tests.support.engine_peer",
-            "--port",
-            str(p),
-            "--control-port",
-            str(c),
-            "--peers",
-            urls,
-            "--load-delay",
-            "0.2",
-            "--secret",
-            "bench-secret",
-        )
-        for p, c in ports
-    ]
+    peers = start_engine_peers(3, "--load-delay", "0.2", secret="bench-secret")
     try:
-        for proc, (_, c) in zip(procs, ports, strict=True):
-            wait_http(f"http://127.0.0.1:{c}/stats", proc=proc)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
             async def get(i: int) -> int:
-                url = f"http://127.0.0.1:{ports[i % 3][1]}/get"
+                url = peers[i % 3].control_url + "/get"
                 async with session.post(url, data=b"the herd key") as resp:
                     await resp.read()
                     return resp.status
@@ -126,13 +108,12 @@ async def herd(n: int = 1000) -> int:
             statuses = await asyncio.wait_for(asyncio.gather(*(get(i) for i in range(n))), 60)
             assert set(statuses) == {200}, statuses
         runs = 0
-        for _, c in ports:
-            with urllib.request.urlopen(f"http://127.0.0.1:{c}/stats") as resp:
+        for peer in peers:
+            with urllib.request.urlopen(peer.control_url + "/stats") as resp:
                 runs += json.loads(resp.read())["loader_runs"]
         return runs
     finally:
-        for proc in procs:
-            proc.stop()
+        stop_all(peers)
 
 
 def memory_child(entries: int) -> None:

@@ -9,54 +9,18 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from tests.support.net import free_port
-from tests.support.processes import Process, wait_http
-
-
-class Peer:
-    def __init__(self, port: int, control: int, proc: Process) -> None:
-        self.port, self.control, self.proc = port, control, proc
-        self.url = f"http://127.0.0.1:{port}"
-        self.control_url = f"http://127.0.0.1:{control}"
-
-
-def start_cluster(n: int, *extra: str) -> list[Peer]:
-    ports = [(free_port(), free_port()) for _ in range(n)]
-    urls = ",".join(f"http://127.0.0.1:{p}" for p, _ in ports)
-    peers = []
-    try:
-        for port, control in ports:
-            proc = Process.python(
-                "tests.support.engine_peer",
-                "--port",
-                str(port),
-                "--control-port",
-                str(control),
-                "--peers",
-                urls,
-                "--secret",
-                "cluster-test-secret",
-                *extra,
-            )
-            peers.append(Peer(port, control, proc))
-        for peer in peers:
-            wait_http(peer.control_url + "/stats", proc=peer.proc)
-    except BaseException:
-        for peer in peers:
-            peer.proc.stop()
-        raise
-    return peers
+from tests.support.engine_cluster import EnginePeer as Peer
+from tests.support.engine_cluster import start_engine_peers, stop_all
 
 
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest) -> Iterator[list[Peer]]:
     extra = getattr(request, "param", ())
-    peers = start_cluster(3, *extra)
+    peers = start_engine_peers(3, *extra)
     try:
         yield peers
     finally:
-        for peer in peers:
-            peer.proc.stop()
+        stop_all(peers)
 
 
 async def _get(session: aiohttp.ClientSession, peer: Peer, key: str) -> tuple[int, bytes]:

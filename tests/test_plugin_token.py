@@ -215,7 +215,7 @@ class ScriptedSender:
         return None
 
 
-def ok(token: str = "t") -> plugin.TokenHttpResponse:  # noqa: S107 - a dummy token
+def ok(token: str = "t") -> plugin.TokenHttpResponse:
     return plugin.TokenHttpResponse(
         200, {}, json.dumps({"access_token": token, "expires_in": 60}).encode()
     )

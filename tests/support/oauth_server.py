@@ -164,7 +164,7 @@ class OAuthServer:
         token_ttl: int = 3600,
         *,
         audience: str | None = None,
-        access_token_format: Literal["opaque", "jwt"] = "opaque",  # noqa: S107 (a format name)
+        access_token_format: Literal["opaque", "jwt"] = "opaque",
         enforce_auth_method: bool = True,
         start_timeout: float = _START_DEADLINE,
     ) -> None:
