@@ -10,6 +10,12 @@ several rounds, and prints req/s, p50 and p99 of each and the proxy/nginx ratio 
 rounds), plus each server's CPU time per request (from /proc, so less sensitive to other load
 on a shared machine). Every process it started is stopped by PID at the end. Only 127.0.0.1 is
 used. Ratios are medians of per-round ratios: read them, not the absolute numbers.
+
+Then, in the same run, two cluster figures (scripts/bench_proxy_cluster.py): the backend requests
+of a 500-way herd on one fresh URL over 3 proxies versus 3 nginx instances with
+``proxy_cache_lock`` (expected 1 versus 3), and the added latency of the peer hop (p50/p99 of the
+first request on a non-owner versus a hit on the owner). ``--rounds 0``, ``--herd 0`` and
+``--hops 0`` skip a part.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from scripts.bench_proxy_cluster import report_cluster, run_cluster
 
 SIZES = {"1k": 1024, "100k": 100 * 1024}
 _ROOT = Path(__file__).resolve().parent.parent
@@ -329,22 +337,40 @@ def report(results: Results) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point (see the module docstring)."""
+    """Entry point (see the module docstring); defaults when called from scripts/bench.py."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds (0: skip)")
     parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--herd", type=int, default=500, help="herd size (0: skip the herd)")
+    parser.add_argument("--herd-delay", type=float, default=0.3, help="backend answer, seconds")
+    parser.add_argument("--herd-rounds", type=int, default=3)
+    parser.add_argument("--hops", type=int, default=300, help="peer-hop URLs (0: skip)")
     parser.add_argument("--serve-backend", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-proxy", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    # Not sys.argv when called as a function: scripts/bench.py has arguments of its own.
+    args = parser.parse_args(argv or [])
     if args.serve_backend:
         serve_backend(args.serve_backend)
         return
     if args.serve_proxy:
         serve_proxy(int(args.serve_proxy[0]), args.serve_proxy[1])
         return
-    report(run(args.rounds, args.duration, args.connections))
+    print("## Proxy (proxy/)", flush=True)
+    _ensure_tools()
+    if args.rounds > 0:
+        report(run(args.rounds, args.duration, args.connections))
+    if args.herd > 0 or args.hops > 0:
+        with tempfile.TemporaryDirectory(prefix="bench-proxy-cluster-") as tmp:
+            cluster = run_cluster(
+                Path(tmp),
+                herd=args.herd,
+                herd_delay=args.herd_delay,
+                rounds=args.herd_rounds,
+                hops=args.hops,
+            )
+        report_cluster(cluster)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
