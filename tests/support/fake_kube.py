@@ -376,7 +376,10 @@ class FakeKube:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        # The scheme is case-insensitive (RFC 9110; kube-apiserver agrees): the in-cluster config
+        # of the kubernetes client sends "bearer". The token itself must match exactly.
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token, self.token):
             self._state.requests["unauthorized"] += 1
             return _status(401, "Unauthorized", "Unauthorized")
         response: web.StreamResponse = await handler(request)
