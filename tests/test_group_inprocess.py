@@ -245,3 +245,37 @@ async def test_byte_budget_bounds_main_plus_hot() -> None:
     assert group.main_cache.bytes + group.hot_cache.bytes <= 50_000
     assert group.main_cache.stats.evictions > 0
     assert group.peek("k499") is not None
+
+
+async def test_unreachable_owner_is_skipped_for_a_while_then_tried_again() -> None:
+    cluster = Cluster()
+    keys = [k for k in (f"k{i}" for i in range(200)) if cluster.owner_of(k) == URLS[1]][:5]
+    cluster.transport.down.add(URLS[1])
+    caller = cluster.group(URLS[0])
+    for key in keys:
+        await caller.get(key)
+    # only the first key paid for trying the dead owner; the rest loaded locally at once
+    assert [p for p, _, _ in cluster.transport.fetches] == [URLS[1]]
+    assert caller.stats.peer_errors == len(keys)
+    assert cluster.loads[URLS[0]] == len(keys)
+    cluster.transport.down.discard(URLS[1])
+    cluster.clock.advance(cluster.ws[URLS[0]].unreachable_backoff)
+    fresh = next(k for k in (f"n{i}" for i in range(200)) if cluster.owner_of(k) == URLS[1])
+    await caller.get(fresh)
+    assert cluster.loads[URLS[1]] == 1  # back in use once the back-off ended
+
+
+async def test_an_owner_that_answers_with_an_error_is_not_skipped() -> None:
+    def factory(url: str):
+        async def load(key: str) -> Entry:
+            if url == URLS[1] and key.startswith("bad"):
+                raise RuntimeError("backend down on the owner")
+            return Entry(url.encode(), 60)
+
+        return load
+
+    cluster = Cluster(factory)
+    bad = next(k for k in (f"bad{i}" for i in range(200)) if cluster.owner_of(k) == URLS[1])
+    good = next(k for k in (f"good{i}" for i in range(200)) if cluster.owner_of(k) == URLS[1])
+    assert await cluster.group(URLS[0]).get(bad) == URLS[0].encode()  # loaded locally
+    assert await cluster.group(URLS[0]).get(good) == URLS[1].encode()  # the owner still asked

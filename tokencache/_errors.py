@@ -34,10 +34,13 @@ class Declined(TokenCacheError):
 class PeerError(TokenCacheError):
     """A request to a peer failed (refused, timed out, bad answer, rejected)."""
 
-    def __init__(self, peer: str, reason: str) -> None:
+    def __init__(self, peer: str, reason: str, *, unreachable: bool = False) -> None:
         super().__init__(f"peer {peer}: {reason}")
         self.peer = peer
         self.reason = reason
+        # True when the peer could not be reached at all (refused, reset, timed out), as opposed
+        # to a peer that answered with an error: only the former makes callers skip it for a while.
+        self.unreachable = unreachable
 
 
 class InvalidArgument(TokenCacheError, ValueError):

@@ -176,14 +176,21 @@ class Group:
         self.stats.loads_deduped += 1
         owner = self._ws.owner(key)
         if owner is not None:
+            if not self._ws.peer_reachable(owner):
+                # The owner was unreachable moments ago: load here at once instead of paying
+                # the connect timeout again for every key it owns.
+                self.stats.peer_errors += 1
+                return await self._load_local(key, min_ttl)
             try:
                 return await self._fetch_from_peer(owner, key, min_ttl)
             except NotFound:
                 raise
             except Declined:
                 pass  # the owner cannot load it (e.g. no credentials there): load here
-            except PeerError:
+            except PeerError as exc:
                 self.stats.peer_errors += 1
+                if exc.unreachable:
+                    self._ws.mark_unreachable(owner)
         return await self._load_local(key, min_ttl)
 
     async def _fetch_from_peer(self, owner: str, key: str, min_ttl: float) -> Result:

@@ -104,7 +104,7 @@ class HttpTransport:
                     raise PeerError(peer, "answer larger than the value limit")
                 return resp.status, resp.headers, data
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise PeerError(peer, type(exc).__name__) from exc
+            raise PeerError(peer, type(exc).__name__, unreachable=True) from exc
 
     async def fetch(
         self,

@@ -72,6 +72,7 @@ class Workspace:
         max_key_bytes: int = 32 << 10,
         max_value_bytes: int = 64 << 20,
         purge_interval: float = 30.0,
+        unreachable_backoff: float = 2.0,
     ) -> None:
         self.self_url = _normalise_url(self_url)
         self.replicas = replicas
@@ -81,6 +82,8 @@ class Workspace:
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
         self.purge_interval = purge_interval
+        self.unreachable_backoff = unreachable_backoff
+        self._unreachable_until: dict[str, float] = {}  # peer -> clock time it may be tried again
         self.peer_timeout = peer_timeout
         self.transport: PeerTransport = transport or HttpTransport(
             timeout=peer_timeout,
@@ -105,12 +108,29 @@ class Workspace:
         if peers == set(self._ring.peers):
             return
         self._ring = Ring(peers, self.replicas, self.probes)
+        self._unreachable_until = {p: t for p, t in self._unreachable_until.items() if p in peers}
         log.info("peers set: %d peers, self included: %s", len(peers), self.self_url in peers)
 
     @property
     def peers(self) -> tuple[str, ...]:
         """The current peers, sorted."""
         return self._ring.peers
+
+    def peer_reachable(self, peer: str) -> bool:
+        """False while ``peer`` is in its back-off after failing to answer at all."""
+        until = self._unreachable_until.get(peer)
+        if until is None:
+            return True
+        if self.clock.now() >= until:
+            # Half-open: the next request tries the peer again; failing re-arms the back-off.
+            del self._unreachable_until[peer]
+            return True
+        return False
+
+    def mark_unreachable(self, peer: str) -> None:
+        """Skip ``peer`` for ``unreachable_backoff`` seconds (its keys are loaded locally)."""
+        if self.unreachable_backoff > 0:
+            self._unreachable_until[peer] = self.clock.now() + self.unreachable_backoff
 
     def owner(self, key: str) -> str | None:
         """The peer that owns ``key``, or ``None`` when this process does (or there are no peers)."""

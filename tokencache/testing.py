@@ -50,7 +50,7 @@ class LocalTransport:
         if gate is not None:
             await gate.wait()
         if peer in self.down or peer not in self.workspaces:
-            raise PeerError(peer, "connection refused")
+            raise PeerError(peer, "connection refused", unreachable=True)
         return self.workspaces[peer]
 
     async def fetch(
