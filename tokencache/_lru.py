@@ -58,6 +58,7 @@ class LRUCache:
 
     def __init__(self, clock: Clock, stale_window: float = 0.0) -> None:
         self._clock = clock
+        self._now = clock.now  # bound once: the hit path reads the clock on every get
         self._stale_window = stale_window
         self._items: OrderedDict[str, _Item] = OrderedDict()
         self._heap: list[tuple[float, int, str]] = []  # (expires_at, seq, key); lazy deletion
@@ -76,7 +77,8 @@ class LRUCache:
 
         Counts a get, and a hit when found; a hit becomes the most recently used.
         """
-        self.stats.gets += 1
+        stats = self.stats
+        stats.gets += 1
         item = self._items.get(key)
         if item is None:
             return None
@@ -84,11 +86,11 @@ class LRUCache:
         if expires_at is None:
             ttl = None
         else:
-            ttl = expires_at - self._clock.now()
+            ttl = expires_at - self._now()
             if ttl <= 0 or ttl < min_ttl:
                 return None
         self._items.move_to_end(key)
-        self.stats.hits += 1
+        stats.hits += 1
         return item.value, ttl
 
     def get_value(self, key: str) -> bytes | None:
@@ -98,7 +100,7 @@ class LRUCache:
         if item is None:
             return None
         expires_at = item.expires_at
-        if expires_at is not None and expires_at <= self._clock.now():
+        if expires_at is not None and expires_at <= self._now():
             return None
         self._items.move_to_end(key)
         self.stats.hits += 1
