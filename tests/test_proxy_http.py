@@ -237,6 +237,28 @@ async def test_miss_then_hit(backend: Backend, make_proxy: MakeProxy, client: ht
     assert app.metrics.count("GET", 200, "miss") == 1
 
 
+async def test_repeated_hits_reuse_ready_bytes_but_track_ttl_and_new_values(
+    backend: Backend, make_proxy: MakeProxy, client: httpx.AsyncClient
+):
+    clock = FakeClock()
+    _, url = await make_proxy(ws_clock=clock, cache_ttl=100.0)
+    await client.get(f"{url}/hello")
+    hits = [await client.get(f"{url}/hello") for _ in range(3)]
+    assert {h.headers["cache-status"] for h in hits} == {"tokencache; hit; ttl=100"}
+    clock.advance(30.5)
+    later = await client.get(f"{url}/hello")
+    assert later.headers["cache-status"] == "tokencache; hit; ttl=69"
+    assert later.headers["age"] == "30"
+    assert later.text == "hello 1"
+    clock.advance(70)  # expired: a ready copy of the old response must not be served
+    fresh = await client.get(f"{url}/hello")
+    assert fresh.text == "hello 2"
+    assert fresh.headers["cache-status"] == "tokencache; fwd=miss; stored"
+    again = await client.get(f"{url}/hello")
+    assert again.text == "hello 2"
+    assert backend.counts["/hello"] == 2
+
+
 async def test_query_is_part_of_the_key(backend: Backend, make_proxy: MakeProxy, client):
     _, url = await make_proxy()
     a = await client.get(f"{url}/hello?x=1")
