@@ -37,6 +37,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts._nginx import nginx_conf
 from scripts.bench_proxy_cluster import report_cluster, run_cluster
 
 SIZES = {"1k": 1024, "100k": 100 * 1024}
@@ -123,38 +124,6 @@ def serve_proxy(port: int, backend_url: str) -> None:
         uvloop.run(run())
 
 
-_NGINX_CONF = """
-{user}
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy_temp;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    proxy_cache_path {tmp}/cache levels=1:2 keys_zone=bench:10m max_size=100m inactive=60m
-                     use_temp_path=off;
-    upstream backend {{ server 127.0.0.1:{backend}; keepalive 16; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_cache bench;
-            proxy_cache_valid 200 3600s;
-            add_header X-Cache-Status $upstream_cache_status;
-        }}
-    }}
-}}
-"""
-
-
 class Bench:
     """The three servers of one run; `stop` ends each by its PID."""
 
@@ -183,9 +152,7 @@ class Bench:
         user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
         conf = self.tmp / "nginx.conf"
         conf.write_text(
-            _NGINX_CONF.format(
-                user=user, tmp=self.tmp, backend=self.backend_port, port=self.nginx_port
-            )
+            nginx_conf(user=user, tmp=self.tmp, backend=self.backend_port, port=self.nginx_port)
         )
         self._spawn(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(self.tmp)], "nginx")
         for port in (self.backend_port, self.proxy_port, self.nginx_port):

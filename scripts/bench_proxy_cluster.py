@@ -41,47 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tokencache
+from scripts._nginx import nginx_conf
 from tests.support.proxy_cluster import BackendProcess, ProxyCluster, free_port, wait_until
 
 INSTANCES = 3
 IO_TIMEOUT = 30.0  # any one socket operation
 SECTION_DEADLINE = 600.0  # the whole cluster part, checked in every loop
 _HEADER_END = b"\r\n\r\n"
-
-_NGINX_LOCK_CONF = """
-{user}
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy_temp;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    proxy_cache_path {tmp}/cache levels=1:2 keys_zone=herd:10m max_size=100m inactive=60m
-                     use_temp_path=off;
-    upstream backend {{ server 127.0.0.1:{backend}; keepalive 16; }}
-    server {{
-        listen 127.0.0.1:{port} backlog=1024;
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_cache herd;
-            proxy_cache_valid 200 3600s;
-            proxy_cache_lock on;
-            # Long enough that a loaded machine never lets a second request through by timeout.
-            proxy_cache_lock_timeout 30s;
-            proxy_cache_lock_age 30s;
-            add_header X-Cache-Status $upstream_cache_status;
-        }}
-    }}
-}}
-"""
 
 
 class _Deadline:
@@ -301,7 +267,7 @@ class _Nginxes:
             tmp.mkdir(parents=True)
             conf = tmp / "nginx.conf"
             conf.write_text(
-                _NGINX_LOCK_CONF.format(user=user, tmp=tmp, backend=self.backend_port, port=port)
+                nginx_conf(user=user, tmp=tmp, backend=self.backend_port, port=port, lock=True)
             )
             with (tmp / "stdout.log").open("wb") as log:
                 self.procs.append(
