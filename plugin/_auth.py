@@ -7,7 +7,8 @@ from typing import Unpack
 
 import httpx
 
-from plugin._flow import CredentialsFlow, FlowOptions, build_core
+from plugin._core import AuthCore, FlowOptions
+from plugin._flow import CredentialsFlow
 from plugin._httpx_sender import HttpxTokenSender
 
 
@@ -38,7 +39,7 @@ class ClientCredentialsAuth(CredentialsFlow, httpx.Auth):
         token_transport: httpx.AsyncBaseTransport | None = None,
         **options: Unpack[FlowOptions],
     ) -> None:
-        self._core = build_core(
+        self._core = AuthCore(
             token_url=token_url,
             client_id=client_id,
             client_secret=client_secret,

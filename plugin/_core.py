@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Iterable, Mapping
+from typing import TypedDict
 
 import tokencache
 from plugin._bridge import EngineBridge
@@ -17,6 +18,25 @@ from plugin._errors import ConfigurationError
 from plugin._fetch import Sleep, TokenFetcher
 from plugin._key import AUTH_METHODS, Credentials
 from plugin._request import TokenSender
+
+
+class FlowOptions(TypedDict, total=False):
+    """The keyword options both Auth classes take; see docs/plugin.md for each (defaults there)."""
+
+    workspace: tokencache.Workspace | None
+    group_name: str
+    loop: asyncio.AbstractEventLoop | tokencache.BackgroundLoop | None
+    leeway: float | None
+    refresh_fraction: float
+    default_lifetime: float
+    cooldown: float
+    max_attempts: int
+    max_retry_after: float
+    sync_timeout: float
+    clock: tokencache.Clock | None
+    sleep: Sleep | None
+    wall_clock: Callable[[], float] | None
+    rng: random.Random | None
 
 
 class AuthCore:
@@ -32,19 +52,17 @@ class AuthCore:
         extra_params: Mapping[str, str] | None,
         auth_method: str,
         sender: TokenSender,
-        workspace: tokencache.Workspace | None,
-        loop: asyncio.AbstractEventLoop | tokencache.BackgroundLoop | None,
-        group_name: str,
-        policy: Policy,
-        default_lifetime: float,
-        max_attempts: int,
-        max_retry_after: float,
-        sync_timeout: float,
-        clock: tokencache.Clock | None,
-        sleep: Sleep | None,
-        wall_clock: Callable[[], float] | None,
-        rng: random.Random | None,
+        options: FlowOptions,
     ) -> None:
+        workspace = options.get("workspace")
+        loop = options.get("loop")
+        clock = options.get("clock")
+        group_name = options.get("group_name", "oauth2")
+        policy = Policy(
+            leeway=options.get("leeway"),
+            refresh_fraction=options.get("refresh_fraction", 0.2),
+            cooldown=options.get("cooldown", 2.0),
+        )
         if auth_method not in AUTH_METHODS:
             raise ConfigurationError(
                 f"unknown auth_method {auth_method!r}; one of {', '.join(AUTH_METHODS)}"
@@ -76,15 +94,15 @@ class AuthCore:
         self.fetcher = TokenFetcher(
             self.creds,
             sender,
-            max_attempts=max_attempts,
-            max_retry_after=max_retry_after,
-            default_lifetime=default_lifetime,
-            sleep=sleep,
-            wall_clock=wall_clock,
-            rng=rng,
+            max_attempts=options.get("max_attempts", 3),
+            max_retry_after=options.get("max_retry_after", 30.0),
+            default_lifetime=options.get("default_lifetime", 300.0),
+            sleep=options.get("sleep"),
+            wall_clock=options.get("wall_clock"),
+            rng=options.get("rng"),
         )
         self.key = self.cache.register(self.creds, self.fetcher, policy)
-        self.sync_timeout = sync_timeout
+        self.sync_timeout = options.get("sync_timeout", 60.0)
         self._closed = False
 
     # -- getting a token ----------------------------------------------------------------------

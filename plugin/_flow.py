@@ -21,16 +21,11 @@ one). Call ``request.read()`` first to make such a body replayable.
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, MutableMapping
-from typing import Protocol, TypedDict, TypeVar
+from collections.abc import AsyncGenerator, Callable, Generator, MutableMapping
+from typing import Protocol, TypeVar
 
-import tokencache
-from plugin._cache import Policy, TokenCache
+from plugin._cache import TokenCache
 from plugin._core import AuthCore
-from plugin._fetch import Sleep
-from plugin._request import TokenSender
 
 
 class _Request(Protocol):
@@ -45,64 +40,6 @@ class _Response(Protocol):
 
 Req = TypeVar("Req", bound=_Request)
 Resp = TypeVar("Resp", bound=_Response)
-
-
-class FlowOptions(TypedDict, total=False):
-    """The keyword options both Auth classes take; see docs/plugin.md for each."""
-
-    workspace: tokencache.Workspace | None
-    group_name: str
-    loop: asyncio.AbstractEventLoop | tokencache.BackgroundLoop | None
-    leeway: float | None
-    refresh_fraction: float
-    default_lifetime: float
-    cooldown: float
-    max_attempts: int
-    max_retry_after: float
-    sync_timeout: float
-    clock: tokencache.Clock | None
-    sleep: Sleep | None
-    wall_clock: Callable[[], float] | None
-    rng: random.Random | None
-
-
-def build_core(
-    *,
-    token_url: str,
-    client_id: str,
-    client_secret: str,
-    scope: str | Iterable[str] | None,
-    extra_params: Mapping[str, str] | None,
-    auth_method: str,
-    sender: TokenSender,
-    options: FlowOptions,
-) -> AuthCore:
-    """The token side of an Auth class, with every option's default in one place."""
-    return AuthCore(
-        token_url=token_url,
-        client_id=client_id,
-        client_secret=client_secret,
-        scope=scope,
-        extra_params=extra_params,
-        auth_method=auth_method,
-        sender=sender,
-        workspace=options.get("workspace"),
-        loop=options.get("loop"),
-        group_name=options.get("group_name", "oauth2"),
-        policy=Policy(
-            leeway=options.get("leeway"),
-            refresh_fraction=options.get("refresh_fraction", 0.2),
-            cooldown=options.get("cooldown", 2.0),
-        ),
-        default_lifetime=options.get("default_lifetime", 300.0),
-        max_attempts=options.get("max_attempts", 3),
-        max_retry_after=options.get("max_retry_after", 30.0),
-        sync_timeout=options.get("sync_timeout", 60.0),
-        clock=options.get("clock"),
-        sleep=options.get("sleep"),
-        wall_clock=options.get("wall_clock"),
-        rng=options.get("rng"),
-    )
 
 
 class CredentialsFlow:

@@ -7,7 +7,8 @@ from typing import Unpack
 
 import httpx2
 
-from plugin._flow import CredentialsFlow, FlowOptions, build_core
+from plugin._core import AuthCore, FlowOptions
+from plugin._flow import CredentialsFlow
 from plugin.httpx2._sender import Httpx2TokenSender
 
 
@@ -38,7 +39,7 @@ class ClientCredentialsAuth(CredentialsFlow, httpx2.Auth):
         token_transport: httpx2.AsyncBaseTransport | None = None,
         **options: Unpack[FlowOptions],
     ) -> None:
-        self._core = build_core(
+        self._core = AuthCore(
             token_url=token_url,
             client_id=client_id,
             client_secret=client_secret,
