@@ -135,7 +135,6 @@ class ProxyApp:
             stale_if_error=stale_if_error,
             metrics=metrics,
             logger=self.logger,
-            on_load=self.handler.note_load,
         )
         self.group = workspace.new_group(
             group_name, max_bytes=group_bytes, loader=loader, stale_window=stale_if_error

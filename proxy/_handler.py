@@ -6,9 +6,10 @@ peek → the stored head, a spliced ``Cache-Status``/``Age`` (and ``Connection``
 in one write → one histogram observation. Nothing else: no span unless the client's
 ``traceparent`` asks for a sampled trace, no log record.
 
-Miss path (`CacheHandler.serve`): ``group.get_with_ttl(key)`` — the owner of the key runs
+Miss path (`CacheHandler.serve`): ``group.get_fetched(key)`` — the owner of the key runs
 `proxy._loader.BackendLoader` once for the cluster — then the record that comes back decides:
-a response is written (``fwd=miss`` when this process loaded it, else ``hit``), a vary record
+a response is written (``fwd=miss`` when a loader ran for this request, here or on the owner,
+else ``hit``: another request had already put it in the cluster's cache), a vary record
 leads to the variant's key, a pass record forwards the request as it is, a stale record is served
 marked stale, an error record becomes a 502/504 (after one more local stale-if-error look).
 Requests the policy excludes are forwarded without touching the cache.
@@ -46,7 +47,6 @@ from ._stored import (
 
 __all__ = ["CacheHandler"]
 
-_FRESH_LIMIT = 4096
 # Ready-to-write hit responses, kept per key for the second their Cache-Status/Age stay the same.
 # Bounded in bytes (each entry holds its response and the stored value it was made from) and
 # cleared when full: a hot set refills it at once. It only ever saves work; a peek decides a hit.
@@ -79,9 +79,6 @@ class CacheHandler:
         self._needs_check = bool(policy.routes) or policy.allow_auth_caching
         self._group: tokencache.Group | None = None
         self._peek: Callable[[str], tuple[bytes, float | None] | None] = _no_peek
-        # Which keys this process loaded itself, so a response can say fwd=miss rather than hit.
-        self._seq = 0
-        self._fresh: dict[str, int] = {}
         # key -> (stored value, ttl second, age, the complete response bytes): a hot key's hits
         # within one second write the same bytes, so they are joined once, not per request.
         self._ready: dict[str, tuple[bytes, int, int, bytes]] = {}
@@ -96,13 +93,6 @@ class CacheHandler:
     def group(self, group: tokencache.Group | None) -> None:
         self._group = group
         self._peek = group.peek_with_ttl if group is not None else _no_peek
-
-    def note_load(self, key: str) -> None:
-        """Called by the loader: this process is fetching `key` from the backend now."""
-        self._seq += 1
-        if len(self._fresh) >= _FRESH_LIMIT:
-            self._fresh.clear()
-        self._fresh[key] = self._seq
 
     def _base_key(self, req: Request) -> str:
         method = req.method
@@ -354,16 +344,15 @@ class CacheHandler:
     async def _get(self, key: str) -> tuple[bytes, float | None, bool] | None:
         group = self.group
         assert group is not None
-        before = self._seq
         try:
-            value, ttl = await group.get_with_ttl(key)
+            value, ttl, loaded = await group.get_fetched(key)
         except tokencache.InvalidArgument:
             return None
         except Exception:
             # A loader bug or an engine fault: never a crash of the connection, never cached.
             self._logger.exception("cache load failed")
             return encode_error(502, "other"), 0.0, True
-        return value, ttl, self._fresh.get(key, -1) > before
+        return value, ttl, loaded
 
 
 def _no_peek(key: str) -> tuple[bytes, float | None] | None:

@@ -279,3 +279,15 @@ async def test_an_owner_that_answers_with_an_error_is_not_skipped() -> None:
     good = next(k for k in (f"good{i}" for i in range(200)) if cluster.owner_of(k) == URLS[1])
     assert await cluster.group(URLS[0]).get(bad) == URLS[0].encode()  # loaded locally
     assert await cluster.group(URLS[0]).get(good) == URLS[1].encode()  # the owner still asked
+
+
+async def test_get_fetched_says_whether_a_loader_ran_anywhere_for_the_call() -> None:
+    cluster = Cluster()
+    key = next(k for k in (f"k{i}" for i in range(100)) if cluster.owner_of(k) == URLS[2])
+    first = await cluster.group(URLS[0]).get_fetched(key)  # the owner loads for this call
+    assert first.loaded
+    second = await cluster.group(URLS[1]).get_fetched(key)  # the owner's cache answers
+    assert not second.loaded
+    assert second.value == first.value
+    local = await cluster.group(URLS[2]).get_fetched(key)  # a hit on the owner itself
+    assert not local.loaded

@@ -49,9 +49,13 @@ async def test_fetch_round_trips_value_and_remaining_ttl(server: tuple[Workspace
     _, url = server
     transport = HttpTransport(secret=SECRET)
     try:
-        value, ttl = await transport.fetch(url, "echo", "a b+c/d%2F?é✓")
+        value, ttl, loaded = await transport.fetch(url, "echo", "a b+c/d%2F?é✓")
         assert value == "a b+c/d%2F?é✓".encode()
         assert ttl is not None and 29 < ttl <= 30
+        assert loaded  # the owner ran its loader for this request
+        again = await transport.fetch(url, "echo", "a b+c/d%2F?é✓")
+        assert again.value == value
+        assert not again.loaded  # now served from the owner's cache
         with pytest.raises(NotFound):
             await transport.fetch(url, "echo", "missing")
         with pytest.raises(PeerError) as err:
@@ -71,7 +75,7 @@ async def test_any_key_round_trips_exactly(server: tuple[Workspace, str], key: s
     _, url = server
     transport = HttpTransport(secret=SECRET)
     try:
-        value, _ = await transport.fetch(url, "echo", key)
+        value, _, _ = await transport.fetch(url, "echo", key)
         assert value.decode("utf-8") == key
     finally:
         await transport.close()

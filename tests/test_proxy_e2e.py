@@ -96,6 +96,20 @@ def test_miss_then_hit_on_another_node(cluster: ProxyCluster, backend: BackendPr
     assert count(backend, target) == 1
 
 
+def test_first_request_on_a_non_owner_says_miss(
+    cluster: ProxyCluster, backend: BackendProcess
+) -> None:
+    target = unique("remote-miss")
+    owner = owner_index(cluster, target)
+    other = (owner + 1) % len(cluster.nodes)
+    first = get(cluster.nodes[other].url + target)  # the owner loads it for this request
+    assert first.status_code == 200
+    assert first.headers["cache-status"].startswith("tokencache; fwd=miss")
+    second = get(cluster.nodes[(owner + 2) % len(cluster.nodes)].url + target)
+    assert second.headers["cache-status"].startswith("tokencache; hit")
+    assert count(backend, target) == 1
+
+
 @pytest.mark.parametrize(
     ("query", "detail"),
     [("cc=no-store", "no-store"), ("cc=private", "private"), ("cookie=1", "set-cookie")],

@@ -12,6 +12,7 @@ anywhere is loaded once, by the owner, and shared; values carry a TTL::
 from ._bridge import BackgroundLoop
 from ._clock import Clock, MonotonicClock
 from ._errors import Declined, InvalidArgument, NotFound, PeerError, TokenCacheError
+from ._fetched import Fetched
 from ._group import Entry, Group, Loader
 from ._lru import CacheStats, LRUCache
 from ._metrics import GroupcacheCollector
@@ -27,6 +28,7 @@ __all__ = [
     "Clock",
     "Declined",
     "Entry",
+    "Fetched",
     "Group",
     "GroupStats",
     "GroupcacheCollector",

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 from opentelemetry import propagate, trace
 
 from ._errors import Declined, InvalidArgument, NotFound, PeerError
+from ._fetched import Fetched
 from ._lru import LRUCache
 from ._singleflight import SingleFlight
 from ._stats import GroupStats
@@ -95,8 +96,8 @@ class Group:
         self.main_cache = LRUCache(clock, stale_window)
         self.hot_cache = LRUCache(clock, stale_window)
         self.stats = GroupStats()
-        self._gets: SingleFlight[tuple[str, bool], Result] = SingleFlight()
-        self._loads: SingleFlight[tuple[str, bool], Result] = SingleFlight()
+        self._gets: SingleFlight[tuple[str, bool], Fetched] = SingleFlight()
+        self._loads: SingleFlight[tuple[str, bool], Fetched] = SingleFlight()
 
     # -- synchronous lookups -------------------------------------------------------------------
 
@@ -152,32 +153,37 @@ class Group:
         if value is not None:
             self.stats.cache_hits += 1
             return value
-        return (await self._miss(key, 0.0))[0]
+        return (await self._miss(key, 0.0)).value
 
     async def get_with_ttl(self, key: str, *, min_ttl: float = 0.0) -> Result:
         """Like :meth:`get`, returning ``(value, remaining ttl or None)``."""
+        fetched = await self.get_fetched(key, min_ttl=min_ttl)
+        return fetched.value, fetched.ttl
+
+    async def get_fetched(self, key: str, *, min_ttl: float = 0.0) -> Fetched:
+        """Like :meth:`get_with_ttl`, also saying whether a loader ran for this call."""
         self.stats.gets += 1
         found = self._lookup(key, min_ttl)
         if found is not None:
             self.stats.cache_hits += 1
-            return found
+            return Fetched(found[0], found[1])
         return await self._miss(key, min_ttl)
 
-    async def _miss(self, key: str, min_ttl: float) -> Result:
+    async def _miss(self, key: str, min_ttl: float) -> Fetched:
         self._ws.check_key(key)
         self.stats.loads += 1
         with self._ws.tracer.start_as_current_span(
             "tokencache.get", attributes={"tokencache.group": self.name}
         ):
-            result, _ = await self._gets.do((key, min_ttl > 0), lambda: self._load(key, min_ttl))
-            return result
+            fetched, _ = await self._gets.do((key, min_ttl > 0), lambda: self._load(key, min_ttl))
+            return fetched
 
-    async def _load(self, key: str, min_ttl: float) -> Result:
+    async def _load(self, key: str, min_ttl: float) -> Fetched:
         # Another flight may have filled the cache between our miss and this flight starting
         # (groupcache's double-check): look again before going anywhere.
         found = self._lookup(key, min_ttl)
         if found is not None:
-            return found
+            return Fetched(found[0], found[1])
         self.stats.loads_deduped += 1
         owner = self._ws.owner(key)
         if owner is not None:
@@ -198,7 +204,7 @@ class Group:
                     self._ws.mark_unreachable(owner)
         return await self._load_local(key, min_ttl)
 
-    async def _fetch_from_peer(self, owner: str, key: str, min_ttl: float) -> Result:
+    async def _fetch_from_peer(self, owner: str, key: str, min_ttl: float) -> Fetched:
         headers: dict[str, str] = {}
         with self._ws.tracer.start_as_current_span(
             "tokencache.peer.fetch",
@@ -207,7 +213,7 @@ class Group:
         ):
             propagate.inject(headers)
             started = time.perf_counter()
-            value, ttl = await self._ws.transport.fetch(
+            value, ttl, loaded = await self._ws.transport.fetch(
                 owner, self.name, key, min_ttl=min_ttl, headers=headers
             )
             elapsed_ms = (time.perf_counter() - started) * 1000
@@ -216,16 +222,18 @@ class Group:
             self.stats.get_from_peers_latency_slowest_ms = elapsed_ms
         if (ttl is None or ttl > 0) and self._rng.random() < self._hot_probability:
             self._store(self.hot_cache, key, value, ttl)
-        return value, ttl
+        return Fetched(value, ttl, loaded)
 
-    async def _load_local(self, key: str, min_ttl: float) -> Result:
-        result, _ = await self._loads.do((key, min_ttl > 0), lambda: self._run_loader(key, min_ttl))
-        return result
+    async def _load_local(self, key: str, min_ttl: float) -> Fetched:
+        fetched, _ = await self._loads.do(
+            (key, min_ttl > 0), lambda: self._run_loader(key, min_ttl)
+        )
+        return fetched
 
-    async def _run_loader(self, key: str, min_ttl: float) -> Result:
+    async def _run_loader(self, key: str, min_ttl: float) -> Fetched:
         found = self.main_cache.get(key, min_ttl)
         if found is not None:
-            return found
+            return Fetched(found[0], found[1])
         self.stats.local_loads += 1
         with self._ws.tracer.start_as_current_span(
             "tokencache.load", attributes={"tokencache.group": self.name}
@@ -247,14 +255,14 @@ class Group:
         ttl = entry.ttl
         if ttl is None or ttl > 0:
             self._store(self.main_cache, key, entry.value, ttl)
-        return entry.value, ttl
+        return Fetched(entry.value, ttl, loaded=True)
 
-    async def serve_peer(self, key: str, min_ttl: float) -> Result:
+    async def serve_peer(self, key: str, min_ttl: float) -> Fetched:
         """Answer a peer's get: from this process's caches or its own loader, never forwarded."""
         self.stats.server_requests += 1
         found = self._lookup(key, min_ttl)
         if found is not None:
-            return found
+            return Fetched(found[0], found[1])
         owner = self._ws.owner(key)
         if owner is not None:
             # Our ring says someone else owns it (rings out of sync during a rollout).

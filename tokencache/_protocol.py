@@ -20,6 +20,7 @@ TTL_HEADER = "X-Tokencache-Ttl"
 MIN_TTL_HEADER = "X-Tokencache-Min-Ttl"
 IF_DIGEST_HEADER = "X-Tokencache-If-Digest"
 ERROR_HEADER = "X-Tokencache-Error"
+LOADED_HEADER = "X-Tokencache-Loaded"  # "1": a loader ran on the owner for this request
 
 GROUP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")

@@ -99,7 +99,7 @@ class PeerServer:
             attributes={"tokencache.group": group_name},
         ):
             try:
-                value, ttl = await group.serve_peer(key, min_ttl)
+                value, ttl, loaded = await group.serve_peer(key, min_ttl)
             except NotFound:
                 return _error("not-found", "not found")
             except Declined:
@@ -111,4 +111,6 @@ class PeerServer:
         ttl_text = wire.format_ttl(ttl)
         if ttl_text is not None:
             headers[wire.TTL_HEADER] = ttl_text
+        if loaded:
+            headers[wire.LOADED_HEADER] = "1"
         return web.Response(body=value, headers=headers)

@@ -15,6 +15,7 @@ import aiohttp
 
 from . import _protocol as wire
 from ._errors import Declined, NotFound, PeerError
+from ._fetched import Fetched
 from ._signing import Signer
 
 
@@ -29,8 +30,9 @@ class PeerTransport(Protocol):
         *,
         min_ttl: float = 0.0,
         headers: Mapping[str, str] | None = None,
-    ) -> tuple[bytes, float | None]:
-        """Ask ``peer`` for ``key``; return the value and its remaining TTL (``None``: no expiry).
+    ) -> Fetched:
+        """Ask ``peer`` for ``key``: the value, its remaining TTL (``None``: no expiry) and whether
+        the owner ran its loader for this request.
 
         Raises ``NotFound`` or ``Declined`` when the owner answered so, ``PeerError`` otherwise.
         """
@@ -114,7 +116,7 @@ class HttpTransport:
         *,
         min_ttl: float = 0.0,
         headers: Mapping[str, str] | None = None,
-    ) -> tuple[bytes, float | None]:
+    ) -> Fetched:
         """See :meth:`PeerTransport.fetch`."""
         path = wire.path(group, wire.GET_OP)
         body = wire.encode_key(key)
@@ -129,7 +131,7 @@ class HttpTransport:
                 ttl = wire.parse_seconds(resp_headers.get(wire.TTL_HEADER), wire.TTL_HEADER)
             except wire.ProtocolError as exc:
                 raise PeerError(peer, str(exc)) from exc
-            return data, ttl
+            return Fetched(data, ttl, resp_headers.get(wire.LOADED_HEADER) == "1")
         code = resp_headers.get(wire.ERROR_HEADER, "")
         if code == "not-found":
             raise NotFound(key)

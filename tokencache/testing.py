@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Mapping
 
 from ._errors import Declined, NotFound, PeerError
+from ._fetched import Fetched
 from ._group import value_digest
 from ._workspace import Workspace
 
@@ -61,7 +62,7 @@ class LocalTransport:
         *,
         min_ttl: float = 0.0,
         headers: Mapping[str, str] | None = None,
-    ) -> tuple[bytes, float | None]:
+    ) -> Fetched:
         """Serve a get from the target workspace as its peer server would."""
         self.fetches.append((peer, group, key))
         target = (await self._target(peer)).get_group(group)
