@@ -20,7 +20,6 @@ What it returns (`proxy._stored` records):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import httpx
 
@@ -56,7 +55,6 @@ class BackendLoader:
         stale_if_error: float,
         metrics: ProxyMetrics,
         logger: logging.Logger,
-        on_load: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
         self._backend_url = backend_url
@@ -66,13 +64,10 @@ class BackendLoader:
         self._stale_if_error = stale_if_error
         self._metrics = metrics
         self._logger = logger
-        self._on_load = on_load
         self.group: tokencache.Group | None = None
 
     async def __call__(self, key: str) -> tokencache.Entry:
         """Load `key` (see the module docstring for what comes back)."""
-        if self._on_load is not None:
-            self._on_load(key)
         method, target, varied = parse_key(key)
         headers = [(n, v) for n, v in varied]
         if not any(n == "accept-encoding" for n, _ in varied):
