@@ -96,12 +96,8 @@ class ProxyApp:
         )
         self.metrics = metrics
         self.logger = logger or logging.getLogger("proxy")
-        peer_timeout = getattr(workspace, "peer_timeout", None)
-        if (
-            workspace.self_url
-            and isinstance(peer_timeout, float | int)
-            and peer_timeout < backend_timeout
-        ):
+        peer_timeout = workspace.peer_timeout
+        if workspace.self_url and peer_timeout < backend_timeout:
             # A peer fetch that times out is loaded again locally (engine invariant 3): with a
             # backend slower than the peer timeout, one miss becomes two backend requests.
             self.logger.warning(

@@ -17,8 +17,6 @@ import urllib.request
 
 import tokencache
 from tests.support.engine_cluster import start_engine_peers, stop_all
-from tests.support.net import free_port
-from tests.support.processes import Process, wait_http
 
 ROUNDS = 5
 
@@ -54,23 +52,10 @@ async def local_hits(n: int = 300_000) -> tuple[float, float]:
 
 async def remote_gets(samples: int = 3000) -> tuple[float, float]:
     """p50/p99 (ms) of gets answered by the owner's cache in another process over loopback."""
-    port, control = free_port(), free_port()
-    owner_url = f"http://127.0.0.1:{port}"
-    proc = Process.python(
-        "tests.support.engine_peer",
-        "--port",
-        str(port),
-        "--control-port",
-        str(control),
-        "--peers",
-        owner_url,
-        "--secret",
-        "bench-secret",
-    )
+    owner = start_engine_peers(1, secret="bench-secret")[0]
     try:
-        wait_http(f"http://127.0.0.1:{control}/stats", proc=proc)
         ws = tokencache.Workspace("http://127.0.0.1:1", peer_secret="bench-secret")
-        ws.set_peers([owner_url])  # the owner of every key is the other process
+        ws.set_peers([owner.url])  # the owner of every key is the other process
 
         async def never(key: str) -> tokencache.Entry:
             raise AssertionError("the remote owner loads")
@@ -88,7 +73,7 @@ async def remote_gets(samples: int = 3000) -> tuple[float, float]:
         latencies.sort()
         return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
     finally:
-        proc.stop()
+        stop_all([owner])
 
 
 async def herd(n: int = 1000) -> int:

@@ -19,7 +19,6 @@ import asyncio
 import gc
 import json
 import select
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import httpx2
 
 import plugin
 import plugin.httpx2
+from tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_URL = "http://idp.bench/token"
@@ -229,12 +229,6 @@ def overhead(rounds: int, requests: int) -> list[tuple[str, str, float, float, s
 HERD_LIBS = ("plugin", "authlib", "httpx-auth")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _herd_worker(args: argparse.Namespace) -> None:
     """One herd process: set up cold, say ready, wait for "go", fire ``n`` concurrent requests."""
     api = httpx.MockTransport(_api_httpx)
@@ -307,7 +301,7 @@ def herd(size: int) -> list[tuple[str, int, int, int]]:
     rows = []
     with OAuthServer(clients, token_ttl=3600) as server:
         for lib, client in zip(HERD_LIBS, clients, strict=True):
-            ports = [_free_port() for _ in range(3)]
+            ports = [free_port() for _ in range(3)]
             peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
             share = [size // 3 + (1 if i < size % 3 else 0) for i in range(3)]
             processes: list[subprocess.Popen[str]] = []

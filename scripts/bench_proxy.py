@@ -27,27 +27,21 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from scripts._nginx import nginx_conf
 from scripts.bench_proxy_cluster import report_cluster, run_cluster
+from tests.support.net import free_port
+from tests.support.processes import wait_http
 
 SIZES = {"1k": 1024, "100k": 100 * 1024}
 _ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ensure_tools() -> None:
@@ -130,9 +124,9 @@ class Bench:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.backend_port = _free_port()
-        self.proxy_port = _free_port()
-        self.nginx_port = _free_port()
+        self.backend_port = free_port()
+        self.proxy_port = free_port()
+        self.nginx_port = free_port()
 
     def _spawn(self, argv: list[str], name: str) -> None:
         log = (self.tmp / f"{name}.log").open("wb")
@@ -156,7 +150,7 @@ class Bench:
         )
         self._spawn(["taskset", "-c", "0", "nginx", "-c", str(conf), "-p", str(self.tmp)], "nginx")
         for port in (self.backend_port, self.proxy_port, self.nginx_port):
-            _wait_http(f"http://127.0.0.1:{port}/1k")
+            wait_http(f"http://127.0.0.1:{port}/1k", timeout=30.0)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -169,19 +163,6 @@ class Bench:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-
-
-def _wait_http(url: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                r.read()
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -261,7 +242,7 @@ def run(rounds: int, duration: int, connections: int) -> Results:
             for size in SIZES:
                 for port, pid in targets.values():  # warm: fill both caches, then a short burst
                     for _ in range(3):
-                        _wait_http(f"http://127.0.0.1:{port}/{size}")
+                        wait_http(f"http://127.0.0.1:{port}/{size}", timeout=30.0)
                     _wrk(f"http://127.0.0.1:{port}/{size}", 1, connections, pid)
             for r in range(rounds):
                 order = list(targets.items()) if r % 2 == 0 else list(targets.items())[::-1]

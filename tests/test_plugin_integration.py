@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.net import free_port
 from tests.support.oauth_server import OAuthClient, OAuthServer
 
 pytestmark = pytest.mark.slow
@@ -28,12 +28,6 @@ CLIENT = OAuthClient("svc-int", "int-secret", scopes=("read",))
 OTHER = OAuthClient("svc-other", "other-secret", scopes=("read",), auth_method="client_secret_post")
 READY_DEADLINE = 30.0
 ANSWER_DEADLINE = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class WorkerProcess:

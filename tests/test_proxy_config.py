@@ -36,6 +36,7 @@ from proxy._errors import ConfigError, ProxyError
 from proxy._health import AppServer, Readiness, build_app
 from proxy._logging import JsonFormatter, RedactingFilter, configure_logging
 from proxy._tracing import build_sampler, build_tracer_provider
+from tests.support.net import free_port
 
 BASE = {"BACKEND_URL": "http://127.0.0.1:9000", "PEER_DISCOVERY": "none"}
 
@@ -597,12 +598,6 @@ class FakePeerSource:
         self.stopped += 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_service_readiness_follows_discovery_and_drain_leaves_the_ring() -> None:
     from aiohttp import web
 
@@ -611,9 +606,9 @@ async def test_service_readiness_follows_discovery_and_drain_leaves_the_ring() -
 
     runner = web.AppRunner(backend_app(), access_log=None)
     await runner.setup()
-    backend_port = _free_port()
+    backend_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", backend_port).start()
-    listen, peer, health = _free_port(), _free_port(), _free_port()
+    listen, peer, health = free_port(), free_port(), free_port()
     self_url = f"http://127.0.0.1:{peer}"
     settings = Settings.from_env(
         {

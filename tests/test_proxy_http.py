@@ -8,7 +8,6 @@ import asyncio
 import gzip
 import hashlib
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ import tokencache
 from proxy._app import ProxyApp
 from proxy._http_request import ListenerLimits
 from proxy._metrics import ProxyMetrics
+from tests.support.net import free_port
 from tokencache.testing import FakeClock
 
 GZIPPED = gzip.compress(b"compressed payload " * 50, mtime=0)
@@ -488,16 +488,10 @@ async def test_http10_client_gets_a_close_delimited_stream(backend: Backend, mak
 # --- backend faults -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_backend_refusing_connections_is_502_and_not_cached(
     make_proxy: MakeProxy, client: httpx.AsyncClient
 ):
-    app, url = await make_proxy(backend_url=f"http://127.0.0.1:{_free_port()}")
+    app, url = await make_proxy(backend_url=f"http://127.0.0.1:{free_port()}")
     a = await client.get(f"{url}/hello")
     b = await client.get(f"{url}/hello")
     c = await client.post(f"{url}/echo", content=b"x")

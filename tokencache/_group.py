@@ -145,14 +145,11 @@ class Group:
         """
         if min_ttl:
             return (await self.get_with_ttl(key, min_ttl=min_ttl))[0]
-        # The hit path: two dict lookups and a few integer increments, no span, no task.
-        self.stats.gets += 1
-        value = self.main_cache.get_value(key)
-        if value is None:
-            value = self.hot_cache.get_value(key)
+        # The hit path is peek's: two dict lookups and a few integer increments, no span, no task.
+        value = self.peek(key)
         if value is not None:
-            self.stats.cache_hits += 1
             return value
+        self.stats.gets += 1  # peek counts hits only
         return (await self._miss(key, 0.0)).value
 
     async def get_with_ttl(self, key: str, *, min_ttl: float = 0.0) -> Result:

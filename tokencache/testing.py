@@ -8,7 +8,6 @@ from collections.abc import Mapping
 
 from ._errors import Declined, NotFound, PeerError
 from ._fetched import Fetched
-from ._group import value_digest
 from ._workspace import Workspace
 
 __all__ = ["FakeClock", "LocalTransport"]
@@ -92,7 +91,3 @@ class LocalTransport:
 
     async def close(self) -> None:
         """Nothing to release."""
-
-
-# Re-exported for tests that compare digests the way the wire does.
-digest = value_digest

@@ -150,8 +150,8 @@ async def peer_killed(
         (rising[-1] - kill_t) if rising else 0.0,
         "",
         None,
-        "static ring keeps the dead node; each survivor tries it once per key, then "
-        "serves its local copy",
+        "static ring keeps the dead node; a survivor that fails to reach it skips it for "
+        "unreachable_backoff and loads its keys itself",
     )
     return report
 

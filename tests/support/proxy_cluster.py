@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +29,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from tests.support.net import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE = 30.0
 STOP_DEADLINE = 30.0
 POLL = 0.05
 PEER_SECRET = "cluster-test-peer-secret"
-
-
-def free_port() -> int:
-    """A port the OS says is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
