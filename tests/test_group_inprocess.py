@@ -291,3 +291,27 @@ async def test_get_fetched_says_whether_a_loader_ran_anywhere_for_the_call() -> 
     assert second.value == first.value
     local = await cluster.group(URLS[2]).get_fetched(key)  # a hit on the owner itself
     assert not local.loaded
+
+
+async def test_load_context_reaches_the_owners_loader_and_is_not_part_of_the_key() -> None:
+    seen: list[tuple[str, bytes | None]] = []
+
+    def factory(url: str):
+        async def load(key: str) -> Entry:
+            seen.append((url, tokencache.load_context()))
+            return Entry(key.encode(), 60)
+
+        return load
+
+    cluster = Cluster(factory)
+    key = "ctx-key"
+    owner = cluster.owner_of(key)
+    caller = next(u for u in URLS if u != owner)
+    assert await cluster.group(caller).get(key, context=b"client headers") == b"ctx-key"
+    assert seen == [(owner, b"client headers")]
+    # Cached now: another context gets the same value and runs no loader.
+    assert await cluster.group(owner).get(key, context=b"other") == b"ctx-key"
+    assert len(seen) == 1
+    assert tokencache.load_context() is None  # set only around the loader call
+    with pytest.raises(InvalidArgument):
+        await cluster.group(caller).get("k2", context=b"x" * (64 << 10 + 1))

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
+import tokencache
 from tests.support.net import free_port
 from tokencache import Entry, GroupcacheCollector, HttpTransport, NotFound, PeerError, Workspace
 from tokencache import _protocol as wire
@@ -24,6 +25,8 @@ SECRET = "peer-secret-for-tests"
 
 
 async def echo(key: str) -> Entry:
+    if key == "context":
+        return Entry(tokencache.load_context() or b"none", 0)
     if key == "missing":
         raise NotFound(key)
     if key == "boom":
@@ -278,3 +281,15 @@ async def test_trace_context_crosses_the_peer_hop() -> None:
     for span in spans:
         assert "user-key" not in span.name
         assert all("user-key" not in str(v) for v in (span.attributes or {}).values())
+
+
+async def test_load_context_crosses_the_wire_byte_for_byte(server: tuple[Workspace, str]) -> None:
+    _, url = server
+    transport = HttpTransport(secret=SECRET)
+    try:
+        context = bytes(range(256))
+        value, _, loaded = await transport.fetch(url, "echo", "context", context=context)
+        assert (value, loaded) == (context, True)
+        assert (await transport.fetch(url, "echo", "context"))[0] == b"none"
+    finally:
+        await transport.close()

@@ -11,6 +11,7 @@ anywhere is loaded once, by the owner, and shared; values carry a TTL::
 
 from ._bridge import BackgroundLoop
 from ._clock import Clock, MonotonicClock
+from ._context import load_context
 from ._errors import Declined, InvalidArgument, NotFound, PeerError, TokenCacheError
 from ._fetched import Fetched
 from ._group import Entry, Group, Loader
@@ -45,4 +46,5 @@ __all__ = [
     "SingleFlight",
     "TokenCacheError",
     "Workspace",
+    "load_context",
 ]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import propagate, trace
 
+from ._context import MAX_CONTEXT_BYTES, _current
 from ._errors import Declined, InvalidArgument, NotFound, PeerError
 from ._fetched import Fetched
 from ._lru import LRUCache
@@ -137,45 +138,55 @@ class Group:
 
     # -- the load path -------------------------------------------------------------------------
 
-    async def get(self, key: str, *, min_ttl: float = 0.0) -> bytes:
+    async def get(self, key: str, *, min_ttl: float = 0.0, context: bytes | None = None) -> bytes:
         """The value of ``key``, from a cache or loaded once for the cluster.
 
         With ``min_ttl`` > 0 a cached value with less life left is reloaded by the owner and
-        replaced (refresh-ahead). Raises ``NotFound`` or the loader's own error.
+        replaced (refresh-ahead). ``context`` reaches the loader that runs for this get, on
+        whichever process owns the key (see :func:`tokencache.load_context`). Raises ``NotFound``
+        or the loader's own error.
         """
         if min_ttl:
-            return (await self.get_with_ttl(key, min_ttl=min_ttl))[0]
+            return (await self.get_with_ttl(key, min_ttl=min_ttl, context=context))[0]
         # The hit path is peek's: two dict lookups and a few integer increments, no span, no task.
         value = self.peek(key)
         if value is not None:
             return value
         self.stats.gets += 1  # peek counts hits only
-        return (await self._miss(key, 0.0)).value
+        return (await self._miss(key, 0.0, context)).value
 
-    async def get_with_ttl(self, key: str, *, min_ttl: float = 0.0) -> Result:
+    async def get_with_ttl(
+        self, key: str, *, min_ttl: float = 0.0, context: bytes | None = None
+    ) -> Result:
         """Like :meth:`get`, returning ``(value, remaining ttl or None)``."""
-        fetched = await self.get_fetched(key, min_ttl=min_ttl)
+        fetched = await self.get_fetched(key, min_ttl=min_ttl, context=context)
         return fetched.value, fetched.ttl
 
-    async def get_fetched(self, key: str, *, min_ttl: float = 0.0) -> Fetched:
+    async def get_fetched(
+        self, key: str, *, min_ttl: float = 0.0, context: bytes | None = None
+    ) -> Fetched:
         """Like :meth:`get_with_ttl`, also saying whether a loader ran for this call."""
         self.stats.gets += 1
         found = self._lookup(key, min_ttl)
         if found is not None:
             self.stats.cache_hits += 1
             return Fetched(found[0], found[1])
-        return await self._miss(key, min_ttl)
+        return await self._miss(key, min_ttl, context)
 
-    async def _miss(self, key: str, min_ttl: float) -> Fetched:
+    async def _miss(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
         self._ws.check_key(key)
+        if context is not None and len(context) > MAX_CONTEXT_BYTES:
+            raise InvalidArgument(f"load context longer than {MAX_CONTEXT_BYTES} bytes")
         self.stats.loads += 1
         with self._ws.tracer.start_as_current_span(
             "tokencache.get", attributes={"tokencache.group": self.name}
         ):
-            fetched, _ = await self._gets.do((key, min_ttl > 0), lambda: self._load(key, min_ttl))
+            fetched, _ = await self._gets.do(
+                (key, min_ttl > 0), lambda: self._load(key, min_ttl, context)
+            )
             return fetched
 
-    async def _load(self, key: str, min_ttl: float) -> Fetched:
+    async def _load(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
         # Another flight may have filled the cache between our miss and this flight starting
         # (groupcache's double-check): look again before going anywhere.
         found = self._lookup(key, min_ttl)
@@ -188,9 +199,9 @@ class Group:
                 # The owner was unreachable moments ago: load here at once instead of paying
                 # the connect timeout again for every key it owns.
                 self.stats.peer_errors += 1
-                return await self._load_local(key, min_ttl)
+                return await self._load_local(key, min_ttl, context)
             try:
-                return await self._fetch_from_peer(owner, key, min_ttl)
+                return await self._fetch_from_peer(owner, key, min_ttl, context)
             except NotFound:
                 raise
             except Declined:
@@ -199,9 +210,11 @@ class Group:
                 self.stats.peer_errors += 1
                 if exc.unreachable:
                     self._ws.mark_unreachable(owner)
-        return await self._load_local(key, min_ttl)
+        return await self._load_local(key, min_ttl, context)
 
-    async def _fetch_from_peer(self, owner: str, key: str, min_ttl: float) -> Fetched:
+    async def _fetch_from_peer(
+        self, owner: str, key: str, min_ttl: float, context: bytes | None
+    ) -> Fetched:
         headers: dict[str, str] = {}
         with self._ws.tracer.start_as_current_span(
             "tokencache.peer.fetch",
@@ -211,7 +224,7 @@ class Group:
             propagate.inject(headers)
             started = time.perf_counter()
             value, ttl, loaded = await self._ws.transport.fetch(
-                owner, self.name, key, min_ttl=min_ttl, headers=headers
+                owner, self.name, key, min_ttl=min_ttl, context=context, trace=headers
             )
             elapsed_ms = (time.perf_counter() - started) * 1000
         self.stats.peer_loads += 1
@@ -221,13 +234,13 @@ class Group:
             self._store(self.hot_cache, key, value, ttl)
         return Fetched(value, ttl, loaded)
 
-    async def _load_local(self, key: str, min_ttl: float) -> Fetched:
+    async def _load_local(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
         fetched, _ = await self._loads.do(
-            (key, min_ttl > 0), lambda: self._run_loader(key, min_ttl)
+            (key, min_ttl > 0), lambda: self._run_loader(key, min_ttl, context)
         )
         return fetched
 
-    async def _run_loader(self, key: str, min_ttl: float) -> Fetched:
+    async def _run_loader(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
         found = self.main_cache.get(key, min_ttl)
         if found is not None:
             return Fetched(found[0], found[1])
@@ -235,6 +248,7 @@ class Group:
         with self._ws.tracer.start_as_current_span(
             "tokencache.load", attributes={"tokencache.group": self.name}
         ):
+            token = _current.set(context)
             try:
                 entry = await self.loader(key)
             except NotFound:
@@ -242,6 +256,8 @@ class Group:
             except BaseException:
                 self.stats.local_load_errs += 1
                 raise
+            finally:
+                _current.reset(token)
         checked: object = entry  # loaders are user code: check what the types promise
         if not isinstance(checked, Entry) or not isinstance(checked.value, bytes):
             self.stats.local_load_errs += 1
@@ -254,7 +270,7 @@ class Group:
             self._store(self.main_cache, key, entry.value, ttl)
         return Fetched(entry.value, ttl, loaded=True)
 
-    async def serve_peer(self, key: str, min_ttl: float) -> Fetched:
+    async def serve_peer(self, key: str, min_ttl: float, context: bytes | None = None) -> Fetched:
         """Answer a peer's get: from this process's caches or its own loader, never forwarded."""
         self.stats.server_requests += 1
         found = self._lookup(key, min_ttl)
@@ -264,7 +280,7 @@ class Group:
         if owner is not None:
             # Our ring says someone else owns it (rings out of sync during a rollout).
             self.stats.crosstalk_refusals += 1
-        return await self._load_local(key, min_ttl)
+        return await self._load_local(key, min_ttl, context)
 
     # -- storing and removing ------------------------------------------------------------------
 

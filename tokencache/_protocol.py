@@ -9,6 +9,7 @@ the HTTP status is its wire form.
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 
@@ -21,6 +22,7 @@ MIN_TTL_HEADER = "X-Tokencache-Min-Ttl"
 IF_DIGEST_HEADER = "X-Tokencache-If-Digest"
 ERROR_HEADER = "X-Tokencache-Error"
 LOADED_HEADER = "X-Tokencache-Loaded"  # "1": a loader ran on the owner for this request
+CONTEXT_HEADER = "X-Tokencache-Context"  # base64 of the caller's opaque load context
 
 GROUP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -83,6 +85,23 @@ def parse_seconds(raw: str | None, header: str) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise ProtocolError("bad-request", f"{header} must be a finite number >= 0")
     return value
+
+
+def encode_context(context: bytes) -> str:
+    """The header value carrying a load context."""
+    return base64.b64encode(context).decode("ascii")
+
+
+def decode_context(raw: str | None, max_bytes: int) -> bytes | None:
+    """The load context from its header, ``None`` when absent."""
+    if raw is None:
+        return None
+    if len(raw) > (max_bytes + 2) // 3 * 4:
+        raise ProtocolError("too-large", f"{CONTEXT_HEADER} longer than {max_bytes} bytes")
+    try:
+        return base64.b64decode(raw.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise ProtocolError("bad-request", f"{CONTEXT_HEADER} is not base64") from None
 
 
 def parse_digest(raw: str | None) -> str | None:

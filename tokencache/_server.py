@@ -15,6 +15,7 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 
 from . import _protocol as wire
+from ._context import MAX_CONTEXT_BYTES
 from ._errors import Declined, NotFound
 
 if TYPE_CHECKING:
@@ -75,7 +76,10 @@ class PeerServer:
                 min_ttl = wire.parse_seconds(
                     request.headers.get(wire.MIN_TTL_HEADER), wire.MIN_TTL_HEADER
                 )
-                return await self._get(request, group.name, key, min_ttl or 0.0)
+                context = wire.decode_context(
+                    request.headers.get(wire.CONTEXT_HEADER), MAX_CONTEXT_BYTES
+                )
+                return await self._get(request, group.name, key, min_ttl or 0.0, context)
             if op == wire.REMOVE_OP:
                 digest = wire.parse_digest(request.headers.get(wire.IF_DIGEST_HEADER))
                 group.remove_local(key, digest)
@@ -87,19 +91,24 @@ class PeerServer:
         return _error("bad-request", "unknown operation")
 
     async def _get(
-        self, request: web.Request, group_name: str, key: str, min_ttl: float
+        self,
+        request: web.Request,
+        group_name: str,
+        key: str,
+        min_ttl: float,
+        context: bytes | None,
     ) -> web.Response:
         group = self._ws.get_group(group_name)
         assert group is not None
-        context = propagate.extract(request.headers)
+        parent = propagate.extract(request.headers)
         with self._ws.tracer.start_as_current_span(
             "tokencache.peer.serve",
-            context=context,
+            context=parent,
             kind=trace.SpanKind.SERVER,
             attributes={"tokencache.group": group_name},
         ):
             try:
-                value, ttl, loaded = await group.serve_peer(key, min_ttl)
+                value, ttl, loaded = await group.serve_peer(key, min_ttl, context)
             except NotFound:
                 return _error("not-found", "not found")
             except Declined:

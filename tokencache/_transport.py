@@ -29,10 +29,11 @@ class PeerTransport(Protocol):
         key: str,
         *,
         min_ttl: float = 0.0,
-        headers: Mapping[str, str] | None = None,
+        context: bytes | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> Fetched:
         """Ask ``peer`` for ``key``: the value, its remaining TTL (``None``: no expiry) and whether
-        the owner ran its loader for this request.
+        the owner ran its loader for this request (``context`` goes to that loader).
 
         Raises ``NotFound`` or ``Declined`` when the owner answered so, ``PeerError`` otherwise.
         """
@@ -115,12 +116,15 @@ class HttpTransport:
         key: str,
         *,
         min_ttl: float = 0.0,
-        headers: Mapping[str, str] | None = None,
+        context: bytes | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> Fetched:
         """See :meth:`PeerTransport.fetch`."""
         path = wire.path(group, wire.GET_OP)
         body = wire.encode_key(key)
-        extra = dict(headers or {})
+        extra = dict(trace or {})
+        if context is not None:
+            extra[wire.CONTEXT_HEADER] = wire.encode_context(context)
         if min_ttl > 0:
             extra[wire.MIN_TTL_HEADER] = f"{min_ttl:.3f}"
         status, resp_headers, data = await self._post(

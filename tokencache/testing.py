@@ -60,7 +60,8 @@ class LocalTransport:
         key: str,
         *,
         min_ttl: float = 0.0,
-        headers: Mapping[str, str] | None = None,
+        context: bytes | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> Fetched:
         """Serve a get from the target workspace as its peer server would."""
         self.fetches.append((peer, group, key))
@@ -68,7 +69,7 @@ class LocalTransport:
         if target is None:
             raise PeerError(peer, "unknown group")
         try:
-            return await target.serve_peer(key, min_ttl)
+            return await target.serve_peer(key, min_ttl, context)
         except (NotFound, Declined):
             raise
         except Exception as exc:
