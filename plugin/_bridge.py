@@ -1,6 +1,6 @@
 """The bridge from any caller (async on any loop, or a plain thread) to the engine's event loop.
 
-The engine lives on one event loop (DESIGN.md: one loop per process). Callers reach it like this:
+The engine lives on one event loop (one loop per process). Callers reach it like this:
 
 - async caller on the engine loop → await directly (no hop);
 - async caller on another loop (another thread) → ``run_coroutine_threadsafe`` wrapped as an

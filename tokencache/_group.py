@@ -1,6 +1,6 @@
 """A group: one named, byte-bounded cache with its loader, and the load path.
 
-The load path of ``get`` (invariants from DESIGN.md are numbered):
+The load path of ``get`` (the engine's invariants are numbered):
 
 1. main cache, then hot cache: a live value is a hit, served without I/O or a span;
 2. a per-key singleflight (``_gets``) so concurrent misses in this process make one attempt;
