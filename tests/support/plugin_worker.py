@@ -25,6 +25,7 @@ import hashlib
 import json
 import sys
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -118,13 +119,19 @@ class Worker:
         workers = [
             threading.Thread(target=asyncio.run, args=(thread_main(),)) for _ in range(threads)
         ]
+        started = time.monotonic()
         for t in workers:
             t.start()
         for t in workers:
             t.join(_BURST_TIMEOUT)
         ok = [d for kind, d in results if kind == "ok"]
         errors = Counter(d for kind, d in results if kind == "error")
-        return {"ok": len(ok), "errors": dict(errors), "tokens": sorted(set(ok))}
+        return {
+            "ok": len(ok),
+            "errors": dict(errors),
+            "tokens": sorted(set(ok)),
+            "seconds": time.monotonic() - started,
+        }
 
     def held(self, spec: dict[str, Any]) -> dict[str, Any]:
         auth = self.auth(spec)
