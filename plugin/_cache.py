@@ -159,6 +159,7 @@ class TokenCache:
             self._memo.pop(key, None)
             self._unauthorized_until.pop(key, None)
             self._after_401.pop(key, None)
+            self._failures.pop(key, None)
             return reg.fetcher
 
     def registered(self, key: str) -> bool:

@@ -96,6 +96,17 @@ function basicClientId(header) {
   }
 }
 
+// The sub of a client_assertion JWT (client_secret_jwt, private_key_jwt): the claimed client.
+function assertionSubject(assertion) {
+  if (typeof assertion !== 'string') return null;
+  try {
+    const payload = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString('utf8'));
+    return typeof payload.sub === 'string' ? payload.sub : null;
+  } catch {
+    return null;
+  }
+}
+
 async function readBody(req) {
   const chunks = [];
   let size = 0;
@@ -114,6 +125,7 @@ export class ControlState {
     // Kept apart from counters: a reset must not lose requests still pending.
     this.inFlight = 0;
     this.fault = NO_FAULT;
+    this.provider = null; // set once built: token-info reads issued tokens from it
   }
 
   reset() {
@@ -152,7 +164,8 @@ export class ControlState {
       if (ctx.is('application/x-www-form-urlencoded')) {
         const body = await readBody(ctx.req);
         ctx.req.body = body;
-        clientId ??= new URLSearchParams(body.toString('utf8')).get('client_id');
+        const form = new URLSearchParams(body.toString('utf8'));
+        clientId ??= form.get('client_id') ?? assertionSubject(form.get('client_assertion'));
       }
       clientId = clientId || NO_CLIENT;
 
@@ -202,6 +215,19 @@ export class ControlState {
     if (route === 'GET /_control/health') return send(200, { ok: true });
     if (route === 'GET /_control/stats') return send(200, this.stats());
     if (route === 'GET /_control/fault') return send(200, this.fault);
+    if (route === 'POST /_control/token-info') {
+      // What the server recorded for an issued token: its client and certificate binding.
+      const { token } = JSON.parse((await readBody(req)).toString('utf8') || '{}');
+      const found = typeof token === 'string' && this.provider
+        ? await this.provider.ClientCredentials.find(token)
+        : undefined;
+      if (!found) return send(404, { error: 'not_found', error_description: 'unknown token' });
+      return send(200, {
+        client_id: found.clientId,
+        scope: found.scope ?? null,
+        'x5t#S256': found['x5t#S256'] ?? null,
+      });
+    }
     if (route === 'POST /_control/reset') {
       this.reset();
       return send(200, this.stats());
