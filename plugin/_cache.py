@@ -162,6 +162,13 @@ class TokenCache:
             self._failures.pop(key, None)
             return reg.fetcher
 
+    async def close_senders(self) -> None:
+        """Engine loop: close the token clients of every registration (the engine is closing)."""
+        with self._lock:
+            fetchers = [reg.fetcher for reg in self._registry.values()]
+        for fetcher in fetchers:
+            await fetcher.sender.aclose()
+
     def registered(self, key: str) -> bool:
         """Whether credentials for ``key`` are registered in this process."""
         return key in self._registry

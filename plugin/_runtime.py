@@ -22,6 +22,7 @@ caller's); it raises :class:`ConfigurationError` in the child instead of hanging
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -42,9 +43,11 @@ class StandaloneEngine:
     def __init__(self, clock: tokencache.Clock | None) -> None:
         self.background = tokencache.BackgroundLoop(name="plugin-oauth2")
         self.workspace = tokencache.Workspace("", clock=clock)
+        self._groups: set[str] = set()  # token group names handed out (closed with the engine)
 
     def cache(self, group_name: str) -> TokenCache:
         """The engine's token cache called ``group_name`` (created on first use)."""
+        self._groups.add(group_name)
         return TokenCache.for_workspace(self.workspace, group_name)
 
     @property
@@ -52,11 +55,22 @@ class StandaloneEngine:
         """The loop thread the engine runs on."""
         return self.background
 
+    async def _shutdown(self) -> None:
+        for name in self._groups:
+            await self.cache(name).close_senders()
+        await self.workspace.close()
+        # Loads still in flight (a caller gave up on a slow endpoint) end here, on their loop,
+        # rather than being destroyed half-run when the loop is closed.
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     def close(self) -> None:
-        """Close the workspace on its loop, then stop the loop thread."""
+        """Close the workspace and every task on its loop, then stop the loop thread."""
         if not self.background.loop.is_closed():
             try:
-                self.background.run(self.workspace.close(), timeout=10)
+                self.background.run(self._shutdown(), timeout=10)
             finally:
                 self.background.close()
 

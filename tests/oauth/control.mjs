@@ -44,7 +44,7 @@ function emptyCounters() {
   };
 }
 
-const NO_FAULT = Object.freeze({ mode: 'none', status: null, retry_after: null, delay_ms: 0, count: null });
+const NO_FAULT = Object.freeze({ mode: 'none', status: null, retry_after: null, delay_ms: 0, count: null, body: null });
 
 function bump(map, key) {
   map[key] = (map[key] ?? 0) + 1;
@@ -54,7 +54,9 @@ function bump(map, key) {
 export function parseFault(raw) {
   if (raw === null || typeof raw !== 'object') throw new Error('body must be a JSON object');
   const mode = raw.mode ?? 'none';
-  if (!['none', 'status', 'reset'].includes(mode)) throw new Error('mode must be "none", "status" or "reset"');
+  if (!['none', 'status', 'reset', 'body'].includes(mode)) throw new Error('mode must be "none", "status", "reset" or "body"');
+  const body = raw.body ?? null;
+  if (mode === 'body' && (body === null || typeof body !== 'object')) throw new Error('body must be a JSON object');
   const status = raw.status ?? (mode === 'status' ? 503 : null);
   if (mode === 'status' && !(Number.isInteger(status) && status >= 400 && status <= 599)) {
     throw new Error('status must be an integer 400-599');
@@ -71,7 +73,10 @@ export function parseFault(raw) {
   if (count !== null && !(Number.isInteger(count) && count > 0)) {
     throw new Error('count must be a positive integer (requests the fault applies to)');
   }
-  return { mode, status: mode === 'status' ? status : null, retry_after: retryAfter, delay_ms: delayMs, count };
+  return {
+    mode, status: mode === 'status' ? status : null, retry_after: retryAfter, delay_ms: delayMs, count,
+    body: mode === 'body' ? body : null,
+  };
 }
 
 // The error code an OAuth2 client would see from a real server in that state.
@@ -191,6 +196,13 @@ export class ControlState {
         if (fault.mode === 'reset') {
           ctx.respond = false;
           ctx.req.socket.destroy();
+          return;
+        }
+        if (fault.mode === 'body') {
+          // A 200 with a body the test wrote: token responses a real server might get wrong.
+          ctx.status = 200;
+          ctx.set('Cache-Control', 'no-store');
+          ctx.body = fault.body;
           return;
         }
         ctx.status = fault.status;

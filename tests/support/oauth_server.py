@@ -25,6 +25,7 @@ API (the plugin's and proxy's tests rely on it; keep it stable)::
         server.set_fault(mode="none", delay_ms=2000)  # token endpoint answers, 2 s late
         server.set_fault(status=503, count=1)         # only the next token request fails
         server.set_fault(mode="reset")                # connection closed without an answer
+        server.set_fault(mode="body", body={"access_token": ""})  # 200 with this JSON body
         server.clear_fault()
         server.wait_for_token_requests(1)             # bounded poll, e.g. for a slow request
         await server.await_token_requests(1)          # the same without blocking the event loop
@@ -88,7 +89,7 @@ AuthMethod = Literal[
     "tls_client_auth",
     "self_signed_tls_client_auth",
 ]
-FaultMode = Literal["none", "status", "reset"]
+FaultMode = Literal["none", "status", "reset", "body"]
 
 _REPO = Path(__file__).resolve().parents[2]
 _OAUTH_DIR = _REPO / "tests" / "oauth"
@@ -436,12 +437,14 @@ class OAuthServer:
         retry_after: int | None = None,
         delay_ms: int = 0,
         count: int | None = None,
+        body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Make the token endpoint fail or stall; returns the fault the server armed.
 
         ``mode="status"`` answers ``status`` with an OAuth2 JSON error body (``Retry-After``
         when ``retry_after`` is given); ``mode="reset"`` closes the connection unanswered;
-        ``mode="none"`` with ``delay_ms`` only delays. ``delay_ms`` applies before any mode.
+        ``mode="none"`` with ``delay_ms`` only delays; ``mode="body"`` answers 200 with ``body``
+        (a malformed token response). ``delay_ms`` applies before any mode.
         ``count`` limits the fault to that many requests; None keeps it until cleared.
         """
         fault: dict[str, Any] = {"mode": mode, "delay_ms": delay_ms}
@@ -449,6 +452,8 @@ class OAuthServer:
             fault["status"] = status
         if retry_after is not None:
             fault["retry_after"] = retry_after
+        if body is not None:
+            fault["body"] = body
         if count is not None:
             fault["count"] = count
         armed: dict[str, Any] = self._control("POST", "fault", fault)
