@@ -3,11 +3,12 @@
 This module imports no HTTP library: each adapter hands in a factory for its own token sender, so
 a process using httpx never runs httpx2 code for its tokens and vice versa.
 
-Life of an :class:`AuthCore`: the constructor only checks and computes (arguments, TLS files, the
-private key, the key fingerprint): no thread, no loop, no I/O. The first token request *binds* it:
-to the runtime's standalone engine (no ``workspace=``) or to the caller's workspace, registering
-the credentials in that token cache (where every other auth with the same credentials already
-shares the registration). A fork moves the runtime's generation on; the next call rebinds.
+Life of an :class:`AuthCore`: the constructor checks and computes (arguments, TLS files, the
+private key, the key fingerprint): no thread, no loop, no I/O. *Binding* registers the credentials
+in a token cache (where every other auth with the same credentials shares the registration): on a
+caller's workspace at once (so this process can serve as the key's owner from the start), on the
+runtime's standalone engine at the first token request (the engine's thread starts only then). A
+fork moves the runtime's generation on; the next call rebinds.
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ class AuthCore:
         self._fetcher: TokenFetcher | None = None
         self.bridge = EngineBridge(None)
         self._closed = False
+        if workspace is not None:
+            # Registered at once on a caller's workspace (that starts no thread): a peer that
+            # asks this process, as the key's owner, finds the credentials already here.
+            self._bind()
 
     # -- binding (first use, and again after a fork) -------------------------------------------
 
