@@ -12,8 +12,10 @@ docs/plugin.md. httpx2 users: :mod:`plugin.httpx2`. Errors are drawn in :mod:`pl
 
 from plugin._auth import ClientCredentialsAuth
 from plugin._cache import Held, Policy, TokenCache
+from plugin._client_auth import AUTH_METHODS
 from plugin._errors import (
     ERROR_KINDS,
+    AuthClosedError,
     ConfigurationError,
     InvalidClientError,
     InvalidRequestError,
@@ -31,16 +33,20 @@ from plugin._errors import (
 )
 from plugin._fetch import TokenFetcher
 from plugin._httpx_sender import HttpxTokenSender
-from plugin._key import AUTH_METHODS, Credentials, secret_fingerprint
+from plugin._key import Credentials, fingerprint_key, secret_fingerprint
 from plugin._metrics import TokenMetricsCollector, TokenStats
 from plugin._request import TokenHttpResponse, TokenRequest, TokenSender, build_token_request
-from plugin._token import Token
+from plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
+from plugin._token import AccessToken, Token
 
 __all__ = [
     "AUTH_METHODS",
+    "AccessToken",
+    "AuthClosedError",
     "ClientCredentialsAuth",
     "ConfigurationError",
     "Credentials",
+    "DEFAULT_RUNTIME",
     "ERROR_KINDS",
     "Held",
     "HttpxTokenSender",
@@ -48,6 +54,7 @@ __all__ = [
     "InvalidRequestError",
     "InvalidScopeError",
     "PluginError",
+    "PluginRuntime",
     "Policy",
     "Token",
     "TokenCache",
@@ -67,5 +74,6 @@ __all__ = [
     "TokenTimeoutError",
     "UnauthorizedClientError",
     "build_token_request",
+    "fingerprint_key",
     "secret_fingerprint",
 ]

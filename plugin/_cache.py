@@ -11,6 +11,19 @@ In front of the group sits a small per-process table of :class:`Held` tokens tha
 without taking a lock (a dict lookup is atomic) and that only changes under ``_lock``; it is what makes
 a cached token cost a dict lookup and a clock read per request, from any thread or loop.
 
+The persistent-401 rule (an API that rejects every token: wrong audience, clock skew, a revoked
+client). After a 401 the flow renews once: it compare-and-invalidates the rejected token and asks
+the cluster for the current one with the load context :data:`AFTER_401`. Two guards then keep the
+token endpoint quiet for ``unauthorized_cooldown`` seconds:
+
+- in this process, once a renewal did not help (the retry got a 401 again, or the cluster had no
+  other token), :meth:`renew` stops invalidating: it hands back the token it holds (the caller gets
+  its 401), without I/O;
+- at the key's owner (so for the whole cluster): when the token it fetched because of a 401 is
+  itself rejected within the window (the renewal did not help, whichever process saw it), the
+  load returns that token instead of fetching again. Hence at most one token request per window
+  per credential, cluster-wide, however many processes see 401s.
+
 Invariants:
 - a failed fetch is never cached; for ``cooldown`` seconds (longer when a 429 asked for it) callers in
   this process get that error at once instead of calling the endpoint again;
@@ -22,6 +35,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from concurrent.futures import Future
@@ -35,6 +49,15 @@ from plugin._metrics import TokenStats
 from plugin._token import Token, cache_ttl
 
 _log = logging.getLogger("plugin.oauth2")
+#: The load context of a reload caused by a 401 (tokencache.load_context at the owner), followed by
+#: a digest of the rejected token so the owner can tell whether its last token was the one refused.
+AFTER_401 = b"plugin/oauth2:after-401:"
+
+
+def _after_401_context(rejected: bytes) -> bytes:
+    return AFTER_401 + hashlib.sha256(rejected).digest()[:16]
+
+
 _REFRESH_PAUSE = 0.1  # share of the refresh window to wait after one refresh before another
 
 
@@ -57,6 +80,7 @@ class Policy:
     refresh_fraction: float = 0.2
     cooldown: float = 2.0
     max_cooldown: float = 60.0
+    unauthorized_cooldown: float = 30.0
 
 
 @dataclass
@@ -84,6 +108,8 @@ class TokenCache:
         self._refreshing: set[str] = set()
         self._refresh_not_before: dict[str, float] = {}
         self._background: set[Future[None]] = set()
+        self._unauthorized_until: dict[str, float] = {}  # this process: 401 cooldown end
+        self._after_401: dict[str, tuple[float, bytes, float]] = {}  # owner: (at, value, expiry)
         self.group = workspace.new_group(
             group_name, max_bytes=max_bytes, loader=self._load, hot_probability=1.0
         )
@@ -131,7 +157,21 @@ class TokenCache:
                 return None
             del self._registry[key]
             self._memo.pop(key, None)
+            self._unauthorized_until.pop(key, None)
+            self._after_401.pop(key, None)
+            self._failures.pop(key, None)
             return reg.fetcher
+
+    async def close_senders(self) -> None:
+        """Engine loop: close the token clients of every registration (the engine is closing)."""
+        with self._lock:
+            fetchers = [reg.fetcher for reg in self._registry.values()]
+        for fetcher in fetchers:
+            await fetcher.sender.aclose()
+
+    def registered(self, key: str) -> bool:
+        """Whether credentials for ``key`` are registered in this process."""
+        return key in self._registry
 
     def _policy(self, key: str) -> Policy:
         reg = self._registry.get(key)
@@ -144,16 +184,48 @@ class TokenCache:
         if reg is None:
             raise tokencache.Declined("no credentials registered for this token key here")
         self.check_cooldown(key)
+        creds = reg.creds
+        now = self._clock.now()
+        context = tokencache.load_context() or b""
+        after_401 = context.startswith(AFTER_401)
+        if after_401:
+            last = self._after_401.get(key)
+            in_window = last is not None and now < last[0] + reg.policy.unauthorized_cooldown
+            if (
+                last is not None
+                and in_window
+                and now < last[2]
+                and context == _after_401_context(last[1])
+            ):
+                # The owner's half of the 401 rule: one fetch per window for the cluster.
+                self.stats.count_unauthorized_cooldown()
+                _log.debug(
+                    "401 cooldown: client %r at %s keeps its token (no fetch)",
+                    creds.client_id,
+                    creds.endpoint,
+                )
+                return tokencache.Entry(last[1], last[2] - now)
+        _log.debug(
+            "fetching a token for client %r at %s%s",
+            creds.client_id,
+            creds.endpoint,
+            " after a 401" if after_401 else "",
+        )
         try:
             token = await reg.fetcher.fetch()
         except TokenError as exc:
             self.stats.count_error(exc.kind)
             self._cool(key, exc, reg.policy)
+            _log.debug("token fetch for client %r failed: %s", creds.client_id, exc.kind)
             raise
         self.stats.count_fetch()
+        value = token.encode()
+        ttl = cache_ttl(token.lifetime, reg.policy.leeway)
         with self._lock:
             self._failures.pop(key, None)
-        return tokencache.Entry(token.encode(), cache_ttl(token.lifetime, reg.policy.leeway))
+            if after_401:
+                self._after_401[key] = (now, value, now + ttl)
+        return tokencache.Entry(value, ttl)
 
     def _cool(self, key: str, exc: TokenError, policy: Policy) -> None:
         pause = policy.cooldown
@@ -166,8 +238,12 @@ class TokenCache:
     def check_cooldown(self, key: str) -> None:
         """Raise the last error for ``key`` while its cooldown lasts."""
         failed = self._failures.get(key)
-        if failed is not None and self._clock.now() < failed[0]:
+        if failed is None:
+            return
+        now = self._clock.now()
+        if now < failed[0]:
             self.stats.count_cooldown()
+            _log.debug("failure cooldown: %s for another %.1f s", failed[1].kind, failed[0] - now)
             raise failed[1].with_traceback(None)
 
     # -- the front: local copies (any thread) -----------------------------------------------------
@@ -200,13 +276,35 @@ class TokenCache:
         return self._remember(key, value, ttl)
 
     async def renew(self, key: str, rejected: Held) -> Held:
-        """Engine loop: compare-and-invalidate ``rejected`` cluster-wide, then get the current token."""
+        """Engine loop: after a 401, compare-and-invalidate ``rejected`` cluster-wide and get the
+        current token; within this process's 401 cooldown, no I/O (module docstring)."""
+        now = self._clock.now()
+        held = self._memo.get(key)
+        if now < self._unauthorized_until.get(key, 0.0):
+            self.stats.count_unauthorized_cooldown()
+            _log.debug("401 cooldown: the rejected token is not renewed")
+            if held is not None and held.value != rejected.value and now < held.expires_at:
+                return held  # another request already renewed it: that one may still work
+            return rejected
         await self.group.remove(key, if_value=rejected.value)
         with self._lock:
             held = self._memo.get(key)
             if held is not None and held.value == rejected.value:
                 del self._memo[key]
-        return await self.get(key)
+        value, ttl = await self.group.get_with_ttl(key, context=_after_401_context(rejected.value))
+        fresh = self._remember(key, value, ttl)
+        if fresh.value == rejected.value:
+            self.unauthorized_again(key)  # the cluster has no other token in this window
+        return fresh
+
+    def unauthorized_again(self, key: str) -> None:
+        """A renewal did not help (a second 401): start this process's 401 cooldown for ``key``."""
+        pause = self._policy(key).unauthorized_cooldown
+        if pause <= 0:
+            return
+        with self._lock:
+            self._unauthorized_until[key] = self._clock.now() + pause
+        _log.debug("401 after renewal: cooldown of %.1f s starts (no token requests)", pause)
 
     # -- refresh-ahead ------------------------------------------------------------------------------
 
@@ -226,6 +324,7 @@ class TokenCache:
         try:
             await self.get(key, min_ttl=window)
             self.stats.count_refresh()
+            _log.debug("token refreshed ahead of expiry")
         except Exception as exc:  # noqa: BLE001 - the current token keeps serving; next get retries
             _log.warning("background token refresh failed: %s", type(exc).__name__)
         finally:

@@ -1,46 +1,82 @@
-"""What both Auth classes (httpx and httpx2) share: credentials, the token cache and the bridge.
+"""What every client adapter shares: checked credentials, the token cache, the bridge, the rules.
 
-This module imports neither HTTP library: each Auth class hands in its own token sender, so a
-process using httpx never runs httpx2 code for its tokens and vice versa.
+This module imports no HTTP library: each adapter hands in a factory for its own token sender, so
+a process using httpx never runs httpx2 code for its tokens and vice versa.
+
+Life of an :class:`AuthCore`: the constructor checks and computes (arguments, TLS files, the
+private key, the key fingerprint): no thread, no loop, no I/O. *Binding* registers the credentials
+in a token cache (where every other auth with the same credentials shares the registration): on a
+caller's workspace at once (so this process can serve as the key's owner from the start), on the
+runtime's standalone engine at the first token request (the engine's thread starts only then). A
+fork moves the runtime's generation on; the next call rebinds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import random
+import ssl
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypedDict
 
 import tokencache
 from plugin._bridge import EngineBridge
 from plugin._cache import Held, Policy, TokenCache
-from plugin._errors import ConfigurationError
+from plugin._client_auth import build_client_auth
+from plugin._errors import AuthClosedError, ConfigurationError, TokenTimeoutError
 from plugin._fetch import Sleep, TokenFetcher
-from plugin._key import AUTH_METHODS, Credentials
+from plugin._key import Credentials, check_token_url, fingerprint_key
 from plugin._request import TokenSender
+from plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
+from plugin._tls import TokenTls, build_tls
+from plugin._token import BEARER_ONLY, AccessToken
+
+_log = logging.getLogger("plugin.oauth2")
+
+SenderFactory = Callable[[TokenTls], TokenSender]
 
 
 class FlowOptions(TypedDict, total=False):
-    """The keyword options both Auth classes take; see docs/plugin.md for each (defaults there)."""
+    """The keyword options every adapter takes; see docs/plugin.md for each (defaults there)."""
 
     workspace: tokencache.Workspace | None
+    runtime: PluginRuntime | None
+    cluster_secret: str | bytes | None
     group_name: str
     loop: asyncio.AbstractEventLoop | tokencache.BackgroundLoop | None
     leeway: float | None
     refresh_fraction: float
     default_lifetime: float
     cooldown: float
+    unauthorized_cooldown: float
     max_attempts: int
     max_retry_after: float
     sync_timeout: float
+    token_types: Iterable[str]
+    signing_alg: str | None
+    kid: str | None
+    ca_file: str | os.PathLike[str] | None
+    client_cert: str | os.PathLike[str] | None
+    client_key: str | os.PathLike[str] | None
+    ssl_context: ssl.SSLContext | None
     clock: tokencache.Clock | None
     sleep: Sleep | None
     wall_clock: Callable[[], float] | None
     rng: random.Random | None
 
 
+def _number(options: FlowOptions, name: str, default: float, low: float = 0.0) -> float:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
+        raise ConfigurationError(f"{name} must be a number >= {low}")
+    return float(value)
+
+
 class AuthCore:
-    """The token side of a ``ClientCredentialsAuth``: get, refresh ahead, renew after a 401."""
+    """The token side of an auth object: get, refresh ahead, renew after a 401, close."""
 
     def __init__(
         self,
@@ -51,137 +87,250 @@ class AuthCore:
         scope: str | Iterable[str] | None,
         extra_params: Mapping[str, str] | None,
         auth_method: str,
-        sender: TokenSender,
+        sender_factory: SenderFactory,
         options: FlowOptions,
     ) -> None:
         workspace = options.get("workspace")
-        loop = options.get("loop")
+        runtime = options.get("runtime")
         clock = options.get("clock")
-        group_name = options.get("group_name", "oauth2")
-        policy = Policy(
+        self._owns_runtime = False
+        if runtime is None:
+            if workspace is None and clock is not None:
+                # An injected clock needs an engine of its own (tests): a private runtime.
+                runtime, self._owns_runtime = PluginRuntime(clock=clock), True
+            else:
+                runtime = DEFAULT_RUNTIME
+        self._runtime = runtime
+        self._workspace = workspace
+        self._group_name = options.get("group_name", "oauth2")
+        loop = options.get("loop")
+        self._loop = loop.loop if isinstance(loop, tokencache.BackgroundLoop) else loop
+        self.policy = Policy(
             leeway=options.get("leeway"),
-            refresh_fraction=options.get("refresh_fraction", 0.2),
-            cooldown=options.get("cooldown", 2.0),
+            refresh_fraction=_number(options, "refresh_fraction", 0.2),
+            cooldown=_number(options, "cooldown", 2.0),
+            unauthorized_cooldown=_number(options, "unauthorized_cooldown", 30.0),
         )
-        if auth_method not in AUTH_METHODS:
-            raise ConfigurationError(
-                f"unknown auth_method {auth_method!r}; one of {', '.join(AUTH_METHODS)}"
-            )
-        if not 0 <= policy.refresh_fraction < 1:
+        if not self.policy.refresh_fraction < 1:
             raise ConfigurationError("refresh_fraction must be in [0, 1)")
+        self.sync_timeout = _number(options, "sync_timeout", 60.0)
+        check_token_url(token_url)
+        if not isinstance(client_id, str) or not client_id:
+            raise ConfigurationError("client_id must be a non-empty string")
+        tls = build_tls(
+            ca_file=options.get("ca_file"),
+            client_cert=options.get("client_cert"),
+            client_key=options.get("client_key"),
+            ssl_context=options.get("ssl_context"),
+        )
+        auth = build_client_auth(
+            auth_method,
+            client_id,
+            client_secret,
+            alg=options.get("signing_alg"),
+            kid=options.get("kid"),
+            certificate=tls.certificate,
+        )
+        cluster_secret = options.get("cluster_secret")
+        if workspace is None:
+            key: bytes | None = runtime.process_key  # keys never leave this process
+        elif cluster_secret:
+            key = fingerprint_key(cluster_secret)
+        else:
+            key = None  # scrypt: see plugin._key
+        fingerprint = runtime.fingerprint(client_id, auth.material(), token_url=token_url, key=key)
         self.creds = Credentials.build(
             token_url=token_url,
             client_id=client_id,
             client_secret=client_secret,
             scope=scope,
             extra_params=extra_params,
-            auth_method=auth_method,
+            auth=auth,
+            fingerprint=fingerprint,
         )
-        self._private: tokencache.BackgroundLoop | None = None
-        if workspace is None:
-            # Standalone: a private single-node workspace on a private loop thread, so sync and
-            # async callers (on any loop) reach the same singleflight.
-            self._private = tokencache.BackgroundLoop(name="plugin-oauth2")
-            workspace = tokencache.Workspace("", clock=clock)
-            engine_loop: asyncio.AbstractEventLoop | None = self._private.loop
-        elif isinstance(loop, tokencache.BackgroundLoop):
-            engine_loop = loop.loop
-        else:
-            engine_loop = loop
-        self.workspace = workspace
-        self.bridge = EngineBridge(engine_loop)
-        self.cache = TokenCache.for_workspace(workspace, group_name)
-        self.fetcher = TokenFetcher(
+        self.key = self.creds.key
+        self._types = tuple(t.lower() for t in options.get("token_types", BEARER_ONLY))
+        self._default_lifetime = _number(options, "default_lifetime", 300.0, low=1.0)
+        self._options = options
+        self._tls = tls
+        self._sender_factory = sender_factory
+        self._born = runtime.generation
+        self._generation = -1  # not bound yet: the first token request binds
+        self._cache: TokenCache | None = None
+        self._fetcher: TokenFetcher | None = None
+        self.bridge = EngineBridge(None)
+        self._closed = False
+        if workspace is not None:
+            # Registered at once on a caller's workspace (that starts no thread): a peer that
+            # asks this process, as the key's owner, finds the credentials already here.
+            self._bind()
+
+    # -- binding (first use, and again after a fork) -------------------------------------------
+
+    def _new_fetcher(self) -> TokenFetcher:
+        options = self._options
+        return TokenFetcher(
             self.creds,
-            sender,
-            max_attempts=options.get("max_attempts", 3),
+            self._sender_factory(self._tls),
+            max_attempts=int(options.get("max_attempts", 3)),
             max_retry_after=options.get("max_retry_after", 30.0),
-            default_lifetime=options.get("default_lifetime", 300.0),
+            default_lifetime=self._default_lifetime,
+            token_types=self._types or BEARER_ONLY,
             sleep=options.get("sleep"),
             wall_clock=options.get("wall_clock"),
             rng=options.get("rng"),
         )
-        self.key = self.cache.register(self.creds, self.fetcher, policy)
-        self.sync_timeout = options.get("sync_timeout", 60.0)
-        self._closed = False
+
+    def _bind(self) -> TokenCache:
+        if self._closed:
+            raise AuthClosedError(
+                f"auth for client {self.creds.client_id!r} at {self.creds.endpoint} was closed",
+                endpoint=self.creds.endpoint,
+            )
+        runtime = self._runtime
+        generation = runtime.generation
+        if self._workspace is None:
+            engine = runtime.standalone()
+            cache = engine.cache(self._group_name)
+            loop: asyncio.AbstractEventLoop | None = engine.loop.loop
+        else:
+            if generation != self._born:
+                raise ConfigurationError(
+                    "this auth's workspace was created before fork(): build the workspace and "
+                    "the auth in the child process (e.g. in gunicorn's post_fork hook), or omit "
+                    "workspace= for standalone use"
+                )
+            cache = TokenCache.for_workspace(self._workspace, self._group_name)
+            loop = self._loop
+        fetcher = self._new_fetcher()
+        cache.register(self.creds, fetcher, self.policy)
+        self.bridge = EngineBridge(loop)
+        self._cache, self._fetcher, self._generation = cache, fetcher, generation
+        return cache
+
+    @property
+    def cache(self) -> TokenCache:
+        """The token cache these credentials live in (binding on first use)."""
+        cache = self._cache
+        if cache is None or self._generation != self._runtime.generation or self._closed:
+            cache = self._bind()
+        return cache
 
     # -- getting a token ----------------------------------------------------------------------
 
-    def _maybe_refresh(self, held: Held) -> None:
-        cache, key = self.cache, self.key
+    def _maybe_refresh(self, cache: TokenCache, held: Held) -> None:
+        key = self.key
         if cache.refresh_due(key, held):
+            _log.debug("refreshing the token of client %r ahead of expiry", self.creds.client_id)
             self.bridge.spawn(lambda: cache.refresh(key, held.window), cache.background)
 
-    def _cached(self) -> Held | None:
+    def _cached(self) -> tuple[TokenCache, Held | None]:
         cache = self.cache
         held = cache.peek(self.key)
         if held is None:
             cache.check_cooldown(self.key)
-            return None
-        self._maybe_refresh(held)
-        return held
+            return cache, None
+        self._maybe_refresh(cache, held)
+        return cache, held
+
+    def _timeout(self) -> TokenTimeoutError:
+        endpoint = self.creds.endpoint
+        return TokenTimeoutError(
+            f"no token for client {self.creds.client_id!r} from {endpoint} within "
+            f"sync_timeout={self.sync_timeout:g} s",
+            endpoint=endpoint,
+        )
 
     def token_sync(self) -> Held:
         """The current token, for a thread (sync client)."""
-        held = self._cached()
+        cache, held = self._cached()
         if held is None:
-            cache, key = self.cache, self.key
-            held = self.bridge.run_sync(lambda: cache.get(key), self.sync_timeout)
+            key = self.key
+            try:
+                held = self.bridge.run_sync(lambda: cache.get(key), self.sync_timeout)
+            except TimeoutError:
+                raise self._timeout() from None
         return held
 
     async def token(self) -> Held:
         """The current token, for a coroutine on any loop (never blocks that loop)."""
-        held = self._cached()
+        cache, held = self._cached()
         if held is None:
-            cache, key = self.cache, self.key
+            key = self.key
             held = await self.bridge.run(lambda: cache.get(key))
         return held
 
     def renew_sync(self, rejected: Held) -> Held:
         """After a 401: compare-and-invalidate ``rejected`` and get the cluster's current token."""
         cache, key = self.cache, self.key
-        return self.bridge.run_sync(lambda: cache.renew(key, rejected), self.sync_timeout)
+        _log.debug("401 from the API: renewing the token of client %r", self.creds.client_id)
+        try:
+            return self.bridge.run_sync(lambda: cache.renew(key, rejected), self.sync_timeout)
+        except TimeoutError:
+            raise self._timeout() from None
 
     async def renew(self, rejected: Held) -> Held:
         """Async :meth:`renew_sync`."""
         cache, key = self.cache, self.key
+        _log.debug("401 from the API: renewing the token of client %r", self.creds.client_id)
         return await self.bridge.run(lambda: cache.renew(key, rejected))
+
+    def unauthorized_again(self) -> None:
+        """The retry with a renewed token got a 401 too: start the 401 cooldown."""
+        self.cache.unauthorized_again(self.key)
+
+    def public(self, held: Held) -> AccessToken:
+        """``held`` as the public :class:`AccessToken` (expiry on the wall clock)."""
+        remaining = held.expires_at - self.cache.workspace.clock.now()
+        return AccessToken(
+            held.token.access_token, held.token.token_type, time.time() + max(0.0, remaining)
+        )
 
     # -- closing --------------------------------------------------------------------------------
 
+    def _unregister(self) -> TokenFetcher | None:
+        cache, self._cache = self._cache, None
+        if cache is None or self._generation != self._runtime.generation:
+            return None
+        return cache.unregister(self.key)
+
     async def _release(self) -> None:
-        fetcher = self.cache.unregister(self.key)
+        fetcher = self._unregister()
         if fetcher is not None:
             await fetcher.sender.aclose()
-        if self._private is not None:
-            await self.workspace.close()
+
+    def _bound_here(self) -> bool:
+        # Bound in this process (not only in a parent before a fork, whose loop is gone here).
+        return self._cache is not None and self._generation == self._runtime.generation
 
     def _engine_gone(self) -> bool:
         loop = self.bridge.loop
-        if loop is not None and (loop.is_closed() or not loop.is_running()):
-            self.cache.unregister(self.key)  # nothing left to close on a stopped loop
-            return True
-        return False
+        return loop is None or loop.is_closed() or not loop.is_running()
 
     def close(self) -> None:
-        """Unregister the credentials, close the token client; stop the private loop if any.
+        """Unregister the credentials (closing the token client if this was the last user).
 
         From a thread that is not the engine loop's; on the engine loop use :meth:`aclose`.
+        Using the auth afterwards raises :class:`AuthClosedError`.
         """
         if self._closed:
             return
         self._closed = True
-        if self.bridge.loop is not None and not self._engine_gone():
+        if self._bound_here() and not self._engine_gone():
             self.bridge.run_sync(self._release, self.sync_timeout)
-        if self._private is not None:
-            self._private.close()
+        else:
+            self._unregister()
+        if self._owns_runtime:
+            self._runtime.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close` (safe to call on the engine loop)."""
         if self._closed:
             return
         self._closed = True
-        if not self._engine_gone():
+        if self._bound_here() and not self._engine_gone():
             await self.bridge.run(self._release)
-        if self._private is not None:
-            await asyncio.to_thread(self._private.close)
+        else:
+            self._unregister()
+        if self._owns_runtime:
+            await asyncio.to_thread(self._runtime.close)

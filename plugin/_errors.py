@@ -16,10 +16,15 @@ The tree::
         │   ├── TokenServerError     5xx
         │   ├── TokenTimeoutError    the endpoint did not answer in time
         │   └── TokenConnectionError the endpoint could not be reached
-        └── TokenResponseError       a 2xx answer that is not a usable token (no JSON, no access_token)
+        ├── TokenResponseError       a 2xx answer that is not a usable token (no JSON, an empty or
+        │                            missing access_token, expires_in <= 0, a token_type not accepted)
+        └── AuthClosedError          the auth object was closed and then used
 
-Every message is built from the OAuth2 ``error`` / ``error_description``, the HTTP status and the
-client id: never a secret or a token. Descriptions are scrubbed of the client secret in case an
+A sync caller that waits longer than ``sync_timeout`` gets :class:`TokenTimeoutError`.
+
+Every message names the token endpoint (scheme, host and path only: no userinfo, no query) and is
+built from the OAuth2 ``error`` / ``error_description``, the HTTP status and the client id: never a
+secret or a token. ``endpoint`` carries the same safe form of the URL. Descriptions are scrubbed of the client secret in case an
 endpoint echoes its input.
 """
 
@@ -39,7 +44,7 @@ class TokenError(PluginError):
 
     ``kind`` is one of a fixed set of short labels (used as a metrics label), ``error`` and
     ``error_description`` are the OAuth2 fields when the endpoint sent them, ``status`` is the HTTP
-    status when there was one.
+    status when there was one, ``endpoint`` the token endpoint (without userinfo or query).
     """
 
     kind = "error"
@@ -51,11 +56,13 @@ class TokenError(PluginError):
         error: str | None = None,
         error_description: str | None = None,
         status: int | None = None,
+        endpoint: str | None = None,
     ) -> None:
         super().__init__(message)
         self.error = error
         self.error_description = error_description
         self.status = status
+        self.endpoint = endpoint
 
 
 class TokenRejectedError(TokenError):
@@ -125,9 +132,16 @@ class TokenResponseError(TokenError):
     kind = "bad_response"
 
 
+class AuthClosedError(TokenError):
+    """The auth object was used after ``close()``/``aclose()``: build a new one."""
+
+    kind = "closed"
+
+
 #: Every ``kind`` label a :class:`TokenError` can carry (the metrics label set is exactly this).
 ERROR_KINDS: tuple[str, ...] = (
     "bad_response",
+    "closed",
     "connection",
     "invalid_client",
     "invalid_request",

@@ -18,6 +18,7 @@ from plugin._errors import TokenEndpointError, TokenError, TokenThrottledError
 from plugin._key import Credentials
 from plugin._request import TokenSender, build_token_request
 from plugin._token import (
+    BEARER_ONLY,
     Token,
     is_retryable_status,
     parse_token,
@@ -42,6 +43,7 @@ class TokenFetcher:
         backoff_max: float = 5.0,
         max_retry_after: float = 30.0,
         default_lifetime: float = 300.0,
+        token_types: tuple[str, ...] = BEARER_ONLY,
         sleep: Sleep | None = None,
         wall_clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
@@ -55,6 +57,7 @@ class TokenFetcher:
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
         self.default_lifetime = default_lifetime
+        self.token_types = token_types
         self._sleep: Sleep = sleep or asyncio.sleep
         self._wall_clock = wall_clock or time.time
         self._rng = rng or random.Random()
@@ -67,6 +70,7 @@ class TokenFetcher:
     async def fetch(self) -> Token:
         """Return a fresh token or raise the :class:`TokenError` of the last attempt."""
         creds = self.creds
+        endpoint = creds.endpoint
         last: TokenError | None = None
         for attempt in range(self.max_attempts):
             delay: float | None = None
@@ -82,12 +86,18 @@ class TokenFetcher:
                         response.body,
                         default_lifetime=self.default_lifetime,
                         client_id=creds.client_id,
+                        endpoint=endpoint,
+                        token_types=self.token_types,
                     )
                 if not is_retryable_status(status):
                     raise rejection(
-                        status, response.body, client_id=creds.client_id, secret=creds.client_secret
+                        status,
+                        response.body,
+                        client_id=creds.client_id,
+                        secret=creds.client_secret,
+                        endpoint=endpoint,
                     )
-                last = transient(status, client_id=creds.client_id)
+                last = transient(status, client_id=creds.client_id, endpoint=endpoint)
                 delay = retry_after(response.headers, now_epoch=self._wall_clock())
                 if isinstance(last, TokenThrottledError):
                     last.retry_after = delay

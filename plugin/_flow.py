@@ -11,7 +11,9 @@ The flow (sync and async, as httpx's docs prescribe for flows that do I/O):
    when it is in the last part of its life) and send the request with it;
 2. on 401, compare-and-invalidate: remove the rejected token cluster-wide *only if the cached value is
    still that token*, get the current one, and retry once with it. If the current token is the one
-   that was just rejected, the 401 is returned (never a second retry, never the same token twice).
+   that was just rejected, the 401 is returned (never a second retry, never the same token twice);
+3. when the retry gets a 401 too, the credential enters the persistent-401 cooldown
+   (:mod:`plugin._cache`): further 401s in it return at once, with no token request.
 
 Request bodies: bytes, str, form, JSON and multipart-from-bytes bodies are replayable (a
 ``ByteStream``) and are retried. A streaming body (a generator or file object) cannot be sent twice:
@@ -26,6 +28,7 @@ from typing import Protocol, TypeVar
 
 from plugin._cache import TokenCache
 from plugin._core import AuthCore
+from plugin._token import AccessToken
 
 
 class _Request(Protocol):
@@ -57,6 +60,20 @@ class CredentialsFlow:
         """The token cache (group, stats) these credentials live in."""
         return self._core.cache
 
+    def token(self) -> AccessToken:
+        """The current token, from a thread: for gRPC metadata, websockets, database drivers.
+
+        Same cache, same rules as the requests this auth signs (one fetch per lifetime, shared).
+        Raises a :class:`TokenError` subclass when no token can be had.
+        """
+        core = self._core
+        return core.public(core.token_sync())
+
+    async def atoken(self) -> AccessToken:
+        """Async :meth:`token`, from a coroutine on any loop."""
+        core = self._core
+        return core.public(await core.token())
+
     def _sync_flow(
         self, request: Req, replayable: Callable[[Req], bool]
     ) -> Generator[Req, Resp, None]:
@@ -71,7 +88,9 @@ class CredentialsFlow:
             return
         core.cache.stats.count_unauthorized_retry()
         request.headers["Authorization"] = fresh.token.authorization
-        yield request
+        response = yield request
+        if response.status_code == 401:
+            core.unauthorized_again()
 
     async def _async_flow(
         self, request: Req, replayable: Callable[[Req], bool]
@@ -87,7 +106,9 @@ class CredentialsFlow:
             return
         core.cache.stats.count_unauthorized_retry()
         request.headers["Authorization"] = fresh.token.authorization
-        yield request
+        response = yield request
+        if response.status_code == 401:
+            core.unauthorized_again()
 
     def close(self) -> None:
         """Release the credentials registration and token client (and the private loop)."""

@@ -13,6 +13,8 @@ Exported (with an optional ``namespace`` prefix, ``<ns>_oauth2_…``):
 - ``oauth2_token_refreshes_total{group}``: background refresh-ahead reloads that completed
 - ``oauth2_token_cooldown_rejections_total{group}``: callers answered from a failure cooldown
 - ``oauth2_unauthorized_retries_total{group}``: requests retried after a 401 with a new token
+- ``oauth2_unauthorized_cooldowns_total{group}``: 401s that did not renew the token (persistent-401
+  cooldown, in this process or at the owner)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class TokenStats:
         self.refreshes = 0
         self.cooldown_rejections = 0
         self.unauthorized_retries = 0
+        self.unauthorized_cooldowns = 0
         self.fetch_errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
 
     def count_fetch(self) -> None:
@@ -71,6 +74,10 @@ class TokenStats:
     def count_unauthorized_retry(self) -> None:
         with self._lock:
             self.unauthorized_retries += 1
+
+    def count_unauthorized_cooldown(self) -> None:
+        with self._lock:
+            self.unauthorized_cooldowns += 1
 
 
 class TokenMetricsCollector(Collector):
@@ -106,6 +113,10 @@ class TokenMetricsCollector(Collector):
             "oauth2_unauthorized_retries": (
                 "unauthorized_retries",
                 "Requests retried once with a new token after a 401.",
+            ),
+            "oauth2_unauthorized_cooldowns": (
+                "unauthorized_cooldowns",
+                "401s answered without a token request during the persistent-401 cooldown.",
             ),
         }
         caches = self._all()

@@ -1,7 +1,7 @@
 """The token request, sans-IO, built by authlib's client-credentials support.
 
 authlib's ``prepare_token_request`` writes the form body and its ``ClientAuth`` applies the client
-authentication method (``client_secret_basic``, ``client_secret_post``, ``private_key_jwt``). The
+authentication method (every method of :mod:`plugin._client_auth`). The
 HTTP integrations of authlib are deliberately not used: with httpx2 installed they are built on
 httpx2, and the httpx code path must not mix the two libraries. Each sender (httpx, httpx2) sends
 the :class:`TokenRequest` built here.
@@ -13,11 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from authlib.oauth2.auth import ClientAuth
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
 
-from plugin._errors import ConfigurationError
-from plugin._key import AUTH_METHODS, Credentials
+from plugin._client_auth import build_client_auth
+from plugin._key import Credentials
 
 
 @dataclass(frozen=True, repr=False)
@@ -56,10 +55,7 @@ class TokenSender(Protocol):
 
 def build_token_request(creds: Credentials) -> TokenRequest:
     """Build the client-credentials request for ``creds`` (fresh each attempt: JWT ids differ)."""
-    if creds.auth_method not in AUTH_METHODS:
-        raise ConfigurationError(
-            f"unknown auth_method {creds.auth_method!r}; one of {', '.join(AUTH_METHODS)}"
-        )
+    auth = creds.auth or build_client_auth(creds.auth_method, creds.client_id, creds.client_secret)
     params: dict[str, str] = dict(creds.extra_params)
     if creds.scopes:
         params["scope"] = " ".join(creds.scopes)
@@ -68,15 +64,8 @@ def build_token_request(creds: Credentials) -> TokenRequest:
         "Content-Type": "application/x-www-form-urlencoded",
         "Accept": "application/json",
     }
-    method: object = creds.auth_method
-    if creds.auth_method == "private_key_jwt":
-        # Imported here: joserfc is only needed by the clients that sign assertions.
-        from authlib.oauth2.rfc7523 import PrivateKeyJWT
-
-        method = PrivateKeyJWT(creds.token_url)
-    client_auth = ClientAuth(creds.client_id, creds.client_secret, method)
-    url, headers, body = client_auth.prepare("POST", creds.token_url, headers, body)
-    return TokenRequest("POST", str(url), dict(headers), str(body).encode())
+    headers, body = auth.apply(creds.token_url, headers, body)
+    return TokenRequest("POST", creds.token_url, headers, body.encode())
 
 
 def lower_headers(items: Mapping[str, str]) -> dict[str, str]:

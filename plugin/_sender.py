@@ -7,11 +7,13 @@ process using httpx never runs httpx2 code for its tokens and vice versa.
 
 from __future__ import annotations
 
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Protocol
 
 from plugin._errors import TokenConnectionError, TokenTimeoutError
+from plugin._key import safe_endpoint
 from plugin._request import TokenHttpResponse, TokenRequest, lower_headers
 
 
@@ -29,6 +31,20 @@ class _Client(Protocol):
         self, method: str, url: str, *, headers: Mapping[str, str], content: bytes
     ) -> _Response: ...
     async def aclose(self) -> None: ...
+
+
+def _cause(exc: BaseException) -> str:
+    """The exception's type, and the TLS failure under it when there is one (a wrong CA or a
+    refused client certificate is the first thing an operator needs to see)."""
+    name = type(exc).__name__
+    seen: set[int] = set()
+    inner: BaseException | None = exc
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, ssl.SSLError):
+            return f"{name}: TLS {inner.reason or type(inner).__name__}"
+        inner = inner.__cause__ or inner.__context__
+    return name
 
 
 class PooledTokenSender(ABC):
@@ -51,16 +67,19 @@ class PooledTokenSender(ABC):
         """POST the token request; timeouts and connection failures become plugin errors."""
         if self._client is None:
             self._client = self._new_client()
+        endpoint = safe_endpoint(request.url)
         try:
             response = await self._client.request(
                 request.method, request.url, headers=request.headers, content=request.body
             )
         except self.timeout_error:
-            raise TokenTimeoutError("token endpoint timed out") from None
+            raise TokenTimeoutError(
+                f"token endpoint {endpoint} timed out", endpoint=endpoint
+            ) from None
         except self.transport_error as exc:
-            # The exception text names the host, never credentials; keep only its type.
+            # Keep only the exception's type: its text may carry a URL with userinfo.
             raise TokenConnectionError(
-                f"token endpoint unreachable ({type(exc).__name__})"
+                f"token endpoint {endpoint} unreachable ({_cause(exc)})", endpoint=endpoint
             ) from None
         return TokenHttpResponse(
             response.status_code, lower_headers(response.headers), response.content

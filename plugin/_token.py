@@ -11,6 +11,7 @@ import email.utils
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ _REJECTIONS: dict[str, type[TokenRejectedError]] = {
     "invalid_scope": InvalidScopeError,
     "unauthorized_client": UnauthorizedClientError,
 }
+#: The token types accepted by default (lower-case): RFC 6750 bearer tokens only.
+BEARER_ONLY: tuple[str, ...] = ("bearer",)
 _MAX_FIELD = 200  # error / error_description are cut so a hostile endpoint cannot flood logs
 
 
@@ -67,6 +70,33 @@ class Token:
         return f"Token(token_type={self.token_type!r}, lifetime={self.lifetime!r}, <hidden>)"
 
 
+@dataclass(frozen=True, repr=False)
+class AccessToken:
+    """A token as the public API hands it out: for gRPC metadata, websockets, database drivers.
+
+    ``expires_at`` is on the wall clock (``time.time()``): when the plugin stops using this token
+    (its lifetime minus the leeway). ``repr`` hides the token.
+    """
+
+    access_token: str
+    token_type: str
+    expires_at: float
+
+    @property
+    def authorization(self) -> str:
+        """The ``Authorization`` header value (``Bearer <token>``)."""
+        return Token(self.access_token, self.token_type, 0.0).authorization
+
+    def expires_in(self, now: float | None = None) -> float:
+        """Seconds of use left (never negative); ``now`` defaults to ``time.time()``."""
+        return max(0.0, self.expires_at - (time.time() if now is None else now))
+
+    def __repr__(self) -> str:
+        return (
+            f"AccessToken(token_type={self.token_type!r}, expires_at={self.expires_at!r}, <hidden>)"
+        )
+
+
 def default_leeway(lifetime: float) -> float:
     """The default leeway: min(60 s, 10 % of the lifetime)."""
     return min(60.0, 0.1 * lifetime)
@@ -90,14 +120,16 @@ def _scrub(text: str | None, secret: str) -> str | None:
     return text.replace(secret, "<hidden>")
 
 
-def rejection(status: int, body: bytes, *, client_id: str, secret: str) -> TokenError:
+def rejection(
+    status: int, body: bytes, *, client_id: str, secret: str, endpoint: str
+) -> TokenError:
     """Map a 4xx answer to the :class:`TokenRejectedError` subclass for its OAuth2 ``error``."""
     error: str | None = None
     description: str | None = None
     try:
         data = json.loads(body)
         if isinstance(data, dict):
-            error = _short(data.get("error"))
+            error = _scrub(_short(data.get("error")), secret)
             description = _scrub(_short(data.get("error_description")), secret)
     except ValueError:
         pass
@@ -105,17 +137,26 @@ def rejection(status: int, body: bytes, *, client_id: str, secret: str) -> Token
     if error is None and status == 401:
         cls = InvalidClientError  # RFC 6749 5.2: a 401 from the token endpoint is a client failure
     detail = f": {description}" if description else ""
-    message = f"token endpoint refused client {client_id!r} (HTTP {status}, {error or 'no error code'}){detail}"
-    return cls(message, error=error, error_description=description, status=status)
+    message = (
+        f"token endpoint {endpoint} refused client {client_id!r} "
+        f"(HTTP {status}, {error or 'no error code'}){detail}"
+    )
+    return cls(
+        message, error=error, error_description=description, status=status, endpoint=endpoint
+    )
 
 
-def transient(status: int, *, client_id: str) -> TokenError:
+def transient(status: int, *, client_id: str, endpoint: str) -> TokenError:
     """The error for a retryable status (429 or 5xx) once the retries are spent."""
     if status == 429:
         return TokenThrottledError(
-            f"token endpoint throttled client {client_id!r} (HTTP 429)", status=status
+            f"token endpoint {endpoint} throttled client {client_id!r} (HTTP 429)",
+            status=status,
+            endpoint=endpoint,
         )
-    return TokenServerError(f"token endpoint failed (HTTP {status})", status=status)
+    return TokenServerError(
+        f"token endpoint {endpoint} failed (HTTP {status})", status=status, endpoint=endpoint
+    )
 
 
 def is_retryable_status(status: int) -> bool:
@@ -123,36 +164,72 @@ def is_retryable_status(status: int) -> bool:
     return status == 429 or 500 <= status <= 599
 
 
-def parse_token(body: bytes, *, default_lifetime: float, client_id: str) -> Token:
-    """Parse a 2xx token response; a missing or non-numeric ``expires_in`` takes the default."""
+def _lifetime(raw: object) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_token(
+    body: bytes,
+    *,
+    default_lifetime: float,
+    client_id: str,
+    endpoint: str,
+    token_types: tuple[str, ...] = BEARER_ONLY,
+) -> Token:
+    """Parse a 2xx token response (RFC 6749 5.1).
+
+    ``access_token`` must be a non-empty string; ``token_type`` must be one of ``token_types``
+    (case-insensitive; Bearer only by default, a missing one is taken as Bearer); ``expires_in``
+    must be a positive number when present (a missing one takes ``default_lifetime``, logged).
+    Anything else is a :class:`TokenResponseError` naming the endpoint (never the token).
+    """
+
+    def bad(why: str) -> TokenResponseError:
+        return TokenResponseError(
+            f"token endpoint {endpoint} sent {why} for client {client_id!r}", endpoint=endpoint
+        )
+
     try:
         data = json.loads(body)
     except ValueError:
-        raise TokenResponseError(
-            f"token endpoint sent a non-JSON answer for client {client_id!r}"
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
-        raise TokenResponseError(f"token endpoint sent no access_token for client {client_id!r}")
+        raise bad("a non-JSON answer") from None
+    if not isinstance(data, dict):
+        raise bad("a JSON answer that is not an object")
+    access_token = data.get("access_token")
+    if not isinstance(access_token, str) or not access_token.strip():
+        raise bad("no access_token (missing, empty or not a string)")
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in access_token):
+        # RFC 6750 b64token characters are printable ASCII; anything else would corrupt the header.
+        raise bad("an access_token with characters a header cannot carry")
     token_type = data.get("token_type")
-    if not isinstance(token_type, str) or not token_type:
-        token_type = "Bearer"  # noqa: S105 - RFC 6750's default type name, not a credential
+    if token_type is None:
+        token_type = "Bearer"  # noqa: S105 - RFC 6750's type name, not a credential
+    if not isinstance(token_type, str) or token_type.lower() not in token_types:
+        shown = _short(token_type) if isinstance(token_type, str) else type(token_type).__name__
+        raise bad(f"token_type {shown!r}, which is not accepted (token_types={token_types!r})")
     raw = data.get("expires_in")
-    lifetime: float | None = None
-    if isinstance(raw, int | float | str) and not isinstance(raw, bool):
-        try:
-            lifetime = float(raw)
-        except ValueError:
-            lifetime = None
-    if lifetime is None or not math.isfinite(lifetime) or lifetime <= 0:
-        why = "missing" if raw is None else "not a positive number"
+    if raw is None:
         _log.warning(
-            "token for client %r: expires_in %s; using the default lifetime of %.0f s",
+            "token endpoint %s: expires_in missing for client %r; using the default lifetime of %.0f s",
+            endpoint,
             client_id,
-            why,
             default_lifetime,
         )
         lifetime = default_lifetime
-    return Token(data["access_token"], token_type, lifetime)
+    else:
+        parsed = _lifetime(raw)
+        if parsed is None or parsed <= 0:
+            raise bad(
+                f"expires_in {_short(raw)!r} (a token must live a positive number of seconds)"
+            )
+        lifetime = parsed
+    return Token(access_token, token_type, lifetime)
 
 
 def retry_after(headers: Mapping[str, str], *, now_epoch: float) -> float | None:
@@ -163,6 +240,8 @@ def retry_after(headers: Mapping[str, str], *, now_epoch: float) -> float | None
     raw = raw.strip()
     if raw.isdigit():
         return float(raw)
+    if len(raw) > _MAX_FIELD:
+        return None
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):

@@ -359,7 +359,7 @@ def test_context_manager_stops_the_process(http: httpx.Client) -> None:
 
 
 def test_bad_config_fails_start_without_leaking_the_secret() -> None:
-    bad = OAuthClient("odd", "do-not-print-me", auth_method="client_secret_jwt")  # type: ignore[arg-type]
+    bad = OAuthClient("odd", "do-not-print-me", auth_method="client_secret_magic")  # type: ignore[arg-type]
     server = OAuthServer([bad])
 
     with pytest.raises(OAuthServerError, match="auth_method") as caught:

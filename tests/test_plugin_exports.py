@@ -7,7 +7,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module_name", ["plugin", "plugin.httpx2"])
+@pytest.mark.parametrize(
+    "module_name", ["plugin", "plugin.aiohttp", "plugin.httpx2", "plugin.requests"]
+)
 def test_all_is_sorted_and_documented(module_name: str) -> None:
     module = importlib.import_module(module_name)
     names = module.__all__

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOKEN_TTL = 20
 CLIENT = OAuthClient("svc-int", "int-secret", scopes=("read",))
 OTHER = OAuthClient("svc-other", "other-secret", scopes=("read",), auth_method="client_secret_post")
+REJECTED = OAuthClient("svc-401", "rejected-secret", scopes=("read",))
 READY_DEADLINE = 30.0
 ANSWER_DEADLINE = 120.0
 
@@ -98,7 +99,7 @@ class WorkerProcess:
 
 @pytest.fixture(scope="module")
 def oauth() -> Iterator[OAuthServer]:
-    with OAuthServer([CLIENT, OTHER], token_ttl=TOKEN_TTL) as server:
+    with OAuthServer([CLIENT, OTHER, REJECTED], token_ttl=TOKEN_TTL) as server:
         yield server
 
 
@@ -156,7 +157,7 @@ def test_herd_of_1200_requests_on_3_processes_makes_one_token_request_per_lifeti
     assert [r["errors"] for r in results] == [{}, {}, {}]
     assert [r["ok"] for r in results] == [400, 400, 400]  # 4 x 50 x (async + sync)
     assert max(r["seconds"] for r in results) < 14.4, "burst reached the refresh window"
-    assert len({t for r in results for t in r["tokens"]}) == 1
+    assert len({t for r in results for t in r["tokens"]}) == 1, (results, oauth.stats())
     assert oauth.token_requests() == 1
 
     wait_until_expired(workers, auth)
@@ -208,3 +209,19 @@ def test_token_server_down_is_a_clear_error_and_recovery_needs_no_restart(
     assert all(r["ok"] == 10 for r in results)
     assert len({t for r in results for t in r["tokens"]}) == 1
     assert oauth.token_requests() == 1
+
+
+def test_token_keys_agree_across_the_cluster_and_are_keyed_by_the_cluster_secret(
+    oauth: OAuthServer, workers: list[WorkerProcess]
+) -> None:
+    plain = {**spec(oauth, CLIENT), "cluster_secret": ""}  # scrypt, salted, no key
+    keyed = {**plain, "cluster_secret": "cluster-secret-a"}
+    other = {**plain, "cluster_secret": "cluster-secret-b"}
+    keys = [
+        {w.ask({"op": "key", "auth": a})["key"] for w in workers} for a in (plain, keyed, other)
+    ]
+    assert all(len(k) == 1 for k in keys)  # every process names the token alike
+    assert len({k.pop() for k in keys}) == 3  # another cluster secret, another fingerprint
+    results = burst_all(workers, keyed, threads=1, coroutines=3)
+    assert all(r["errors"] == {} for r in results)
+    assert len({t for r in results for t in r["tokens"]}) == 1

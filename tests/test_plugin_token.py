@@ -15,6 +15,7 @@ import plugin
 from plugin._token import cache_ttl, default_leeway, parse_token, rejection, retry_after
 
 SECRET = "MARKER-SECRET-5f1e"
+EP = "https://idp.example/token"
 
 
 def creds(**kw: object) -> plugin.Credentials:
@@ -36,7 +37,8 @@ def test_key_names_endpoint_client_sorted_scopes_extras_and_fingerprint_not_secr
     data = json.loads(c.key)
     assert data[1:4] == ["https://idp.example/token", "svc", ["read", "write"]]
     assert data[4] == [["audience", "api"], ["resource", "r1"]]
-    assert data[6] == plugin.secret_fingerprint("svc", SECRET)
+    assert data[0] == "oauth2/v2"
+    assert len(data[6]) == 64
     assert SECRET not in c.key
     assert SECRET not in repr(c)
 
@@ -60,10 +62,13 @@ def test_any_credential_difference_gives_another_key(change: dict[str, object]) 
     assert creds(**change).key != creds().key
 
 
-def test_fingerprint_is_bound_to_client_id_and_length_prefixed() -> None:
-    assert plugin.secret_fingerprint("ab", "c") != plugin.secret_fingerprint("a", "bc")
-    assert plugin.secret_fingerprint("a", "s") != plugin.secret_fingerprint("b", "s")
-    assert len(plugin.secret_fingerprint("a", "s")) == 64
+@pytest.mark.parametrize("key", [None, plugin.fingerprint_key("cluster-secret")])
+def test_fingerprint_is_bound_to_client_id_and_length_prefixed(key: bytes | None) -> None:
+    fp = plugin.secret_fingerprint
+    assert fp("ab", "c", key=key) != fp("a", "bc", key=key)
+    assert fp("a", "s", key=key) != fp("b", "s", key=key)
+    assert fp("a", "s", token_url="u1", key=key) != fp("a", "s", token_url="u2", key=key)
+    assert len(fp("a", "s", key=key)) == 64
 
 
 # -- token responses --------------------------------------------------------------------------------
@@ -78,30 +83,74 @@ def test_token_round_trips_and_hides_itself() -> None:
 
 def test_parse_token_reads_expires_in() -> None:
     body = json.dumps({"access_token": "t", "token_type": "Bearer", "expires_in": 120}).encode()
-    assert parse_token(body, default_lifetime=5, client_id="svc") == plugin.Token(
+    assert parse_token(body, default_lifetime=5, client_id="svc", endpoint=EP) == plugin.Token(
         "t", "Bearer", 120
     )
 
 
-@pytest.mark.parametrize("expires_in", [None, "soon", -3, True])
-def test_missing_or_bad_expires_in_takes_default_and_says_why(
-    expires_in: object, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_missing_expires_in_takes_default_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     data: dict[str, object] = {"access_token": "TOKEN-VALUE-xyz", "token_type": "bearer"}
-    if expires_in is not None:
-        data["expires_in"] = expires_in
     with caplog.at_level(logging.DEBUG):
-        tok = parse_token(json.dumps(data).encode(), default_lifetime=77, client_id="svc")
+        tok = parse_token(
+            json.dumps(data).encode(), default_lifetime=77, client_id="svc", endpoint=EP
+        )
     assert tok.lifetime == 77
-    assert "expires_in" in caplog.text
+    assert "expires_in missing" in caplog.text
     assert "default lifetime" in caplog.text
     assert "TOKEN-VALUE-xyz" not in caplog.text
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"token_type": "bearer"}'])
-def test_unusable_2xx_body_is_a_response_error(body: bytes) -> None:
-    with pytest.raises(plugin.TokenResponseError):
-        parse_token(body, default_lifetime=5, client_id="svc")
+@pytest.mark.parametrize("expires_in", ["soon", -3, 0, "0", True, 1e400, [5]])
+def test_expires_in_zero_negative_or_garbage_is_a_response_error_not_300s(
+    expires_in: object,
+) -> None:
+    body = json.dumps({"access_token": "TOKEN-VALUE-xyz", "expires_in": expires_in}).encode()
+    with pytest.raises(plugin.TokenResponseError, match="expires_in") as info:
+        parse_token(body, default_lifetime=300, client_id="svc", endpoint=EP)
+    assert EP in str(info.value)
+    assert "TOKEN-VALUE-xyz" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"token_type": "bearer"}',
+        b'{"access_token": "", "token_type": "bearer"}',
+        b'{"access_token": "   ", "token_type": "bearer"}',
+        b'{"access_token": 12, "token_type": "bearer"}',
+        b'{"access_token": "a b", "token_type": "bearer"}',
+        b'{"access_token": "a\\r\\nX-Evil: 1", "token_type": "bearer"}',
+        b"\xff\xfe",
+    ],
+)
+def test_unusable_2xx_body_is_a_response_error_naming_the_endpoint(body: bytes) -> None:
+    with pytest.raises(plugin.TokenResponseError) as info:
+        parse_token(body, default_lifetime=5, client_id="svc", endpoint=EP)
+    assert info.value.endpoint == EP
+    assert EP in str(info.value)
+
+
+@pytest.mark.parametrize("token_type", ["DPoP", "mac", "N_A", "", 7])
+def test_token_type_other_than_bearer_is_an_error_unless_accepted(token_type: object) -> None:
+    body = json.dumps({"access_token": "tok", "token_type": token_type, "expires_in": 60}).encode()
+    with pytest.raises(plugin.TokenResponseError, match="token_type"):
+        parse_token(body, default_lifetime=5, client_id="svc", endpoint=EP)
+    if token_type == "DPoP":
+        tok = parse_token(
+            body, default_lifetime=5, client_id="svc", endpoint=EP, token_types=("dpop",)
+        )
+        assert tok.authorization == "DPoP tok"
+
+
+@pytest.mark.parametrize("token_type", ["bearer", "Bearer", "BEARER", None])
+def test_bearer_in_any_case_or_missing_is_sent_as_bearer(token_type: str | None) -> None:
+    data: dict[str, object] = {"access_token": "tok", "expires_in": 60}
+    if token_type is not None:
+        data["token_type"] = token_type
+    tok = parse_token(json.dumps(data).encode(), default_lifetime=5, client_id="svc", endpoint=EP)
+    assert tok.authorization == "Bearer tok"
 
 
 def test_leeway_default_is_min_of_60s_and_10_percent() -> None:
@@ -125,8 +174,10 @@ def test_rejection_maps_oauth_error_and_scrubs_the_secret(
     error: str, cls: type[plugin.TokenError]
 ) -> None:
     body = json.dumps({"error": error, "error_description": f"bad secret {SECRET}"}).encode()
-    exc = rejection(400, body, client_id="svc", secret=SECRET)
+    exc = rejection(400, body, client_id="svc", secret=SECRET, endpoint=EP)
     assert type(exc) is cls
+    assert EP in str(exc)
+    assert exc.endpoint == EP
     assert exc.error == error
     assert exc.error_description == "bad secret <hidden>"
     assert exc.status == 400
@@ -135,7 +186,7 @@ def test_rejection_maps_oauth_error_and_scrubs_the_secret(
 
 
 def test_bare_401_from_token_endpoint_is_invalid_client() -> None:
-    exc = rejection(401, b"", client_id="svc", secret=SECRET)
+    exc = rejection(401, b"", client_id="svc", secret=SECRET, endpoint=EP)
     assert isinstance(exc, plugin.InvalidClientError)
     assert exc.error is None
 
@@ -192,8 +243,10 @@ def test_private_key_jwt_request_sends_an_assertion_not_the_key() -> None:
 
 
 def test_unknown_auth_method_is_a_configuration_error() -> None:
-    with pytest.raises(plugin.ConfigurationError):
-        plugin.build_token_request(creds(auth_method="tls_client_auth"))
+    with pytest.raises(plugin.ConfigurationError, match="unknown auth_method"):
+        creds(auth_method="client_secret_magic")
+    with pytest.raises(plugin.ConfigurationError, match="client certificate"):
+        creds(auth_method="tls_client_auth")
 
 
 # -- retries (a scripted sender, a recording sleep) ----------------------------------------------------

@@ -46,7 +46,9 @@ class ClientCredentialsAuth(CredentialsFlow, httpx2.Auth):
             scope=scope,
             extra_params=extra_params,
             auth_method=auth_method,
-            sender=Httpx2TokenSender(timeout=timeout, transport=token_transport),
+            sender_factory=lambda tls: Httpx2TokenSender(
+                timeout=timeout, transport=token_transport, ssl_context=tls.context
+            ),
             options=options,
         )
 

@@ -6,8 +6,14 @@
 //   {
 //     "clients": [
 //       {"client_id": "svc-a", "client_secret": "…", "scopes": ["read"],
-//        "auth_method": "client_secret_basic" | "client_secret_post"}
+//        "auth_method": "client_secret_basic" | "client_secret_post" | "client_secret_jwt"
+//                     | "private_key_jwt" | "tls_client_auth" | "self_signed_tls_client_auth",
+//        "jwks": {"keys": [...]},           // public keys: private_key_jwt, self_signed_tls_client_auth
+//        "tls_client_auth_san_dns": "…",    // the certificate's DNS name: tls_client_auth
+//        "certificate_bound": false}        // RFC 8705 certificate-bound access tokens
 //     ],
+//     "tls": {"cert": PATH, "key": PATH, "ca": PATH},  // optional: serve https, ask for client
+//                                                      // certificates, trust client certs from ca
 //     "token_ttl": 3600,                 // seconds; becomes expires_in
 //     "audience": "https://api.test",    // optional resource indicator (RFC 8707)
 //     "access_token_format": "opaque",   // or "jwt"; applies when an audience is set
@@ -17,7 +23,16 @@
 // Errors name the offending field but never echo a value: the file carries secrets.
 import { readFileSync } from 'node:fs';
 
-const AUTH_METHODS = new Set(['client_secret_basic', 'client_secret_post']);
+const AUTH_METHODS = new Set([
+  'client_secret_basic',
+  'client_secret_post',
+  'client_secret_jwt',
+  'private_key_jwt',
+  'tls_client_auth',
+  'self_signed_tls_client_auth',
+]);
+const SECRET_METHODS = new Set(['client_secret_basic', 'client_secret_post', 'client_secret_jwt']);
+const JWKS_METHODS = new Set(['private_key_jwt', 'self_signed_tls_client_auth']);
 const FORMATS = new Set(['opaque', 'jwt']);
 
 function fail(message) {
@@ -29,14 +44,26 @@ function checkClient(raw, index) {
   if (raw === null || typeof raw !== 'object') fail(`${where} must be an object`);
   const { client_id: clientId, client_secret: secret } = raw;
   if (typeof clientId !== 'string' || clientId === '') fail(`${where}.client_id must be a non-empty string`);
-  if (typeof secret !== 'string' || secret === '') fail(`${where}.client_secret must be a non-empty string`);
+  const authMethod = raw.auth_method ?? 'client_secret_basic';
+  if (!AUTH_METHODS.has(authMethod)) fail(`${where}.auth_method must be one of ${[...AUTH_METHODS].join(', ')}`);
+  if (SECRET_METHODS.has(authMethod) && (typeof secret !== 'string' || secret === '')) {
+    fail(`${where}.client_secret must be a non-empty string`);
+  }
+  const jwks = raw.jwks ?? null;
+  if (JWKS_METHODS.has(authMethod) && (jwks === null || !Array.isArray(jwks.keys))) {
+    fail(`${where}.jwks must be {"keys": [...]} for ${authMethod}`);
+  }
+  const sanDns = raw.tls_client_auth_san_dns ?? null;
+  if (authMethod === 'tls_client_auth' && (typeof sanDns !== 'string' || sanDns === '')) {
+    fail(`${where}.tls_client_auth_san_dns must be a non-empty string for tls_client_auth`);
+  }
+  const certificateBound = raw.certificate_bound ?? false;
+  if (typeof certificateBound !== 'boolean') fail(`${where}.certificate_bound must be a boolean`);
   const scopes = raw.scopes ?? [];
   if (!Array.isArray(scopes) || !scopes.every((s) => typeof s === 'string' && /^[\x21\x23-\x5b\x5d-\x7e]+$/.test(s))) {
     fail(`${where}.scopes must be a list of scope tokens`);
   }
-  const authMethod = raw.auth_method ?? 'client_secret_basic';
-  if (!AUTH_METHODS.has(authMethod)) fail(`${where}.auth_method must be one of ${[...AUTH_METHODS].join(', ')}`);
-  return { clientId, secret, scopes, authMethod };
+  return { clientId, secret: secret || undefined, scopes, authMethod, jwks, sanDns, certificateBound };
 }
 
 /** Turns parsed JSON into the harness settings, or throws naming the bad field. */
@@ -60,7 +87,12 @@ export function parseConfig(raw) {
   const enforceAuthMethod = raw.enforce_auth_method ?? true;
   if (typeof enforceAuthMethod !== 'boolean') fail('enforce_auth_method must be a boolean');
 
-  return { clients, tokenTTL, audience, format, enforceAuthMethod };
+  const tls = raw.tls ?? null;
+  if (tls !== null && !['cert', 'key', 'ca'].every((k) => typeof tls[k] === 'string' && tls[k] !== '')) {
+    fail('tls must be {"cert": PATH, "key": PATH, "ca": PATH}');
+  }
+
+  return { clients, tokenTTL, audience, format, enforceAuthMethod, tls };
 }
 
 /** Loads the configuration from a file path, or inline JSON when no path is given. */

@@ -44,7 +44,7 @@ function emptyCounters() {
   };
 }
 
-const NO_FAULT = Object.freeze({ mode: 'none', status: null, retry_after: null, delay_ms: 0, count: null });
+const NO_FAULT = Object.freeze({ mode: 'none', status: null, retry_after: null, delay_ms: 0, count: null, body: null });
 
 function bump(map, key) {
   map[key] = (map[key] ?? 0) + 1;
@@ -54,7 +54,9 @@ function bump(map, key) {
 export function parseFault(raw) {
   if (raw === null || typeof raw !== 'object') throw new Error('body must be a JSON object');
   const mode = raw.mode ?? 'none';
-  if (!['none', 'status', 'reset'].includes(mode)) throw new Error('mode must be "none", "status" or "reset"');
+  if (!['none', 'status', 'reset', 'body'].includes(mode)) throw new Error('mode must be "none", "status", "reset" or "body"');
+  const body = raw.body ?? null;
+  if (mode === 'body' && (body === null || typeof body !== 'object')) throw new Error('body must be a JSON object');
   const status = raw.status ?? (mode === 'status' ? 503 : null);
   if (mode === 'status' && !(Number.isInteger(status) && status >= 400 && status <= 599)) {
     throw new Error('status must be an integer 400-599');
@@ -71,7 +73,10 @@ export function parseFault(raw) {
   if (count !== null && !(Number.isInteger(count) && count > 0)) {
     throw new Error('count must be a positive integer (requests the fault applies to)');
   }
-  return { mode, status: mode === 'status' ? status : null, retry_after: retryAfter, delay_ms: delayMs, count };
+  return {
+    mode, status: mode === 'status' ? status : null, retry_after: retryAfter, delay_ms: delayMs, count,
+    body: mode === 'body' ? body : null,
+  };
 }
 
 // The error code an OAuth2 client would see from a real server in that state.
@@ -96,6 +101,17 @@ function basicClientId(header) {
   }
 }
 
+// The sub of a client_assertion JWT (client_secret_jwt, private_key_jwt): the claimed client.
+function assertionSubject(assertion) {
+  if (typeof assertion !== 'string') return null;
+  try {
+    const payload = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString('utf8'));
+    return typeof payload.sub === 'string' ? payload.sub : null;
+  } catch {
+    return null;
+  }
+}
+
 async function readBody(req) {
   const chunks = [];
   let size = 0;
@@ -114,6 +130,7 @@ export class ControlState {
     // Kept apart from counters: a reset must not lose requests still pending.
     this.inFlight = 0;
     this.fault = NO_FAULT;
+    this.provider = null; // set once built: token-info reads issued tokens from it
   }
 
   reset() {
@@ -152,7 +169,8 @@ export class ControlState {
       if (ctx.is('application/x-www-form-urlencoded')) {
         const body = await readBody(ctx.req);
         ctx.req.body = body;
-        clientId ??= new URLSearchParams(body.toString('utf8')).get('client_id');
+        const form = new URLSearchParams(body.toString('utf8'));
+        clientId ??= form.get('client_id') ?? assertionSubject(form.get('client_assertion'));
       }
       clientId = clientId || NO_CLIENT;
 
@@ -180,6 +198,13 @@ export class ControlState {
           ctx.req.socket.destroy();
           return;
         }
+        if (fault.mode === 'body') {
+          // A 200 with a body the test wrote: token responses a real server might get wrong.
+          ctx.status = 200;
+          ctx.set('Cache-Control', 'no-store');
+          ctx.body = fault.body;
+          return;
+        }
         ctx.status = fault.status;
         ctx.set('Cache-Control', 'no-store');
         if (fault.retry_after !== null) ctx.set('Retry-After', String(fault.retry_after));
@@ -202,6 +227,19 @@ export class ControlState {
     if (route === 'GET /_control/health') return send(200, { ok: true });
     if (route === 'GET /_control/stats') return send(200, this.stats());
     if (route === 'GET /_control/fault') return send(200, this.fault);
+    if (route === 'POST /_control/token-info') {
+      // What the server recorded for an issued token: its client and certificate binding.
+      const { token } = JSON.parse((await readBody(req)).toString('utf8') || '{}');
+      const found = typeof token === 'string' && this.provider
+        ? await this.provider.ClientCredentials.find(token)
+        : undefined;
+      if (!found) return send(404, { error: 'not_found', error_description: 'unknown token' });
+      return send(200, {
+        client_id: found.clientId,
+        scope: found.scope ?? null,
+        'x5t#S256': found['x5t#S256'] ?? null,
+      });
+    }
     if (route === 'POST /_control/reset') {
       this.reset();
       return send(200, this.stats());

@@ -22,8 +22,16 @@ function usedAuthMethod(ctx) {
   return ctx.oidc.params.client_secret ? 'client_secret_post' : 'client_secret_basic';
 }
 
+// oidc-provider itself holds every other method to the registered one; only basic and post
+// are interchangeable to it.
+const SECRET_PAIR = new Set(['client_secret_basic', 'client_secret_post']);
+
 function assertClientPolicy(ctx, client, allowed, enforceAuthMethod) {
-  if (enforceAuthMethod && usedAuthMethod(ctx) !== client.clientAuthMethod) {
+  if (
+    enforceAuthMethod
+    && SECRET_PAIR.has(client.clientAuthMethod)
+    && usedAuthMethod(ctx) !== client.clientAuthMethod
+  ) {
     throw new errors.InvalidClientAuth('registered authentication method not used');
   }
   const requested = (ctx.oidc.params.scope ?? '').split(' ').filter(Boolean);
@@ -36,14 +44,39 @@ function assertClientPolicy(ctx, client, allowed, enforceAuthMethod) {
 function clientMetadata(client) {
   return {
     client_id: client.clientId,
-    client_secret: client.secret,
+    ...(client.secret ? { client_secret: client.secret } : {}),
     grant_types: ['client_credentials'],
     response_types: [],
     redirect_uris: [],
     token_endpoint_auth_method: client.authMethod,
     ...(client.scopes.length ? { scope: client.scopes.join(' ') } : {}),
+    ...(client.jwks ? { jwks: client.jwks } : {}),
+    ...(client.sanDns ? { tls_client_auth_san_dns: client.sanDns } : {}),
+    ...(client.certificateBound ? { tls_client_certificate_bound_access_tokens: true } : {}),
   };
 }
+
+// RFC 8705 through oidc-provider's documented mTLS hooks: the certificate comes from the TLS
+// socket (the server asks for one and lets the hooks judge it), "authorized" means it chains to
+// the configured CA, and tls_client_auth clients are matched on a DNS subjectAltName.
+const mTLS = {
+  enabled: true,
+  certificateBoundAccessTokens: true,
+  selfSignedTlsClientAuth: true,
+  tlsClientAuth: true,
+  getCertificate(ctx) {
+    const peer = ctx.socket.getPeerX509Certificate?.();
+    return peer ? peer.toString() : undefined;
+  },
+  certificateAuthorized(ctx) {
+    return ctx.socket.authorized === true;
+  },
+  certificateSubjectMatches(ctx, property, expected) {
+    const peer = ctx.socket.getPeerX509Certificate?.();
+    if (!peer || property !== 'tls_client_auth_san_dns') return false;
+    return (peer.subjectAltName ?? '').split(', ').includes(`DNS:${expected}`);
+  },
+};
 
 /** Returns a configured Provider for the given issuer and parsed harness config. */
 export function buildProvider(issuer, config) {
@@ -63,7 +96,15 @@ export function buildProvider(issuer, config) {
 
   return new Provider(issuer, {
     clients: config.clients.map(clientMetadata),
-    clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+    clientAuthMethods: [
+      'client_secret_basic',
+      'client_secret_post',
+      'client_secret_jwt',
+      'private_key_jwt',
+      // oidc-provider accepts the RFC 8705 methods only with its mTLS feature on (https).
+      ...(config.tls ? ['tls_client_auth', 'self_signed_tls_client_auth'] : []),
+    ],
+    clientAuthSigningAlgValues: ['HS256', 'HS384', 'HS512', 'RS256', 'PS256', 'ES256', 'EdDSA'],
     scopes: allScopes,
     jwks: { keys: [{ ...signingKey, kid: 'harness', use: 'sig', alg: 'RS256' }] },
     cookies: { keys: [randomBytes(32).toString('base64url')] },
@@ -72,6 +113,7 @@ export function buildProvider(issuer, config) {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
+      ...(config.tls ? { mTLS } : {}),
       resourceIndicators: {
         enabled: true,
         async defaultResource(ctx, client) {

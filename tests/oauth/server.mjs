@@ -11,8 +11,9 @@
 // Once listening it prints one JSON line {"port", "issuer", "token_endpoint", "pid"} to
 // stdout and, with --ready-file, writes the same JSON to that file (atomically: write
 // then rename) so a launcher can wait for it. SIGTERM or SIGINT exits at once.
-import { renameSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import { parseArgs } from 'node:util';
 
 import { loadConfig } from './config.mjs';
@@ -46,7 +47,7 @@ async function main() {
 
   const control = new ControlState();
   let providerCallback = null;
-  const server = createServer((req, res) => {
+  const handler = (req, res) => {
     if (req.url.startsWith('/_control/')) {
       control.handleControl(req, res).catch((err) => {
         res.destroy(err);
@@ -59,12 +60,27 @@ async function main() {
       return;
     }
     providerCallback(req, res);
-  });
+  };
+  // With tls: https, asking every client for a certificate but admitting those without one or
+  // with one from another CA (self-signed client auth); oidc-provider's mTLS hooks judge it.
+  const server = config.tls
+    ? createTlsServer(
+      {
+        cert: readFileSync(config.tls.cert),
+        key: readFileSync(config.tls.key),
+        ca: readFileSync(config.tls.ca),
+        requestCert: true,
+        rejectUnauthorized: false,
+      },
+      handler,
+    )
+    : createServer(handler);
 
   // The issuer names the real port, which is only known once listening (port 0).
   const actualPort = await listen(server, port);
-  const issuer = `http://${HOST}:${actualPort}`;
+  const issuer = `${config.tls ? 'https' : 'http'}://${HOST}:${actualPort}`;
   const provider = buildProvider(issuer, config);
+  control.provider = provider;
   provider.use(control.tokenMiddleware(TOKEN_PATH));
   providerCallback = provider.callback();
 

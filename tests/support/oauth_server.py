@@ -25,10 +25,18 @@ API (the plugin's and proxy's tests rely on it; keep it stable)::
         server.set_fault(mode="none", delay_ms=2000)  # token endpoint answers, 2 s late
         server.set_fault(status=503, count=1)         # only the next token request fails
         server.set_fault(mode="reset")                # connection closed without an answer
+        server.set_fault(mode="body", body={"access_token": ""})  # 200 with this JSON body
         server.clear_fault()
         server.wait_for_token_requests(1)             # bounded poll, e.g. for a slow request
         await server.await_token_requests(1)          # the same without blocking the event loop
         server.restart()                  # stop, then start on the same port
+        server.token_info(access_token)   # {"client_id", "scope", "x5t#S256"} or None
+
+Every client-authentication method oidc-provider knows is available: ``client_secret_jwt``,
+``private_key_jwt`` (``jwks=`` the client's public keys), and with ``tls=ServerTls(cert, key, ca)``
+(https, client certificates asked for) the RFC 8705 methods ``tls_client_auth`` (``tls_san_dns=``)
+and ``self_signed_tls_client_auth`` (``jwks=`` with ``x5c``), with certificate-bound tokens
+(``certificate_bound=True``). tests/support/client_keys.py makes the key material.
 
 What the server enforces: the client secret (401 ``invalid_client``), the registered
 authentication method (``enforce_auth_method=False`` accepts basic and post alike, as plain
@@ -51,6 +59,7 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -68,11 +77,19 @@ __all__ = [
     "OAuthClient",
     "OAuthServer",
     "OAuthServerError",
+    "ServerTls",
     "ensure_installed",
 ]
 
-AuthMethod = Literal["client_secret_basic", "client_secret_post"]
-FaultMode = Literal["none", "status", "reset"]
+AuthMethod = Literal[
+    "client_secret_basic",
+    "client_secret_post",
+    "client_secret_jwt",
+    "private_key_jwt",
+    "tls_client_auth",
+    "self_signed_tls_client_auth",
+]
+FaultMode = Literal["none", "status", "reset", "body"]
 
 _REPO = Path(__file__).resolve().parents[2]
 _OAUTH_DIR = _REPO / "tests" / "oauth"
@@ -102,6 +119,12 @@ class OAuthClient:
     secret: str = field(repr=False)
     scopes: Sequence[str] = ()
     auth_method: AuthMethod = "client_secret_basic"
+    #: Public keys (JWKS JSON text): private_key_jwt, self_signed_tls_client_auth (with x5c).
+    jwks: str | None = None
+    #: The client certificate's DNS name: tls_client_auth.
+    tls_san_dns: str | None = None
+    #: RFC 8705 certificate-bound access tokens (on an https server).
+    certificate_bound: bool = False
 
     def __post_init__(self) -> None:
         # A tuple keeps the frozen dataclass hashable when a caller passes a list.
@@ -109,12 +132,28 @@ class OAuthClient:
 
     def to_config(self) -> dict[str, Any]:
         """The client as server.mjs reads it (see tests/oauth/config.mjs)."""
-        return {
+        config: dict[str, Any] = {
             "client_id": self.client_id,
             "client_secret": self.secret,
             "scopes": list(self.scopes),
             "auth_method": self.auth_method,
+            "certificate_bound": self.certificate_bound,
         }
+        if self.jwks is not None:
+            config["jwks"] = json.loads(self.jwks)
+        if self.tls_san_dns is not None:
+            config["tls_client_auth_san_dns"] = self.tls_san_dns
+        return config
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files for an https server: its certificate and key, and the CA its clients' certs
+    must chain to for ``tls_client_auth`` (self-signed client certificates are admitted too)."""
+
+    cert: Path
+    key: Path
+    ca: Path
 
 
 def _installed() -> bool:
@@ -171,6 +210,7 @@ class OAuthServer:
         access_token_format: Literal["opaque", "jwt"] = "opaque",
         enforce_auth_method: bool = True,
         start_timeout: float = _START_DEADLINE,
+        tls: ServerTls | None = None,
     ) -> None:
         self.clients: tuple[OAuthClient, ...] = tuple(clients)
         self.token_ttl = token_ttl
@@ -182,6 +222,9 @@ class OAuthServer:
             "access_token_format": access_token_format,
             "enforce_auth_method": enforce_auth_method,
         }
+        self.tls = tls
+        if tls is not None:
+            self._config["tls"] = {k: str(getattr(tls, k)) for k in ("cert", "key", "ca")}
         self._start_timeout = start_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
@@ -315,8 +358,9 @@ class OAuthServer:
 
     @property
     def issuer(self) -> str:
-        """The issuer identifier, ``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
+        """The issuer identifier, ``http://127.0.0.1:PORT`` (``https`` with ``tls``)."""
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def token_url(self) -> str:
@@ -341,7 +385,11 @@ class OAuthServer:
             headers={"content-type": "application/json"},
         )
         # No proxy from the environment: the server is on loopback.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        opener = urllib.request.build_opener(*handlers)
         try:
             with opener.open(request, timeout=_CONTROL_TIMEOUT) as reply:
                 return json.loads(reply.read())
@@ -367,6 +415,17 @@ class OAuthServer:
         """Token requests answered by an injected fault instead of oidc-provider."""
         return int(self.stats()["faulted"])
 
+    def token_info(self, access_token: str) -> dict[str, Any] | None:
+        """What the server recorded for an issued token (``client_id``, ``scope``,
+        ``x5t#S256`` for a certificate-bound one), or None for a token it does not know."""
+        try:
+            info: dict[str, Any] = self._control("POST", "token-info", {"token": access_token})
+        except OAuthServerError as exc:
+            if isinstance(exc.__cause__, urllib.error.HTTPError) and exc.__cause__.code == 404:
+                return None
+            raise
+        return info
+
     def reset(self) -> None:
         """Set every counter to zero and clear the fault."""
         self._control("POST", "reset")
@@ -378,12 +437,14 @@ class OAuthServer:
         retry_after: int | None = None,
         delay_ms: int = 0,
         count: int | None = None,
+        body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Make the token endpoint fail or stall; returns the fault the server armed.
 
         ``mode="status"`` answers ``status`` with an OAuth2 JSON error body (``Retry-After``
         when ``retry_after`` is given); ``mode="reset"`` closes the connection unanswered;
-        ``mode="none"`` with ``delay_ms`` only delays. ``delay_ms`` applies before any mode.
+        ``mode="none"`` with ``delay_ms`` only delays; ``mode="body"`` answers 200 with ``body``
+        (a malformed token response). ``delay_ms`` applies before any mode.
         ``count`` limits the fault to that many requests; None keeps it until cleared.
         """
         fault: dict[str, Any] = {"mode": mode, "delay_ms": delay_ms}
@@ -391,6 +452,8 @@ class OAuthServer:
             fault["status"] = status
         if retry_after is not None:
             fault["retry_after"] = retry_after
+        if body is not None:
+            fault["body"] = body
         if count is not None:
             fault["count"] = count
         armed: dict[str, Any] = self._control("POST", "fault", fault)

@@ -12,6 +12,13 @@ It prints ``{"ready": true, "self": URL, "api": URL, "pid": N}`` once listening.
   tuple and kept). Answer: ``{"ok": n, "errors": {"ClassName": n}, "tokens": [sha256 prefixes]}``.
 - ``{"op": "held", "auth": {...}}``: ``{"remaining": seconds or null}`` for this process's copy,
   read without triggering a load or refresh.
+- ``{"op": "api", "status": 401}``: the protected API answers that status to every request from
+  now on (``null``: back to checking for a Bearer token). Answer: ``{"api": status}``.
+- ``{"op": "key", "auth": {...}}``: ``{"key": the token key}`` (no secret in it).
+
+``auth`` may also hold ``unauthorized_cooldown`` and ``cluster_secret`` (the HMAC key of the token
+key's fingerprint; the same in every process of a cluster). Without one the peer secret is used, as
+an embedding service would; ``""`` means none (the fingerprint is then scrypt).
 - ``{"op": "quit"}``.
 
 Tokens are reported as SHA-256 prefixes, never in clear.
@@ -42,11 +49,17 @@ def _digest(header: str) -> str:
     return hashlib.sha256(header.encode()).hexdigest()[:16]
 
 
-async def _api(request: web.Request) -> web.Response:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        return web.Response(status=401)
-    return web.json_response({"token": _digest(header)})
+class _Api:
+    def __init__(self) -> None:
+        self.forced_status: int | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        if self.forced_status is not None:
+            return web.Response(status=self.forced_status)
+        if not header.startswith("Bearer "):
+            return web.Response(status=401)
+        return web.json_response({"token": _digest(header)})
 
 
 class Worker:
@@ -56,6 +69,8 @@ class Worker:
         self.ws = tokencache.Workspace(self.self_url, peer_secret=args.peer_secret or None)
         self.ws.set_peers(args.peers.split(","))
         self.api_url = ""
+        self.api = _Api()
+        self.peer_secret: str = args.peer_secret
         self.auths: dict[tuple[str, ...], plugin.ClientCredentialsAuth] = {}
         self._runner: web.AppRunner | None = None
         self.loop.run(self._start(args.port), timeout=30)
@@ -63,7 +78,7 @@ class Worker:
     async def _start(self, port: int) -> None:
         await self.ws.serve("127.0.0.1", port)
         app = web.Application()
-        app.router.add_get("/things", _api)
+        app.router.add_get("/things", self.api.handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -71,7 +86,7 @@ class Worker:
         self.api_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/things"
 
     def auth(self, spec: dict[str, Any]) -> plugin.ClientCredentialsAuth:
-        key = (spec["token_url"], spec["client_id"], spec["client_secret"], spec.get("scope", ""))
+        key = tuple(str(spec.get(k, "")) for k in sorted(spec))
         if key not in self.auths:
             self.auths[key] = plugin.ClientCredentialsAuth(
                 token_url=spec["token_url"],
@@ -83,6 +98,8 @@ class Worker:
                 loop=self.loop,
                 cooldown=float(spec.get("cooldown", 0.5)),
                 max_attempts=int(spec.get("max_attempts", 2)),
+                unauthorized_cooldown=float(spec.get("unauthorized_cooldown", 30.0)),
+                cluster_secret=spec.get("cluster_secret", self.peer_secret),
             )
         return self.auths[key]
 
@@ -126,11 +143,14 @@ class Worker:
             t.join(_BURST_TIMEOUT)
         ok = [d for kind, d in results if kind == "ok"]
         errors = Counter(d for kind, d in results if kind == "error")
+        stats = auth.token_cache.stats
         return {
             "ok": len(ok),
             "errors": dict(errors),
             "tokens": sorted(set(ok)),
             "seconds": time.monotonic() - started,
+            "fetches": stats.fetches,  # token fetches this process made (diagnostics)
+            "owner": self.ws.owner(auth.key) or self.self_url,
         }
 
     def held(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +195,11 @@ def main() -> None:
                 )
             elif op == "held":
                 answer = worker.held(command["auth"])
+            elif op == "api":
+                worker.api.forced_status = command.get("status")
+                answer = {"api": worker.api.forced_status}
+            elif op == "key":
+                answer = {"key": worker.auth(command["auth"]).key}
             else:
                 answer = {"error": f"unknown op {op!r}"}
             print(json.dumps(answer), flush=True)

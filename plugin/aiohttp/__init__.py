@@ -1,0 +1,14 @@
+"""The OAuth2 plugin for ``aiohttp`` clients: ``plugin.aiohttp.ClientCredentialsAuth``, a client
+middleware (aiohttp 3.12 or later)::
+
+    auth = plugin.aiohttp.ClientCredentialsAuth(TOKEN_URL, "my-service", SECRET, scope="read")
+    async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+        async with session.get(API) as response: ...
+
+Same parameters and behaviour as :class:`plugin.ClientCredentialsAuth` (token requests go
+through httpx, a dependency of the plugin).
+"""
+
+from plugin.aiohttp._auth import ClientCredentialsAuth
+
+__all__ = ["ClientCredentialsAuth"]

@@ -1,0 +1,299 @@
+"""The plugin as a service uses it, against the real authorization server (oidc-provider): the
+persistent-401 cooldown, one token per process for every auth object with the same credentials,
+the public token API, and every failure a caller can see, with its type and message."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import plugin
+from tests.support.oauth_server import OAuthClient, OAuthServer
+
+pytestmark = pytest.mark.slow
+
+SECRET = "MARKER-SECRET-life-41c7"
+CLIENTS = [
+    OAuthClient("svc-life", SECRET, scopes=("read",)),
+    OAuthClient("svc-401", SECRET, scopes=("read",)),
+]
+API = "https://api.test/things"
+
+
+@pytest.fixture(scope="module")
+def oauth() -> Iterator[OAuthServer]:
+    with OAuthServer(CLIENTS, token_ttl=600) as server:
+        yield server
+
+
+@pytest.fixture
+def runtime() -> Iterator[plugin.PluginRuntime]:
+    rt = plugin.PluginRuntime()
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def make(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, client_id: str = "svc-life", **kw: Any
+) -> plugin.ClientCredentialsAuth:
+    params: dict[str, Any] = {"scope": "read", "runtime": runtime}
+    params.update(kw)
+    secret = params.pop("client_secret", SECRET)
+    return plugin.ClientCredentialsAuth(oauth.token_url, client_id, secret, **params)
+
+
+def rejecting_api() -> tuple[httpx.MockTransport, list[str]]:
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"])
+        return httpx.Response(401)
+
+    return httpx.MockTransport(answer), seen
+
+
+# -- 1. persistent 401 ----------------------------------------------------------------------------
+
+
+def test_persistent_401_costs_one_renewal_not_one_token_request_per_call(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    oauth.reset()
+    auth = make(oauth, runtime, "svc-401")
+    transport, seen = rejecting_api()
+    with (
+        caplog.at_level(logging.DEBUG, logger="plugin.oauth2"),
+        httpx.Client(auth=auth, transport=transport) as client,
+    ):
+        statuses = [client.get(API).status_code for _ in range(50)]
+    assert statuses == [401] * 50
+    # The first token, then one renewal after the first 401; its retry failed, so the credential
+    # is in its cooldown and the other 49 calls return their 401 without asking for a token.
+    assert oauth.token_requests() == 2
+    assert len(seen) == 51  # the first call retried once, no other call did
+    assert auth.token_cache.stats.unauthorized_retries == 1
+    assert auth.token_cache.stats.unauthorized_cooldowns == 49
+    text = caplog.text
+    assert "401 from the API" in text and "cooldown" in text and "fetching a token" in text
+    assert SECRET not in text
+    assert not any(header.split()[1] in text for header in seen)  # no token in the log
+    auth.close()
+
+
+async def test_persistent_401_cooldown_ends_and_the_next_401_renews_again(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    auth = make(oauth, runtime, "svc-401", unauthorized_cooldown=0.5)
+    transport, _ = rejecting_api()
+    async with httpx.AsyncClient(auth=auth, transport=transport) as client:
+        for _ in range(5):
+            assert (await client.get(API)).status_code == 401
+        assert await oauth.await_token_requests(2) == 2
+        deadline = time.monotonic() + 10
+        for _ in range(100):  # bounded: past the 0.5 s window the next 401 renews once more
+            await asyncio.sleep(0.1)  # real time must pass: the cooldown is on the real clock
+            await client.get(API)
+            if await asyncio.to_thread(oauth.token_requests) >= 3 or time.monotonic() > deadline:
+                break
+    assert oauth.token_requests() == 3
+    await auth.aclose()
+
+
+# -- 3. one token cache per process per credential ------------------------------------------------
+
+
+def test_fifty_auth_objects_with_the_same_credentials_share_one_fetch_and_no_thread(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    threads_before = threading.active_count()
+    first = make(oauth, runtime)
+    first.token()  # starts the runtime's one loop thread
+    threads_with_engine = threading.active_count()
+    assert threads_with_engine <= threads_before + 1
+    tokens = set()
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, text=r.headers["authorization"]))
+    for _ in range(50):  # one auth per request, as real code often does
+        with httpx.Client(auth=make(oauth, runtime), transport=transport) as client:
+            tokens.add(client.get(API).text)
+    assert threading.active_count() == threads_with_engine
+    assert len(tokens) == 1
+    assert oauth.token_requests() == 1
+
+
+async def test_sync_and_async_auths_on_many_loops_share_one_token(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+
+    def in_thread() -> str:
+        async def one() -> str:
+            return (await make(oauth, runtime).atoken()).access_token
+
+        return asyncio.run(one())
+
+    results = await asyncio.gather(
+        *(asyncio.to_thread(in_thread) for _ in range(4)),
+        *(asyncio.to_thread(lambda: make(oauth, runtime).token().access_token) for _ in range(4)),
+    )
+    assert len(set(results)) == 1
+    assert oauth.token_requests() == 1
+
+
+# -- 4. the public token API ------------------------------------------------------------------------
+
+
+async def test_token_and_atoken_return_the_token_and_its_expiry(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    auth = make(oauth, runtime)
+    before = time.time()
+    token = await auth.atoken()
+    assert token.token_type.lower() == "bearer"
+    assert token.authorization == f"Bearer {token.access_token}"
+    # expires_in 600 minus the default leeway min(60, 10 %) = 540 s of use
+    assert before + 530 < token.expires_at < time.time() + 541
+    assert 530 < token.expires_in() <= 540
+    assert token.access_token not in repr(token)
+    assert (await asyncio.to_thread(auth.token)).access_token == token.access_token
+    info = oauth.token_info(token.access_token)
+    assert info is not None and info["client_id"] == "svc-life"
+    await auth.aclose()
+
+
+# -- 6. every failure a caller can see ------------------------------------------------------------
+
+
+def test_sync_wait_past_sync_timeout_is_a_token_timeout_error_naming_the_endpoint(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    oauth.set_fault(mode="none", delay_ms=3000, count=1)
+    auth = make(oauth, runtime, sync_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(plugin.TokenTimeoutError) as info:
+        auth.token()
+    assert time.monotonic() - started < 2.5
+    assert oauth.token_url in str(info.value) and "sync_timeout" in str(info.value)
+    assert info.value.endpoint == oauth.token_url
+    assert isinstance(info.value, plugin.TokenError)
+    auth.close()
+
+
+async def test_use_after_close_is_auth_closed_error(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    auth = make(oauth, runtime)
+    await auth.atoken()
+    await auth.aclose()
+    with pytest.raises(plugin.AuthClosedError, match="closed") as info:
+        await auth.atoken()
+    assert oauth.token_url in str(info.value)
+    with pytest.raises(plugin.AuthClosedError):
+        await asyncio.to_thread(auth.token)
+    transport = httpx.MockTransport(lambda r: httpx.Response(200))
+    async with httpx.AsyncClient(auth=auth, transport=transport) as client:
+        with pytest.raises(plugin.AuthClosedError):
+            await client.get(API)
+
+
+def test_a_closed_private_runtime_is_not_event_loop_is_closed(oauth: OAuthServer) -> None:
+    from tokencache.testing import FakeClock
+
+    auth = plugin.ClientCredentialsAuth(
+        oauth.token_url, "svc-life", SECRET, scope="read", clock=FakeClock()
+    )
+    auth.token()
+    auth.close()
+    with pytest.raises(plugin.AuthClosedError):
+        auth.token()
+
+
+@pytest.mark.parametrize(
+    ("token_url", "client_id", "secret", "message"),
+    [
+        ("notaurl", "svc", SECRET, "absolute http or https URL"),
+        ("ftp://idp.test/token", "svc", SECRET, "absolute http or https URL"),
+        ("https:///token", "svc", SECRET, "absolute http or https URL"),
+        ("https://idp.test:99999/token", "svc", SECRET, "not a valid URL"),
+        ("https://idp.test/token#x", "svc", SECRET, "fragment"),
+        ("", "svc", SECRET, "non-empty"),
+        ("https://idp.test/token", "", SECRET, "client_id"),
+        ("https://idp.test/token", "svc", "", "non-empty client_secret"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(
+    token_url: str, client_id: str, secret: str, message: str
+) -> None:
+    with pytest.raises(plugin.ConfigurationError, match=message) as info:
+        plugin.ClientCredentialsAuth(token_url, client_id, secret)
+    if secret:
+        assert secret not in str(info.value)
+
+
+def test_userinfo_in_the_token_url_never_reaches_a_message(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    url = oauth.token_url.replace("://", "://user:PASSWORD-IN-URL@") + "?k=QUERY-SECRET"
+    auth = plugin.ClientCredentialsAuth(url, "svc-life", "wrong", scope="read", runtime=runtime)
+    with pytest.raises(plugin.InvalidClientError) as info:
+        auth.token()
+    assert "PASSWORD-IN-URL" not in str(info.value) and "QUERY-SECRET" not in str(info.value)
+    assert oauth.token_url in str(info.value)
+    assert "PASSWORD-IN-URL" not in repr(auth.token_cache.group) + repr(auth._core.creds)
+    auth.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"access_token": "", "token_type": "Bearer", "expires_in": 60}, "no access_token"),
+        ({"access_token": 17, "token_type": "Bearer", "expires_in": 60}, "no access_token"),
+        ({"token_type": "Bearer", "expires_in": 60}, "no access_token"),
+        ({"access_token": "tok-zero", "token_type": "Bearer", "expires_in": 0}, "expires_in"),
+        ({"access_token": "tok-neg", "token_type": "Bearer", "expires_in": -5}, "expires_in"),
+        ({"access_token": "tok-dpop", "token_type": "DPoP", "expires_in": 60}, "token_type"),
+        ({"access_token": "tok-mac", "token_type": "mac", "expires_in": 60}, "token_type"),
+    ],
+)
+def test_unusable_token_responses_are_token_response_errors(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, body: dict[str, Any], message: str
+) -> None:
+    oauth.reset()
+    oauth.set_fault(mode="body", body=body)
+    auth = make(oauth, runtime, cooldown=0)
+    try:
+        with pytest.raises(plugin.TokenResponseError, match=message) as info:
+            auth.token()
+        assert oauth.token_url in str(info.value)
+        if str(body.get("access_token", "")).startswith("tok-"):
+            assert str(body["access_token"]) not in str(info.value)
+        assert oauth.token_requests() == 1  # a bad body is final: not retried
+    finally:
+        oauth.clear_fault()
+        auth.close()
+
+
+def test_a_dpop_token_type_is_used_when_the_caller_opts_in(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.set_fault(
+        mode="body", body={"access_token": "tok-dpop", "token_type": "DPoP", "expires_in": 60}
+    )
+    auth = make(oauth, runtime, token_types=("Bearer", "DPoP"))
+    try:
+        token = auth.token()
+        assert token.authorization == "DPoP tok-dpop"
+    finally:
+        oauth.clear_fault()
+        auth.close()
