@@ -137,7 +137,7 @@ class ProxyApp:
         )
         loader.group = self.group
         self.handler.group = self.group
-        self.listener = Listener(self.handler, limits, self.logger)
+        self.listener = Listener(self.handler, limits, self.logger, metrics)
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:

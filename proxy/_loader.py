@@ -25,7 +25,7 @@ import httpx
 
 import tokencache
 
-from ._forward import backend_url_for, classify_fault
+from ._forward import classify_fault
 from ._metrics import ProxyMetrics
 from ._policy import CachePolicy, parse_key
 from ._stored import (
@@ -37,6 +37,7 @@ from ._stored import (
     encode_stale,
     encode_vary,
 )
+from ._target import backend_url
 
 __all__ = ["BackendLoader"]
 
@@ -57,7 +58,7 @@ class BackendLoader:
         logger: logging.Logger,
     ) -> None:
         self._client = client
-        self._backend_url = backend_url
+        self._backend_url = httpx.URL(backend_url)
         self._timeout = httpx.Timeout(timeout).as_dict()
         self._auth = auth
         self._policy = policy
@@ -74,7 +75,7 @@ class BackendLoader:
             headers.append(("accept-encoding", "identity"))
         request = httpx.Request(
             method,
-            backend_url_for(self._backend_url, target),
+            backend_url(self._backend_url, target),
             headers=headers,
             extensions={"timeout": self._timeout},
         )
