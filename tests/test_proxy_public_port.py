@@ -359,3 +359,34 @@ async def test_pipelined_hits_stop_while_the_client_does_not_read(
     assert app.listener.connections == set()
     writer.close()
     assert app.metrics.count("GET", 200, "hit") < 40
+
+
+# --- tracing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_a_client_sampled_traceparent_makes_a_hit_span_only_when_configured(
+    backend: Backend, make_proxy: MakeProxy, allowed: bool
+):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sampled = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+    try:
+        _, port = await make_proxy(
+            tracer=provider.get_tracer("test"), trace_client_sampled_hits=allowed
+        )
+        get = b"GET /t HTTP/1.1\r\nHost: h\r\n%sConnection: close\r\n\r\n"
+        assert only(await exchange(port, get % b""))[0] == 200  # the miss: always a span
+        for header in (sampled, sampled.replace(b"-01\r", b"-1\r"), b"traceparent: -01\r\n"):
+            assert only(await exchange(port, get % header))[0] == 200  # hits
+        outcomes = [
+            (s.attributes or {}).get("tokencache.outcome") for s in exporter.get_finished_spans()
+        ]
+    finally:
+        provider.shutdown()
+    assert outcomes == (["miss", "hit"] if allowed else ["miss"])
