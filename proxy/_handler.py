@@ -29,8 +29,9 @@ import tokencache
 from ._forward import Forwarder, fault_response
 from ._http import Connection
 from ._http_request import Request
+from ._keys import base_key, variant_key
 from ._metrics import ProxyMetrics
-from ._policy import CachePolicy, cache_status, variant_key
+from ._policy import CachePolicy, cache_status
 from ._stored import (
     ERROR,
     PASS,
@@ -103,7 +104,7 @@ class CacheHandler:
         method = req.method
         if method == "HEAD" and self._head_as_get:
             method = "GET"  # a HEAD is answered from (and fills) the GET entry
-        return f"{method} {req.target}"
+        return base_key(method, req.target)
 
     # --- the hit path -----------------------------------------------------------------------
 
@@ -126,10 +127,7 @@ class CacheHandler:
             req.bypass = "authorization" if b"authorization" in hmap else "cookie"
             return False
         started = self._now()
-        if method == "HEAD" and self._head_as_get:
-            key = "GET " + req.target
-        else:
-            key = method + " " + req.target
+        key = base_key("GET" if method == "HEAD" and self._head_as_get else method, req.target)
         found = self._peek(key)
         if found is None:
             return False
