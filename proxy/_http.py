@@ -89,6 +89,7 @@ class Connection(asyncio.Protocol):
         self._feeding = False
         self._socket_paused = False
         self._written = 0  # bytes written so far: tells whether a request was answered at all
+        self._eof = False  # the client half-closed: close once what it sent is answered
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -127,6 +128,21 @@ class Connection(asyncio.Protocol):
             self._feed_slice(data)
         else:
             self._feed(data)
+
+    def eof_received(self) -> bool:
+        # The client half-closed: what it sent before still gets its answers (the transport stays
+        # open for writing), then the connection closes. A request cut short has none to get.
+        self._eof = True
+        if not self._held:
+            self._end_of_input()
+        return True
+
+    def _end_of_input(self) -> None:
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None and not parsing.body.complete:
+            parsing.body.fail()
+        if self._active is None and not self._queue and not self._held:
+            self._close()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -292,7 +308,8 @@ class Connection(asyncio.Protocol):
     def _finished(self, req: Request) -> None:
         self._since = self.listener.now
         body_open = req.body is not None and not req.body.complete
-        if not req.keep_alive or self.listener.draining or body_open:
+        ended = self._eof and not self._feeding and not self._held and not self._queue
+        if not req.keep_alive or self.listener.draining or body_open or ended:
             self._close()
 
     # --- what handlers use ------------------------------------------------------------------
@@ -394,7 +411,10 @@ class Connection(asyncio.Protocol):
             return
         data, self._held = self._held, b""
         self._feed(data)
-        if not self._read_blocks and not self._held:
+        if self._eof:
+            if not self._held:
+                self._end_of_input()
+        elif not self._read_blocks and not self._held:
             self._resume_socket()
 
     def _feed(self, data: bytes) -> None:

@@ -390,3 +390,21 @@ async def test_a_client_sampled_traceparent_makes_a_hit_span_only_when_configure
     finally:
         provider.shutdown()
     assert outcomes == (["miss", "hit"] if allowed else ["miss"])
+
+
+async def test_a_half_closed_client_gets_every_answer_then_the_connection_closes(
+    backend: Backend, make_proxy: MakeProxy
+):
+    _, port = await make_proxy()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n" * 2 + b"POST /b HTTP/1.1\r\nHost: h\r\n")
+        writer.write(b"Content-Length: 2\r\n\r\nok" + b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n")
+        writer.write_eof()
+        async with asyncio.timeout(10):
+            raw = await reader.read(-1)  # until the proxy closes
+    finally:
+        writer.close()
+    got = responses(raw)
+    assert [status for status, _, _ in got] == [200, 200, 200, 200]
+    assert [json.loads(body)["target"] for _, _, body in got] == ["/a", "/a", "/b", "/c"]
