@@ -1,8 +1,8 @@
 """A listener that records every byte it receives, as a real process (for black-box tests).
 
 Each connection's bytes are appended to the record file as one JSON line ``{"hex": ...}`` when
-the connection ends (or when a request on it is answered). Every request whose head and
-``Content-Length`` body have arrived gets one fixed answer: ``--answer-json`` as an
+the connection ends (or when a request on it is answered). Every request whose head and body
+(``Content-Length``, or chunked up to its last chunk) have arrived gets one fixed answer: ``--answer-json`` as an
 ``application/json`` 200 (a stand-in OAuth2 token endpoint), else ``ok``. On start one JSON line
 ``{"port": N, "pid": P}`` goes to ``--ready-file`` (atomically).
 
@@ -59,12 +59,15 @@ class Recorder:
                 head, sep, body = data.partition(b"\r\n\r\n")
                 if not sep:
                     continue
-                length = 0
+                length, chunked = 0, False
                 for line in head.split(b"\r\n")[1:]:
                     name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length" and value.strip().isdigit():
+                    name = name.strip().lower()
+                    if name == b"content-length" and value.strip().isdigit():
                         length = int(value.strip())
-                if len(body) >= length:
+                    chunked = chunked or name == b"transfer-encoding"
+                # (a chunked body ends with the last chunk; trailers are not expected here)
+                if body.endswith(b"0\r\n\r\n") if chunked else len(body) >= length:
                     writer.write(self.answer)
                     await writer.drain()
                     break
