@@ -205,7 +205,7 @@ class Connection(asyncio.Protocol):
                 req.keep_alive = False
                 self._stop_reading()
         else:
-            if verdict.origin != req.target:
+            if verdict.origin and verdict.origin != req.target:
                 req.target = verdict.origin
             if verdict.authority is not None:
                 req.set_host(verdict.authority.encode("ascii"))

@@ -22,7 +22,7 @@ with ``%`` only as a ``%HH`` escape.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import httpx
 
@@ -40,16 +40,18 @@ __all__ = [
 # from the proxy, TRACE would echo the backend request back to the client, bearer token included.
 LOCAL_METHODS = frozenset({"CONNECT", "TRACE"})
 
-_PCT = r"%[0-9A-Fa-f]{2}"
-_PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@"
-_ORIGIN = re.compile(rf"/(?:[{_PCHARS}/]|{_PCT})*(?:\?(?:[{_PCHARS}/?]|{_PCT})*)?")
-_REG_NAME = re.compile(rf"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|{_PCT})*")
-_IP_LITERAL = re.compile(r"\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]")
+# One character class each (fast in `re`); a "%" must start a %HH escape, checked apart since
+# it is rare. In a target the first "?" starts the query, where "?" is allowed again.
+_ORIGIN = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+_AUTHORITY = re.compile(
+    r"(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\]"
+    r"|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+)
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ABSOLUTE = re.compile(r"(?i:https?)://([^/?#]*)(.*)", re.DOTALL)
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     """What to do with a request-target.
 
     `status` 0: proxy `origin` (normalised origin-form); `authority` is set for an absolute-form
@@ -64,25 +66,16 @@ class Target:
 
 def is_origin_form(target: str) -> bool:
     """True when `target` is an origin-form request-target of only URI bytes (``/p?q``)."""
-    return _ORIGIN.fullmatch(target) is not None
+    if _ORIGIN.fullmatch(target) is None:
+        return False
+    return "%" not in target or _BAD_PERCENT.search(target) is None
 
 
 def valid_authority(authority: str) -> bool:
     """True for ``host[:port]`` as in a ``Host`` field: no userinfo, a reg-name or IP literal."""
-    host, port = authority, ""
-    if authority.startswith("["):
-        end = authority.find("]")
-        host, rest = authority[: end + 1], authority[end + 1 :]
-        if end < 0 or (rest and not rest.startswith(":")):
-            return False
-        port = rest[1:]
-        if _IP_LITERAL.fullmatch(host) is None:
-            return False
-    else:
-        host, _, port = authority.partition(":")
-        if _REG_NAME.fullmatch(host) is None:
-            return False
-    return port.isascii() and (port == "" or port.isdigit())
+    if _AUTHORITY.fullmatch(authority) is None:
+        return False
+    return "%" not in authority or _BAD_PERCENT.search(authority) is None
 
 
 def remove_dot_segments(path: str) -> str:
@@ -106,6 +99,9 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
+_BAD = Target(400)
+
+
 def _normalise(origin: str) -> str:
     path, sep, query = origin.partition("?")
     return remove_dot_segments(path) + sep + query
@@ -119,8 +115,8 @@ def classify_target(method: str, target: str) -> Target:
         return Target(200) if method == "OPTIONS" else Target(400)
     if target.startswith("/"):
         if not is_origin_form(target):
-            return Target(400)
-        return Target(0, _normalise(target))
+            return _BAD
+        return Target(0, _normalise(target) if "." in target else target)
     m = _ABSOLUTE.fullmatch(target)
     if m is None:
         return Target(400)

@@ -84,10 +84,11 @@ def test_every_key_the_public_port_makes_is_accepted(
         return  # the public port refuses such a target before any key exists
     verdict = check_head(method, target, "1.1", [(b"Host", b"h")], {b"host": b"h"}, 1 << 20)
     assert verdict.status == 0
+    origin = verdict.origin or target  # (empty: the target is origin-form as it is)
     names = [f"x-h{i}" for i in range(len(values))]
-    key = variant_key(base_key(method, verdict.origin), names, values)
+    key = variant_key(base_key(method, origin), names, values)
     parsed = check_key(key, METHODS)
-    assert (parsed.method, parsed.target) == (method, verdict.origin)
+    assert (parsed.method, parsed.target) == (method, origin)
     assert parsed.names == tuple(names)
     assert list(parsed.headers) == parse_key(key)[2]
 
