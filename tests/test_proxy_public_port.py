@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -408,3 +409,39 @@ async def test_a_half_closed_client_gets_every_answer_then_the_connection_closes
     got = responses(raw)
     assert [status for status, _, _ in got] == [200, 200, 200, 200]
     assert [json.loads(body)["target"] for _, _, body in got] == ["/a", "/a", "/b", "/c"]
+
+
+# --- the one boundary for handler exceptions ----------------------------------------------------
+
+
+class _Broken:
+    """A handler with a bug: the hit path raises for /fast, the slow path for everything else."""
+
+    def serve_fast(self, conn: Any, req: Any) -> bool:
+        if req.target == "/fast":
+            raise KeyError("bug in the hit path")
+        return False
+
+    async def serve(self, conn: Any, req: Any) -> None:
+        raise RuntimeError("bug in the slow path, secret=s3cr3t")
+
+
+async def test_handler_exceptions_end_at_one_boundary(caplog: pytest.LogCaptureFixture):
+    from proxy._http_server import Listener
+
+    metrics = ProxyMetrics()
+    listener = Listener(_Broken(), ListenerLimits(), logging.getLogger("test.boundary"), metrics)
+    _, port = await listener.start("127.0.0.1", 0)
+    try:
+        with caplog.at_level(logging.INFO, logger="test.boundary"):
+            for path in (b"/fast", b"/slow", b"/slow", b"/fast"):
+                raw = await exchange(port, b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path)
+                status, headers, _ = only(raw)
+                assert (status, headers["connection"]) == (500, "close")
+    finally:
+        await listener.close()
+    assert metrics.internal_errors == 4
+    lines = [r for r in caplog.records if r.name == "test.boundary"]
+    assert len(lines) == 1  # rate-limited: one line per interval, the rest counted
+    assert lines[0].exc_info is None  # no traceback
+    assert "s3cr3t" not in lines[0].getMessage() + repr(lines[0].__dict__)
