@@ -18,14 +18,12 @@ What a request head must satisfy is `proxy._http_rules.check_head`; a head it re
 by the listener itself, in order, and the connection closes after it. Only origin-form targets
 reach the handler (an absolute-form one arrives rewritten to origin-form, its authority as Host).
 
-Backpressure (flow control): parsing — and with it answering, hits included — stops while the
-transport's write buffer is above its high-water mark, while a request body has more than
-``body_buffer_bytes`` queued for the backend, or while more than ``max_pipeline`` requests wait.
-Bytes are fed to the parser in slices of `_SLICE`; between slices a blocked connection keeps the
-rest of the read (`_held`, at most one read) and pauses the socket, so a client that pipelines
-thousands of requests and reads nothing costs one read, one slice's worth of queued requests and
-the write buffer: a client that takes none of its answers for ``write_timeout`` is aborted.
-`Connection.drain` waits for the write buffer to drain.
+Backpressure (flow control, `proxy._http_input.InputFlow`): parsing — and with it answering,
+hits included — stops while the transport's write buffer is above its high-water mark, while a
+request body has more than ``body_buffer_bytes`` queued for the backend, or while more than
+``max_pipeline`` requests wait. A client that pipelines thousands of requests and reads nothing
+costs one read, one slice's worth of queued requests and the write buffer, and is aborted after
+``write_timeout``. `Connection.drain` waits for the write buffer to drain.
 
 Bodies: a body that fails to parse, exceeds ``max_body_bytes`` or is cut short fails the forward at
 once (`proxy._body.BodyStream.fail`); the forwarder answers (400/413) if it can and the connection
@@ -41,6 +39,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from ._body import BodyError, BodyStream
+from ._http_input import SLICE, InputFlow, Reject
 from ._http_request import Request
 from ._http_rules import check_head, local_response
 
@@ -49,47 +48,28 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection"]
 
-# Bytes fed to the parser at a time: how far parsing runs past a flow-control block.
-_SLICE = 8192
 
-
-class _Reject(Exception):
-    def __init__(self, status: int) -> None:
-        self.status = status
-
-
-class Connection(asyncio.Protocol):
+class Connection(InputFlow, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     def __init__(self, listener: Listener) -> None:
+        InputFlow.__init__(self)
         self.listener = listener
         self.limits = listener.limits
-        self._max_header_bytes = listener.limits.max_header_bytes
+        self._max_header_bytes = self._max_head_bytes = listener.limits.max_header_bytes
         self._max_headers = listener.limits.max_headers
-        self.transport: asyncio.Transport | None = None
         self.peer: str = ""
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()
         self._active: asyncio.Task[None] | None = None
         self._parsing: Request | None = None
-        self._closing = False
-        self._discard = False
-        self._reading_head = False
         self._since = listener.now
         self._progress = listener.now  # last read, or last change of write flow control
-        self._read_blocks: set[str] = set()
         self._write_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._head_raw = 0
-        self._began = False
-        self._held = b""  # read but not yet parsed: parsing is blocked (see the module docstring)
-        self._feeding = False
-        self._socket_paused = False
         self._written = 0  # bytes written so far: tells whether a request was answered at all
-        self._eof = False  # the client half-closed: close once what it sent is answered
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -124,7 +104,7 @@ class Connection(asyncio.Protocol):
             self._held += data
             self._pause_socket()
             return
-        if len(data) <= _SLICE:
+        if len(data) <= SLICE:
             self._feed_slice(data)
         else:
             self._feed(data)
@@ -174,13 +154,13 @@ class Connection(asyncio.Protocol):
         self._url += url
         self._head_bytes += len(url)
         if len(self._url) > self.limits.max_url_bytes:
-            raise _Reject(414)
+            raise Reject(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         headers = self._headers
         if self._head_bytes > self._max_header_bytes or len(headers) >= self._max_headers:
-            raise _Reject(431)
+            raise Reject(431)
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -376,82 +356,8 @@ class Connection(asyncio.Protocol):
 
     # --- internals --------------------------------------------------------------------------
 
-    def block_reading(self, reason: str) -> None:
-        """Stop parsing and reading for `reason` until `unblock_reading(reason)`."""
-        self._read_blocks.add(reason)
-        self._pause_socket()
-
-    def unblock_reading(self, reason: str) -> None:
-        """Lift the block `reason`; parsing resumes when no block is left."""
-        if reason not in self._read_blocks:
-            return
-        self._read_blocks.discard(reason)
-        if self._read_blocks or self._closing:
-            return
+    def _touch(self) -> None:
         self._progress = self.listener.now
-        if self._held:
-            if not self._feeding:
-                # Not from inside the caller's frame (a parser callback or a body consumer).
-                asyncio.get_running_loop().call_soon(self._feed_held)
-        elif not self._feeding:
-            self._resume_socket()
-
-    def _pause_socket(self) -> None:
-        if not self._socket_paused and self.transport is not None and not self._closing:
-            self._socket_paused = True
-            self.transport.pause_reading()
-
-    def _resume_socket(self) -> None:
-        if self._socket_paused and self.transport is not None and not self._closing:
-            self._socket_paused = False
-            self.transport.resume_reading()
-
-    def _feed_held(self) -> None:
-        if self._read_blocks or self._closing or self._discard or self._feeding:
-            return
-        data, self._held = self._held, b""
-        self._feed(data)
-        if self._eof:
-            if not self._held:
-                self._end_of_input()
-        elif not self._read_blocks and not self._held:
-            self._resume_socket()
-
-    def _feed(self, data: bytes) -> None:
-        """Parse `data` slice by slice; keep the rest in `_held` as soon as parsing blocks."""
-        view = memoryview(data)
-        self._feeding = True
-        try:
-            for start in range(0, len(view), _SLICE):
-                if self._closing or self._discard:
-                    return
-                if self._read_blocks:
-                    self._held = bytes(view[start:]) + self._held
-                    self._pause_socket()
-                    return
-                self._feed_slice(view[start : start + _SLICE])
-        finally:
-            self._feeding = False
-
-    def _feed_slice(self, data: bytes | memoryview) -> None:
-        was_head = self._reading_head
-        self._began = False
-        try:
-            self._parser.feed_data(data)
-            if self._reading_head:
-                # httptools keeps an unfinished header line to itself: bound it by counting the
-                # raw bytes of every slice that began and ended inside this request head.
-                if was_head and not self._began:
-                    self._head_raw += len(data)
-                if max(self._head_raw, self._head_bytes) > self.limits.max_header_bytes:
-                    self._reject(431)
-        except httptools.HttpParserUpgrade:
-            # Protocol upgrades are not forwarded: the request is answered as a plain one and
-            # the connection closes after it (whatever follows is not HTTP/1.1).
-            self._stop_reading()
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            self._reject(cause.status if isinstance(cause, _Reject) else 400)
 
     def _stop_reading(self) -> None:
         # Whatever arrives from now on is ignored; queued requests are still answered.
