@@ -12,9 +12,11 @@ as ours), and the last element is always what this proxy saw (`forwarded_headers
 
 A request body that is refused (`proxy._body.BodyError`: bad chunk, too large) fails the forward at
 once: the backend connection is dropped, the client gets 400/413 when nothing of an answer was sent
-yet, and the connection closes. ``100 Continue`` is sent only to HTTP/1.1 clients that ask. The response is written back as it arrives: its raw bytes (``aiter_raw``: no
-decompression, ``Content-Encoding`` untouched), with ``Content-Length`` when the backend gave one,
-else chunked to an HTTP/1.1 client, else delimited by closing the connection (HTTP/1.0).
+yet, and the connection closes. ``100 Continue`` is sent only to HTTP/1.1 clients that ask.
+
+The response is written back as it arrives: its raw bytes (``aiter_raw``: no decompression,
+``Content-Encoding`` untouched), with ``Content-Length`` when the backend gave one, else chunked to
+an HTTP/1.1 client, else delimited by closing the connection (HTTP/1.0).
 
 Faults before the response head: connection refused/reset and protocol errors → 502, a timeout
 (``BACKEND_TIMEOUT`` for connect, each read, each write) → 504, each with a short text body. After

@@ -84,7 +84,7 @@ class Request:
         self.reject = 0
 
     def set_host(self, authority: bytes) -> None:
-        """Make `authority` the request's one ``Host`` (an absolute-form target's, RFC 9112 §3.2.2)."""
+        """Make `authority` the request's one ``Host`` (RFC 9112 §3.2.2: an absolute-form's)."""
         headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
         headers.append((b"Host", authority))
         self.headers = headers

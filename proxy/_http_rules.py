@@ -56,7 +56,8 @@ class Verdict(NamedTuple):
     """The outcome of `check_head`.
 
     `status` 0: proxy the request, as origin-form `origin` when that is set (else the target is
-    origin-form already), ``Host`` replaced by `authority` when that is set. Otherwise the status of the proxy's own answer and `reason`, a short metric label.
+    origin-form already), ``Host`` replaced by `authority` when that is set. Otherwise the status
+    of the proxy's own answer and `reason`, a short metric label.
     """
 
     status: int

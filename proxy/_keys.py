@@ -10,8 +10,9 @@ Trust. The key is all the key's owner sees, and its loader turns it into a backe
 the proxy's credentials; keys also arrive on the peer port. `check_key` therefore accepts only
 what `base_key`/`variant_key` could have made from a request the public port accepted: a cached
 method, a normalised origin-form target, lower-case token names (never ``host``, framing,
-connection or credential fields) and field-value bytes (no CR, LF, NUL or other control). Whether the names are the ones the base key's vary record lists is the
-loader's check (it needs the record). Anything else raises `BadKey`, a
+connection or credential fields) and field-value bytes (no CR, LF, NUL or other control).
+Whether the names are the ones the base key's vary record lists is the loader's check (it needs
+the record). Anything else raises `BadKey`, a
 `tokencache.InvalidArgument`, which the peer port answers as a bad request.
 """
 

@@ -6,9 +6,10 @@ the backend varies on (`proxy._keys`). Keys also arrive from the peer port, so t
 none: `proxy._keys.check_key` accepts only a key this proxy could have made, and a variant key
 only with the header names the base key's stored vary record lists (fetched through the group,
 from whichever peer owns it). Anything else raises `proxy._keys.BadKey` (an
-``InvalidArgument``: a bad request on the peer port) and is counted, never sent to the backend. ``Accept-Encoding: identity`` is sent unless the
-key names an ``Accept-Encoding`` itself: a shared entry must not be compressed for one client's
-taste without ``Vary`` saying so.
+``InvalidArgument``: a bad request on the peer port) and is counted, never sent to the backend.
+
+``Accept-Encoding: identity`` is sent unless the key names an ``Accept-Encoding`` itself: a shared
+entry must not be compressed for one client's taste without ``Vary`` saying so.
 
 What it returns (`proxy._stored` records):
 

@@ -155,7 +155,7 @@ class ProxyMetrics:
         yield refused
         yield CounterMetricFamily(
             f"{self._prefix}proxy_internal_errors",
-            "Exceptions caught at the listener's boundary (a bug; the request got a 500 or a close).",
+            "Exceptions caught at the listener's boundary (a bug; answered 500 or closed).",
             value=float(self.internal_errors),
         )
 
