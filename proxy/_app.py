@@ -81,6 +81,7 @@ class ProxyApp:
         backend_auth: httpx.Auth | None = None,
         metrics: ProxyMetrics,
         tracer: trace.Tracer | None = None,
+        trace_client_sampled_hits: bool = False,
         logger: logging.Logger | None = None,
         clock: tokencache.Clock | None = None,
         limits: ListenerLimits | None = None,
@@ -120,6 +121,7 @@ class ProxyApp:
             metrics=metrics,
             logger=self.logger,
             tracer=tracer,
+            trace_client_sampled_hits=trace_client_sampled_hits,
             now=clock.now if clock is not None else time.perf_counter,
         )
         loader = BackendLoader(
@@ -137,7 +139,7 @@ class ProxyApp:
         )
         loader.group = self.group
         self.handler.group = self.group
-        self.listener = Listener(self.handler, limits, self.logger)
+        self.listener = Listener(self.handler, limits, self.logger, metrics)
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:

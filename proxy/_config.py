@@ -241,6 +241,13 @@ def _positive_int(text: str) -> int:
     return parse_int(text, minimum=1)
 
 
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError("must be longer than 0s")
+    return seconds
+
+
 def _optional_url(text: str) -> str:
     return parse_url(text) if text else ""
 
@@ -304,6 +311,12 @@ class Settings:
     )
     debug_log: bool = _setting("DEBUG_LOG", "false", parse_bool, "log at debug level")
     trace: bool = _setting("TRACE", "true", parse_bool, "OpenTelemetry tracing (OTEL_* variables)")
+    trace_client_sampled_hits: bool = _setting(
+        "TRACE_CLIENT_SAMPLED_HITS",
+        "false",
+        parse_bool,
+        "a client's sampled traceparent makes a span for a cache hit too",
+    )
     secret_role_arn: str = _setting(
         "SECRET_ROLE_ARN", "", parse_text, "IAM role assumed to read aws-* references", value=""
     )
@@ -352,6 +365,18 @@ class Settings:
         "false",
         parse_bool,
         "let requests with Authorization/Cookie use the shared cache",
+    )
+    max_request_body_bytes: int = _setting(
+        "MAX_REQUEST_BODY_BYTES",
+        "10485760",
+        _positive_int,
+        "larger request bodies are refused with 413",
+    )
+    write_timeout: float = _setting(
+        "WRITE_TIMEOUT",
+        "60s",
+        _positive_duration,
+        "a client that reads none of its answer this long is disconnected",
     )
     oauth2_token_url: str = _setting(
         "OAUTH2_TOKEN_URL",

@@ -1,11 +1,22 @@
 """Forwarding a request the cache does not answer: streamed both ways, bytes unchanged.
 
 The request goes to the backend with its method, its headers minus the hop-by-hop ones (RFC 9110
-§7.6.1 and whatever ``Connection`` names), ``Host`` set to the backend's and ``X-Forwarded-*``
-added, and its body streamed as the client sends it (chunked upstream unless the client gave a
-``Content-Length``). The response is written back as it arrives: its raw bytes (``aiter_raw``: no
-decompression, ``Content-Encoding`` untouched), with ``Content-Length`` when the backend gave one,
-else chunked to an HTTP/1.1 client, else delimited by closing the connection (HTTP/1.0).
+§7.6.1 and whatever ``Connection`` names), ``Host`` set to the backend's, and its body streamed as
+the client sends it (chunked upstream unless the client gave a ``Content-Length``). The URL is the
+backend URL with the request's origin-form path and query (`proxy._target.backend_url`): a
+request can choose a path on the backend, never another destination.
+
+``X-Forwarded-For``/``-Host``/``-Proto`` and ``Forwarded`` (RFC 7239) get this hop appended: what
+the client sent stays in front as earlier hops (their values are the client's claims, never taken
+as ours), and the last element is always what this proxy saw (`forwarded_headers`).
+
+A request body that is refused (`proxy._body.BodyError`: bad chunk, too large) fails the forward at
+once: the backend connection is dropped, the client gets 400/413 when nothing of an answer was sent
+yet, and the connection closes. ``100 Continue`` is sent only to HTTP/1.1 clients that ask.
+
+The response is written back as it arrives: its raw bytes (``aiter_raw``: no decompression,
+``Content-Encoding`` untouched), with ``Content-Length`` when the backend gave one, else chunked to
+an HTTP/1.1 client, else delimited by closing the connection (HTTP/1.0).
 
 Faults before the response head: connection refused/reset and protocol errors → 502, a timeout
 (``BACKEND_TIMEOUT`` for connect, each read, each write) → 504, each with a short text body. After
@@ -15,30 +26,72 @@ the head has been written the only honest signal left is closing the connection.
 from __future__ import annotations
 
 import logging
-import urllib.parse
+import re
 from collections.abc import AsyncIterator
 
 import httpx
 
+from ._body import BodyError
 from ._http import Connection
 from ._http_request import Request
+from ._http_rules import local_response
 from ._metrics import ProxyMetrics
 from ._policy import strip_hop_by_hop
 from ._stored import status_line
+from ._target import backend_url
 
-__all__ = ["Forwarder", "backend_url_for", "classify_fault", "fault_response"]
+__all__ = ["Forwarder", "classify_fault", "fault_response", "forwarded_headers"]
 
 _NO_BODY_STATUS = frozenset({204, 304})
 # Request headers the forwarder sets itself.
-_REPLACED = frozenset({b"host", b"expect", b"x-forwarded-host", b"x-forwarded-proto"})
+_FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded"}
+)
+_REPLACED = frozenset({b"host", b"expect"}) | _FORWARDING
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-def backend_url_for(backend_url: str, target: str) -> str:
-    """The backend URL for a request-target (origin-form, or the path of an absolute-form one)."""
-    if not target.startswith("/"):
-        parts = urllib.parse.urlsplit(target)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return backend_url.rstrip("/") + target
+def _quoted(value: bytes) -> bytes:
+    # RFC 7239 §4: a value that is not a token is a quoted-string.
+    return (
+        value
+        if _TOKEN.fullmatch(value)
+        else b'"%s"' % value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    )
+
+
+def forwarded_headers(
+    hmap: dict[bytes, bytes], peer: str, proto: bytes = b"http"
+) -> list[tuple[bytes, bytes]]:
+    """This hop's ``X-Forwarded-*`` and ``Forwarded`` fields, the client's values kept in front.
+
+    `hmap` is the request's (repeated fields already joined by ", "); `peer` the client's address.
+    """
+    client = peer.encode("ascii", "replace")
+    host = hmap.get(b"host", b"")
+    ours = {
+        b"X-Forwarded-For": client,
+        b"X-Forwarded-Host": host,
+        b"X-Forwarded-Proto": proto,
+    }
+    out = []
+    for name, value in ours.items():
+        earlier = hmap.get(name.lower())
+        if earlier is not None and earlier.strip():
+            value = earlier + b", " + value
+        if value:
+            out.append((name, value))
+    # RFC 7239 §6: an IPv6 node is bracketed (and so quoted).
+    node = b"[%s]" % client if b":" in client else client or b"unknown"
+    element = [b"for=" + _quoted(node), b"proto=" + proto]
+    if host:
+        element.insert(1, b"host=" + _quoted(host))
+    forwarded = b";".join(element)
+    earlier = hmap.get(b"forwarded")
+    if earlier is not None and earlier.strip():
+        forwarded = earlier + b", " + forwarded
+    out.append((b"Forwarded", forwarded))
+    return out
 
 
 def classify_fault(exc: Exception) -> tuple[int, str]:
@@ -86,7 +139,7 @@ class Forwarder:
         logger: logging.Logger,
     ) -> None:
         self._client = client
-        self._backend_url = backend_url
+        self._backend_url = httpx.URL(backend_url)
         self._timeout = httpx.Timeout(timeout).as_dict()
         self._auth = auth
         self._metrics = metrics
@@ -94,17 +147,7 @@ class Forwarder:
 
     def _request_headers(self, conn: Connection, req: Request) -> list[tuple[bytes, bytes]]:
         headers = [(n, v) for n, v in strip_hop_by_hop(req.headers) if n.lower() not in _REPLACED]
-        host = req.hmap.get(b"host")
-        forwarded_for = req.hmap.get(b"x-forwarded-for")
-        peer = conn.peer.encode("ascii", "replace")
-        if forwarded_for is not None:
-            headers = [(n, v) for n, v in headers if n.lower() != b"x-forwarded-for"]
-            peer = forwarded_for + b", " + peer
-        if peer:
-            headers.append((b"X-Forwarded-For", peer))
-        if host is not None:
-            headers.append((b"X-Forwarded-Host", host))
-        headers.append((b"X-Forwarded-Proto", b"http"))
+        headers.extend(forwarded_headers(req.hmap, conn.peer))
         return headers
 
     async def forward(
@@ -113,12 +156,13 @@ class Forwarder:
         """Forward `req`; return (status written, whether it was a backend fault)."""
         body: AsyncIterator[bytes] | None = None
         if req.body is not None:
-            if req.hmap.get(b"expect", b"").lower() == b"100-continue":
+            expect = req.hmap.get(b"expect", b"").lower() == b"100-continue"
+            if expect and req.version == "1.1" and not req.body.failed:
                 conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = req.body.chunks()
         request = httpx.Request(
             req.method,
-            backend_url_for(self._backend_url, req.target),
+            backend_url(self._backend_url, req.target),
             headers=self._request_headers(conn, req),
             content=body,
             extensions={"timeout": self._timeout},
@@ -131,6 +175,12 @@ class Forwarder:
         except ConnectionResetError:
             conn.abort()  # the client went away while its body was being streamed
             return 499, False
+        except BodyError as exc:
+            # The body was refused mid-way; httpx has dropped the backend connection.
+            req.keep_alive = False
+            conn.write(local_response(exc.status))
+            conn.abort()
+            return exc.status, False
         except httpx.HTTPError as exc:
             status, kind = classify_fault(exc)
             self._metrics.backend_error(kind)

@@ -3,8 +3,9 @@
 Hit path (`CacheHandler.serve_fast`, called by the listener with no task and no await): policy
 check → base key → ``group.peek_with_ttl`` → for a vary record, the variant's key and a second
 peek → the stored head, a spliced ``Cache-Status``/``Age`` (and ``Connection``) and the stored body
-in one write → one histogram observation. Nothing else: no span unless the client's
-``traceparent`` asks for a sampled trace, no log record.
+in one write → one histogram observation. Nothing else: no log record, and no span unless the
+operator let clients ask for one (TRACE_CLIENT_SAMPLED_HITS) and the client's ``traceparent`` is
+sampled (`proxy._tracing.client_sampled`).
 
 Miss path (`CacheHandler.serve`): ``group.get_fetched(key)`` — the owner of the key runs
 `proxy._loader.BackendLoader` once for the cluster — then the record that comes back decides:
@@ -28,8 +29,9 @@ import tokencache
 from ._forward import Forwarder, fault_response
 from ._http import Connection
 from ._http_request import Request
+from ._keys import base_key, variant_key
 from ._metrics import ProxyMetrics
-from ._policy import CachePolicy, cache_status, variant_key
+from ._policy import CachePolicy, cache_status
 from ._stored import (
     ERROR,
     PASS,
@@ -44,6 +46,7 @@ from ._stored import (
     encode_error,
     response_layout,
 )
+from ._tracing import client_sampled
 
 __all__ = ["CacheHandler"]
 
@@ -65,6 +68,7 @@ class CacheHandler:
         metrics: ProxyMetrics,
         logger: logging.Logger,
         tracer: trace.Tracer | None = None,
+        trace_client_sampled_hits: bool = False,
         now: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._policy = policy
@@ -72,6 +76,8 @@ class CacheHandler:
         self._metrics = metrics
         self._logger = logger
         self._tracer = tracer
+        # Hit spans only when configured: otherwise any client could make every hit cost a span.
+        self._hit_tracer = tracer if trace_client_sampled_hits else None
         self._now = now
         self._head_as_get = "GET" in policy.methods
         self._methods = policy.methods
@@ -98,7 +104,7 @@ class CacheHandler:
         method = req.method
         if method == "HEAD" and self._head_as_get:
             method = "GET"  # a HEAD is answered from (and fills) the GET entry
-        return f"{method} {req.target}"
+        return base_key(method, req.target)
 
     # --- the hit path -----------------------------------------------------------------------
 
@@ -121,10 +127,7 @@ class CacheHandler:
             req.bypass = "authorization" if b"authorization" in hmap else "cookie"
             return False
         started = self._now()
-        if method == "HEAD" and self._head_as_get:
-            key = "GET " + req.target
-        else:
-            key = method + " " + req.target
+        key = base_key("GET" if method == "HEAD" and self._head_as_get else method, req.target)
         found = self._peek(key)
         if found is None:
             return False
@@ -186,7 +189,7 @@ class CacheHandler:
                 self._ready[key] = (value, ttl_s, age, data)
                 self._ready_bytes += len(data) + len(value)
         self._metrics.observe(method, status, "hit", self._now() - started)
-        if self._tracer is not None and hmap.get(b"traceparent", b"").endswith(b"-01"):
+        if self._hit_tracer is not None and client_sampled(hmap.get(b"traceparent")):
             self._hit_span(req, status)
         return True
 
@@ -220,8 +223,8 @@ class CacheHandler:
         return stored.status
 
     def _hit_span(self, req: Request, status: int) -> None:
-        assert self._tracer is not None
-        span = self._tracer.start_span(
+        assert self._hit_tracer is not None
+        span = self._hit_tracer.start_span(
             f"{req.method} (cache hit)",
             context=propagate.extract(_carrier(req)),
             kind=trace.SpanKind.SERVER,

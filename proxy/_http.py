@@ -14,9 +14,20 @@ that stops sending the body it announced and a client that stops reading our ans
 after ``idle_timeout`` of silence. The listener's sweeper checks these against a coarse clock, so
 the hot path only stores a float.
 
-Backpressure: reading pauses while the transport's write buffer is above its high-water mark, while
-a request body has more than ``body_buffer_bytes`` queued for the backend, or while more than
-``max_pipeline`` requests wait; `Connection.drain` waits for the write buffer to drain.
+What a request head must satisfy is `proxy._http_rules.check_head`; a head it refuses is answered
+by the listener itself, in order, and the connection closes after it. Only origin-form targets
+reach the handler (an absolute-form one arrives rewritten to origin-form, its authority as Host).
+
+Backpressure (flow control, `proxy._http_input.InputFlow`): parsing — and with it answering,
+hits included — stops while the transport's write buffer is above its high-water mark, while a
+request body has more than ``body_buffer_bytes`` queued for the backend, or while more than
+``max_pipeline`` requests wait. A client that pipelines thousands of requests and reads nothing
+costs one read, one slice's worth of queued requests and the write buffer, and is aborted after
+``write_timeout``. `Connection.drain` waits for the write buffer to drain.
+
+Bodies: a body that fails to parse, exceeds ``max_body_bytes`` or is cut short fails the forward at
+once (`proxy._body.BodyStream.fail`); the forwarder answers (400/413) if it can and the connection
+closes. Every exception a handler raises ends at one boundary (`Listener.handler_failed`).
 """
 
 from __future__ import annotations
@@ -27,8 +38,10 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from ._body import BodyStream
-from ._http_request import Request, rejection_response
+from ._body import BodyError, BodyStream
+from ._http_input import SLICE, InputFlow, Reject
+from ._http_request import Request
+from ._http_rules import check_head, local_response
 
 if TYPE_CHECKING:
     from ._http_server import Listener
@@ -36,38 +49,27 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 
-class _Reject(Exception):
-    def __init__(self, status: int) -> None:
-        self.status = status
-
-
-class Connection(asyncio.Protocol):
+class Connection(InputFlow, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     def __init__(self, listener: Listener) -> None:
+        InputFlow.__init__(self)
         self.listener = listener
         self.limits = listener.limits
-        self._max_header_bytes = listener.limits.max_header_bytes
+        self._max_header_bytes = self._max_head_bytes = listener.limits.max_header_bytes
         self._max_headers = listener.limits.max_headers
-        self.transport: asyncio.Transport | None = None
         self.peer: str = ""
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()
         self._active: asyncio.Task[None] | None = None
         self._parsing: Request | None = None
-        self._closing = False
-        self._discard = False
-        self._reading_head = False
         self._since = listener.now
         self._progress = listener.now  # last read, or last change of write flow control
-        self._read_blocks: set[str] = set()
         self._write_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
-        self._head_raw = 0
-        self._began = False
+        self._written = 0  # bytes written so far: tells whether a request was answered at all
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -96,25 +98,31 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._discard:
             return
-        was_head = self._reading_head
-        self._began = False
         self._progress = self.listener.now
-        try:
-            self._parser.feed_data(data)
-            if self._reading_head:
-                # httptools keeps an unfinished header line to itself: bound it by counting the
-                # raw bytes of every read that began and ended inside this request head.
-                if was_head and not self._began:
-                    self._head_raw += len(data)
-                if max(self._head_raw, self._head_bytes) > self.limits.max_header_bytes:
-                    self._reject(431)
-        except httptools.HttpParserUpgrade:
-            # Protocol upgrades are not forwarded: the request is answered as a plain one and
-            # the connection closes after it (whatever follows is not HTTP/1.1).
-            self._stop_reading()
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            self._reject(cause.status if isinstance(cause, _Reject) else 400)
+        if self._held or self._read_blocks:
+            # A read that was under way when parsing blocked: keep it for later, in order.
+            self._held += data
+            self._pause_socket()
+            return
+        if len(data) <= SLICE:
+            self._feed_slice(data)
+        else:
+            self._feed(data)
+
+    def eof_received(self) -> bool:
+        # The client half-closed: what it sent before still gets its answers (the transport stays
+        # open for writing), then the connection closes. A request cut short has none to get.
+        self._eof = True
+        if not self._held:
+            self._end_of_input()
+        return True
+
+    def _end_of_input(self) -> None:
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None and not parsing.body.complete:
+            parsing.body.fail()
+        if self._active is None and not self._queue and not self._held:
+            self._close()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -124,10 +132,12 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._progress = self.listener.now
-        self.unblock_reading("write")
         if self._write_waiter is not None and not self._write_waiter.done():
             self._write_waiter.set_result(None)
         self._write_waiter = None
+        self.unblock_reading("write")
+        if self._active is None and self._queue:
+            self._next()  # answers held back while the buffer was full (may pause it again)
 
     # --- httptools callbacks ----------------------------------------------------------------
 
@@ -144,17 +154,19 @@ class Connection(asyncio.Protocol):
         self._url += url
         self._head_bytes += len(url)
         if len(self._url) > self.limits.max_url_bytes:
-            raise _Reject(414)
+            raise Reject(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         headers = self._headers
         if self._head_bytes > self._max_header_bytes or len(headers) >= self._max_headers:
-            raise _Reject(431)
+            raise Reject(431)
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        if self._discard:
+            return  # parsing on after a refusal: nothing more is answered on this connection
         parser = self._parser
         req = Request(
             parser.get_method().decode("ascii", "replace"),
@@ -163,13 +175,35 @@ class Connection(asyncio.Protocol):
             self._headers,
             parser.should_keep_alive() and not parser.should_upgrade(),
         )
-        if req.has_body:
-            req.body = BodyStream(self, self.limits.body_buffer_bytes)
+        verdict = check_head(
+            req.method, req.target, req.version, req.headers, req.hmap, self.limits.max_body_bytes
+        )
+        if verdict.status:
+            self.listener.refused(verdict.reason)
+            req.reject = verdict.status
+            if verdict.status != 200 or req.has_body:
+                req.keep_alive = False
+                self._stop_reading()
+        else:
+            if verdict.origin and verdict.origin != req.target:
+                req.target = verdict.origin
+            if verdict.authority is not None:
+                req.set_host(verdict.authority.encode("ascii"))
+            if req.has_body:
+                req.body = BodyStream(
+                    self, self.limits.body_buffer_bytes, self.limits.max_body_bytes
+                )
         self._parsing = req
         queue = self._queue
-        if not queue and self._active is None and req.body is None:
+        if (
+            not queue
+            and self._active is None
+            and req.body is None
+            and not req.reject
+            and not self._write_paused
+        ):
             # The common case, a lone request: offer it to the hit path without queueing it.
-            if self.listener.handler.serve_fast(self, req):
+            if self._serve_fast(req):
                 self._finished(req)
             else:
                 self._start(req)
@@ -195,33 +229,46 @@ class Connection(asyncio.Protocol):
     # --- request dispatch -------------------------------------------------------------------
 
     def _next(self) -> None:
-        handler = self.listener.handler
+        # Answers wait while the write buffer is full: resume_writing calls this again.
         while self._queue and self._active is None and not self._closing:
+            if self._write_paused:
+                return
             req = self._queue.popleft()
             if len(self._queue) <= self.limits.max_pipeline // 2:
                 self.unblock_reading("pipeline")
             if req.reject:
-                self.write(rejection_response(req.reject))
-                self._close()
-                return
-            if handler.serve_fast(self, req):
+                self.write(local_response(req.reject, self.connection_header(req)))
+                if req.reject != 200 or not req.keep_alive:
+                    self._close()
+                    return
+                self._finished(req)
+                continue
+            if self._serve_fast(req):
                 self._finished(req)
                 continue
             self._start(req)
+
+    def _serve_fast(self, req: Request) -> bool:
+        written = self._written
+        try:
+            return self.listener.handler.serve_fast(self, req)
+        except Exception as exc:  # noqa: BLE001 - the one boundary for handler exceptions
+            self._failed(req, exc, written)
+            return True
 
     def _start(self, req: Request) -> None:
         self.listener._task_started()
         self._active = asyncio.get_running_loop().create_task(self._run(req))
 
     async def _run(self, req: Request) -> None:
+        written = self._written
         try:
             await self.listener.handler.serve(self, req)
         except asyncio.CancelledError:
             self._close()
             raise
-        except Exception:
-            self.listener.logger.exception("request handler failed")
-            self._close()
+        except Exception as exc:  # noqa: BLE001 - the one boundary for handler exceptions
+            self._failed(req, exc, written)
         finally:
             self.listener._task_done()
             self._active = None
@@ -229,10 +276,20 @@ class Connection(asyncio.Protocol):
         if not self._closing:
             self._next()
 
+    def _failed(self, req: Request, exc: Exception, written: int) -> None:
+        # The one boundary for handler exceptions: a 500 when nothing of the answer was sent
+        # yet (else the closing connection is the only signal left), a counter, a short line.
+        self.listener.handler_failed(exc)
+        if self._written == written:
+            self.write(local_response(500))
+        req.keep_alive = False
+        self._close()
+
     def _finished(self, req: Request) -> None:
         self._since = self.listener.now
         body_open = req.body is not None and not req.body.complete
-        if not req.keep_alive or self.listener.draining or body_open:
+        ended = self._eof and not self._feeding and not self._held and not self._queue
+        if not req.keep_alive or self.listener.draining or body_open or ended:
             self._close()
 
     # --- what handlers use ------------------------------------------------------------------
@@ -249,6 +306,7 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes | memoryview) -> None:
         """Write bytes (ignored once the connection is closing)."""
         if self.transport is not None and not self._closing:
+            self._written += len(data)
             self.transport.write(data)
 
     async def drain(self) -> None:
@@ -273,13 +331,20 @@ class Connection(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         """Close on a slow request head, a stalled body or reader, or a long-idle connection."""
-        if self._reading_head:
+        if self._write_paused:
+            # A client that takes none of our answer: abort, since a close would wait for the
+            # write buffer to drain into a socket nobody reads.
+            if now - self._progress > self.limits.write_timeout:
+                self._close(abort=True)
+        elif self._reading_head and not self._read_blocks:
+            # (A head cut by a flow-control block is waiting for us, not for the client.)
             if now - self._since > self.limits.header_timeout:
                 self._close()
-        elif self._write_paused or (self._parsing is not None and not self._read_blocks):
-            # A client that stops reading our answer, or stops sending the body it announced,
-            # gets idle_timeout of silence before the connection goes.
-            if now - self._progress > self.limits.idle_timeout:
+        elif self._parsing is not None and not self._read_blocks:
+            # A client that stops sending the body it announced gets idle_timeout of silence
+            # (a second while the process drains) before the connection goes.
+            stall = min(1.0, self.limits.idle_timeout) if self.listener.draining else None
+            if now - self._progress > (stall or self.limits.idle_timeout):
                 self._close()
         elif (
             self._active is None
@@ -291,17 +356,8 @@ class Connection(asyncio.Protocol):
 
     # --- internals --------------------------------------------------------------------------
 
-    def block_reading(self, reason: str) -> None:
-        if not self._read_blocks and self.transport is not None and not self._closing:
-            self.transport.pause_reading()
-        self._read_blocks.add(reason)
-
-    def unblock_reading(self, reason: str) -> None:
-        if reason in self._read_blocks:
-            self._read_blocks.discard(reason)
-            if not self._read_blocks and self.transport is not None and not self._closing:
-                self._progress = self.listener.now
-                self.transport.resume_reading()
+    def _touch(self) -> None:
+        self._progress = self.listener.now
 
     def _stop_reading(self) -> None:
         # Whatever arrives from now on is ignored; queued requests are still answered.
@@ -314,16 +370,30 @@ class Connection(asyncio.Protocol):
 
     def _reject(self, status: int) -> None:
         """Answer a malformed request after the ones before it, then close."""
+        if self._discard:
+            return  # already refused: the connection ends after the answers queued so far
+        reading_head = self._reading_head
         self._reading_head = False
         self._stop_reading()
+        self.listener.refused("parse")
+        parsing = self._parsing
+        if not reading_head and parsing is not None and parsing.body is not None:
+            # The body of a request being forwarded does not parse: its forward fails at once
+            # and answers for it (nothing of a request after it was read).
+            parsing.body.fail(BodyError(400, "bad-body"))
+            return
         req = Request("", "", "1.1", [], False)
         req.reject = status
         self._queue.append(req)
         if self._active is None:
             self._next()
 
-    def _close(self) -> None:
+    def _close(self, *, abort: bool = False) -> None:
         if not self._closing:
             self._closing = True
+            self._held = b""
             if self.transport is not None:
-                self.transport.close()
+                if abort:
+                    self.transport.abort()
+                else:
+                    self.transport.close()

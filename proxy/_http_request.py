@@ -10,15 +10,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from ._stored import status_line
+from ._http_rules import local_response
 
 if TYPE_CHECKING:
     from ._body import BodyStream
     from ._http import Connection
 
 __all__ = ["Handler", "ListenerLimits", "Request", "rejection_response"]
-
-_ERROR_BODY = {400: b"bad request\n", 414: b"URI too long\n", 431: b"request header too large\n"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +30,10 @@ class ListenerLimits:
     idle_timeout: float = 60.0
     max_pipeline: int = 16
     body_buffer_bytes: int = 256 * 1024
+    # A request body above this is refused with 413 (MAX_REQUEST_BODY_BYTES).
+    max_body_bytes: int = 10 << 20
+    # A client that takes none of our answer for this long is disconnected (WRITE_TIMEOUT).
+    write_timeout: float = 60.0
 
 
 class Request:
@@ -81,6 +83,13 @@ class Request:
         # Set on the placeholder for a request the listener refused (the status to answer).
         self.reject = 0
 
+    def set_host(self, authority: bytes) -> None:
+        """Make `authority` the request's one ``Host`` (RFC 9112 §3.2.2: an absolute-form's)."""
+        headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
+        headers.append((b"Host", authority))
+        self.headers = headers
+        self.hmap[b"host"] = authority
+
 
 class Handler(Protocol):
     """What the listener calls for each request, in order."""
@@ -95,13 +104,5 @@ class Handler(Protocol):
 
 
 def rejection_response(status: int) -> bytes:
-    """The complete response to a request the listener refused to parse."""
-    body = _ERROR_BODY.get(status, b"bad request\n")
-    return b"".join(
-        (
-            status_line(status),
-            b"Content-Type: text/plain\r\nContent-Length: %d\r\n" % len(body),
-            b"Connection: close\r\n\r\n",
-            body,
-        )
-    )
+    """The complete response to a request the listener refused (closes the connection)."""
+    return local_response(status)

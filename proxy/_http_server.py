@@ -4,6 +4,10 @@ One `Listener` per process owns the listening socket and every `Connection`. A s
 updates a coarse clock (`Listener.now`) and asks each connection to check its deadlines, so the
 per-request hot path only stores a float. `in_flight` counts requests whose answer a task is
 producing; `wait_idle` waits for it to reach zero (the shell's SIGTERM drain).
+
+Refusals and handler exceptions are counted (`ProxyMetrics.refused`, `.internal_error`); an
+exception is logged as one short line without its traceback, at most once per `ERROR_LOG_INTERVAL`
+(with the number of those not logged), so no input can flood the log.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import logging
 
 from ._http import Connection
 from ._http_request import Handler, ListenerLimits
+from ._metrics import ProxyMetrics
 
-__all__ = ["Listener"]
+__all__ = ["ERROR_LOG_INTERVAL", "Listener"]
+
+ERROR_LOG_INTERVAL = 10.0
 
 
 class Listener:
@@ -26,8 +33,10 @@ class Listener:
         handler: Handler,
         limits: ListenerLimits | None = None,
         logger: logging.Logger | None = None,
+        metrics: ProxyMetrics | None = None,
     ) -> None:
         self.handler = handler
+        self.metrics = metrics
         self.limits = limits or ListenerLimits()
         self.logger = logger or logging.getLogger("proxy.http")
         self.connections: set[Connection] = set()
@@ -38,6 +47,8 @@ class Listener:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._error_logged_at: float | None = None
+        self._errors_unlogged = 0
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on host:port (port 0 = any free port) and return the bound address."""
@@ -63,6 +74,26 @@ class Listener:
         self._busy -= 1
         if self._busy == 0:
             self._idle.set()
+
+    def refused(self, reason: str) -> None:
+        """Count a request the listener refused itself (`proxy._http_rules.Verdict.reason`)."""
+        if self.metrics is not None:
+            self.metrics.refused(reason)
+
+    def handler_failed(self, exc: Exception) -> None:
+        """Count a handler exception; log one short line, at most once per interval."""
+        if self.metrics is not None:
+            self.metrics.internal_error()
+        last = self._error_logged_at
+        if last is not None and self.now - last < ERROR_LOG_INTERVAL:
+            self._errors_unlogged += 1
+            return
+        self._error_logged_at = self.now
+        self.logger.error(
+            "request handler failed",
+            extra={"error": type(exc).__name__, "not_logged": self._errors_unlogged},
+        )
+        self._errors_unlogged = 0
 
     def begin_drain(self) -> None:
         """Answer in-flight requests with ``Connection: close``; close idle connections now."""

@@ -2,9 +2,14 @@
 
 The loader sees nothing but the key (it usually runs in another process than the request's), so the
 key carries what the backend request needs: method, request-target and the values of the headers
-the backend varies on (`proxy._policy.parse_key`). ``Accept-Encoding: identity`` is sent unless the
-key names an ``Accept-Encoding`` itself: a shared entry must not be compressed for one client's
-taste without ``Vary`` saying so.
+the backend varies on (`proxy._keys`). Keys also arrive from the peer port, so the loader trusts
+none: `proxy._keys.check_key` accepts only a key this proxy could have made, and a variant key
+only with the header names the base key's stored vary record lists (fetched through the group,
+from whichever peer owns it). Anything else raises `proxy._keys.BadKey` (an
+``InvalidArgument``: a bad request on the peer port) and is counted, never sent to the backend.
+
+``Accept-Encoding: identity`` is sent unless the key names an ``Accept-Encoding`` itself: a shared
+entry must not be compressed for one client's taste without ``Vary`` saying so.
 
 What it returns (`proxy._stored` records):
 
@@ -25,18 +30,21 @@ import httpx
 
 import tokencache
 
-from ._forward import backend_url_for, classify_fault
+from ._forward import classify_fault
+from ._keys import BadKey, ParsedKey, base_key, check_key
 from ._metrics import ProxyMetrics
-from ._policy import CachePolicy, parse_key
+from ._policy import CachePolicy
 from ._stored import (
     RESPONSE,
     VARY,
+    decode_vary,
     encode_error,
     encode_pass,
     encode_response,
     encode_stale,
     encode_vary,
 )
+from ._target import backend_url
 
 __all__ = ["BackendLoader"]
 
@@ -57,7 +65,7 @@ class BackendLoader:
         logger: logging.Logger,
     ) -> None:
         self._client = client
-        self._backend_url = backend_url
+        self._backend_url = httpx.URL(backend_url)
         self._timeout = httpx.Timeout(timeout).as_dict()
         self._auth = auth
         self._policy = policy
@@ -68,13 +76,20 @@ class BackendLoader:
 
     async def __call__(self, key: str) -> tokencache.Entry:
         """Load `key` (see the module docstring for what comes back)."""
-        method, target, varied = parse_key(key)
-        headers = [(n, v) for n, v in varied]
+        try:
+            parsed = check_key(key, self._policy.methods)
+            if parsed.names:
+                await self._check_vary(parsed)
+        except BadKey:
+            self._metrics.refused("key")
+            raise
+        method, target, varied = parsed.method, parsed.target, parsed.headers
+        headers = list(varied)
         if not any(n == "accept-encoding" for n, _ in varied):
             headers.append(("accept-encoding", "identity"))
         request = httpx.Request(
             method,
-            backend_url_for(self._backend_url, target),
+            backend_url(self._backend_url, target),
             headers=headers,
             extensions={"timeout": self._timeout},
         )
@@ -96,7 +111,18 @@ class BackendLoader:
                 await response.aclose()
         except httpx.HTTPError as exc:
             return self._fault(key, method, target, exc)
-        return self._entry(key, method, response, b"".join(parts), base=not varied)
+        return self._entry(key, method, response, b"".join(parts), base=not parsed.names)
+
+    async def _check_vary(self, parsed: ParsedKey) -> None:
+        # A variant key names exactly the headers of its base key's vary record, in its order.
+        if self.group is None:
+            raise BadKey("key: no group to check the vary record in")
+        try:
+            value = await self.group.get(base_key(parsed.method, parsed.target))
+        except tokencache.InvalidArgument:
+            raise BadKey("key: base key refused") from None
+        if value[:4] != VARY or decode_vary(value).names != parsed.names:
+            raise BadKey("key: header names are not the stored vary record's")
 
     def _entry(
         self, key: str, method: str, response: httpx.Response, body: bytes, *, base: bool

@@ -68,7 +68,10 @@ class ProxyMetrics:
     """Request counters of one proxy process.
 
     ``{namespace}_http_server_requests_seconds{method,status,outcome}`` (kubecache's name, without
-    its ``uri`` label) and ``{namespace}_proxy_backend_errors_total{kind}``.
+    its ``uri`` label), ``{namespace}_proxy_backend_errors_total{kind}``,
+    ``{namespace}_proxy_refused_requests_total{reason}`` (requests the public port or the loader
+    refused as malformed or not allowed) and ``{namespace}_proxy_internal_errors_total`` (handler
+    exceptions caught at the listener's boundary: always a bug).
     """
 
     def __init__(self, namespace: str = "", buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
@@ -79,6 +82,8 @@ class ProxyMetrics:
         self._prefix = f"{namespace}_" if namespace else ""
         self._series: dict[tuple[str, int, str], _Series] = {}
         self.backend_errors: dict[str, int] = {"connect": 0, "timeout": 0, "other": 0}
+        self.refused_requests: dict[str, int] = {}
+        self.internal_errors = 0
 
     @property
     def buckets(self) -> tuple[float, ...]:
@@ -101,6 +106,14 @@ class ProxyMetrics:
     def backend_error(self, kind: str) -> None:
         """Count one backend fault: ``connect``, ``timeout`` or ``other``."""
         self.backend_errors[kind if kind in self.backend_errors else "other"] += 1
+
+    def refused(self, reason: str) -> None:
+        """Count one refused request; `reason` is one of a small fixed set of labels."""
+        self.refused_requests[reason] = self.refused_requests.get(reason, 0) + 1
+
+    def internal_error(self) -> None:
+        """Count one exception caught at the listener's boundary."""
+        self.internal_errors += 1
 
     def count(self, method: str, status: int, outcome: str) -> int:
         """How many responses were observed with these labels (for tests and debugging)."""
@@ -132,6 +145,19 @@ class ProxyMetrics:
         for kind, n in sorted(self.backend_errors.items()):
             errors.add_metric([kind], float(n))
         yield errors
+        refused = CounterMetricFamily(
+            f"{self._prefix}proxy_refused_requests",
+            "Requests refused as malformed or not allowed (public port, loader keys), by reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self.refused_requests.items()):
+            refused.add_metric([reason], float(n))
+        yield refused
+        yield CounterMetricFamily(
+            f"{self._prefix}proxy_internal_errors",
+            "Exceptions caught at the listener's boundary (a bug; answered 500 or closed).",
+            value=float(self.internal_errors),
+        )
 
 
 def _bound_text(bound: float) -> str:

@@ -24,6 +24,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+# The key format lives in proxy._keys; these names stay importable from here.
+from ._keys import base_key, parse_key, variant_key
+
 __all__ = [
     "HOP_BY_HOP",
     "CachePolicy",
@@ -77,34 +80,6 @@ def _tokens(values: Iterable[bytes]) -> list[str]:
             if token:
                 out.append(token)
     return out
-
-
-def base_key(method: str, target: str) -> str:
-    """The base cache key of a request: method and request-target, kubecache's key."""
-    return f"{method} {target}"
-
-
-def variant_key(base: str, names: Sequence[str], values: Sequence[bytes | None]) -> str:
-    """The key of one variant of `base`: one ``name: value`` line per varied header.
-
-    An absent header and an empty one are different variants (``name:`` versus ``name: ``).
-    """
-    lines = [base]
-    for name, value in zip(names, values, strict=True):
-        lines.append(f"{name}:" if value is None else f"{name}: {value.decode('latin-1')}")
-    return "\n".join(lines)
-
-
-def parse_key(key: str) -> tuple[str, str, list[tuple[str, str]]]:
-    """A key → (method, request-target, varied headers to send); inverse of the two key makers."""
-    first, *rest = key.split("\n")
-    method, _, target = first.partition(" ")
-    headers: list[tuple[str, str]] = []
-    for line in rest:
-        name, _, value = line.partition(":")
-        if value:  # "name:" alone means the header was absent in the request
-            headers.append((name, value[1:]))
-    return method, target, headers
 
 
 def cache_status(

@@ -42,6 +42,7 @@ from ._app import ProxyApp
 from ._config import Address, Settings
 from ._errors import ConfigError
 from ._health import AppServer, Readiness, build_app
+from ._http_request import ListenerLimits
 from ._logging import configure_logging
 from ._metrics import DEFAULT_BUCKETS, ProxyMetrics
 from ._tracing import build_tracer_provider
@@ -150,7 +151,11 @@ class ProxyService:
             backend_auth=self._auth,
             metrics=self.metrics,
             tracer=None if self._provider is None else self._provider.get_tracer("proxy"),
+            trace_client_sampled_hits=s.trace_client_sampled_hits,
             logger=logging.getLogger("proxy.app"),
+            limits=ListenerLimits(
+                max_body_bytes=s.max_request_body_bytes, write_timeout=s.write_timeout
+            ),
         )
         await self._app.start(s.listen_addr.bind_host, s.listen_addr.port)
         self._register_metrics(ws)

@@ -18,6 +18,7 @@ a `ConfigError`, not a silent no-op.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -41,6 +42,18 @@ from opentelemetry.sdk.trace.sampling import (
 from ._errors import ConfigError
 
 SERVICE_NAME = "tokencache-proxy"
+
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def client_sampled(traceparent: bytes | None) -> bool:
+    """True when a W3C ``traceparent`` is well-formed and has the sampled flag set.
+
+    Used only where the operator allowed clients to ask for spans (TRACE_CLIENT_SAMPLED_HITS).
+    """
+    if traceparent is None or _TRACEPARENT.fullmatch(traceparent.strip()) is None:
+        return False
+    return bool(int(traceparent.strip()[-2:], 16) & 1)
 
 
 def build_sampler(otel: Mapping[str, str]) -> Sampler:

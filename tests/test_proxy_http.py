@@ -688,7 +688,9 @@ async def test_misses_are_traced_and_hits_only_when_sampled(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     try:
-        _, url = await make_proxy(tracer=provider.get_tracer("test"))
+        _, url = await make_proxy(
+            tracer=provider.get_tracer("test"), trace_client_sampled_hits=True
+        )
         await client.get(f"{url}/hello?secret=s3cr3t")
         await client.get(f"{url}/hello?secret=s3cr3t")  # hit, not sampled: no span
         trace_id = "0af7651916cd43dd8448eb211c80319c"

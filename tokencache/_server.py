@@ -16,7 +16,7 @@ from opentelemetry import propagate, trace
 
 from . import _protocol as wire
 from ._context import MAX_CONTEXT_BYTES
-from ._errors import Declined, NotFound
+from ._errors import Declined, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from ._workspace import Workspace
@@ -113,6 +113,10 @@ class PeerServer:
                 return _error("not-found", "not found")
             except Declined:
                 return _error("declined", "this peer cannot load the key")
+            except InvalidArgument:
+                # The loader refused the key itself (the PeerService contract: a bad request).
+                self._ws.server_stats.bad_requests += 1
+                return _error("bad-request", "key refused")
             except Exception as exc:  # noqa: BLE001 - any loader failure: the caller loads locally
                 log.info("peer load failed in group %s: %s", group_name, type(exc).__name__)
                 return _error("load-failed", "load failed")

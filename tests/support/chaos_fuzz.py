@@ -1,8 +1,9 @@
 """Scenario 5: bad input against a real peer port and a real proxy public port.
 
 `fuzz_raw` drives hypothesis (bounded by ``examples``) over raw HTTP/1.1 requests written to a
-socket: malformed paths and keys, odd header names and values, huge headers, signature headers
-with garbage, bodies shorter than their Content-Length (the client half-closes). Each answer must
+socket, as bytes: any method token, every request-target form, header names and values of any
+byte, huge headers, signature headers with garbage, Content-Length/chunked/bad-chunk/both
+framings, bodies shorter than announced (the client half-closes), pipelined repeats. Each answer must
 be an HTTP status line or a closed connection, never a 500, and the server must stay alive; RSS is
 read before and after. `slowloris` opens connections that send a request head one byte at a time
 and checks that a normal request is still answered and that the server closes the slow ones.
@@ -63,71 +64,111 @@ def raw_request(port: int, data: bytes, *, half_close: bool = False) -> int:
     return int(parts[1])
 
 
-_token = st.text(
-    st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"),
-    min_size=1,
-    max_size=40,
+# Everything below is bytes: any method token, every request-target form, header names and
+# values of any byte 0x00-0xFF, several framings, pipelining. (Was: ASCII 32-126, paths with a
+# leading "/", five methods, always Content-Length and Connection: close.)
+_no_crlf = st.binary(max_size=200).filter(lambda b: b"\r" not in b and b"\n" not in b)
+_token = st.one_of(
+    st.text(
+        st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"),
+        min_size=1,
+        max_size=40,
+    ).map(lambda t: t.encode("ascii")),
+    st.binary(min_size=1, max_size=40).filter(lambda b: not any(c in b for c in b" :\r\n")),
 )
-_path = st.one_of(
-    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=0, max_size=300),
-    st.binary(min_size=0, max_size=200).map(lambda b: b.hex()),
+_method = st.one_of(
     st.sampled_from(
         [
-            "/%",
-            "/%zz",
-            "/../../etc/passwd",
-            "//",
-            "/a?%00",
-            "/" + "a" * 9000,
-            "/_tokencache/v1/http/get",
-            "/_tokencache/v1/oauth2/get",
+            *(b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT"),
+            *(b"TRACE", b"BREW", b"get", b"PROPFIND"),
         ]
     ),
-).map(lambda p: p if p.startswith("/") else "/" + p)
-_headers = st.lists(
-    st.tuples(_token, st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=200)),
-    max_size=8,
+    _token,
 )
+_path = st.one_of(
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=0, max_size=300).map(
+        lambda p: ("/" + p).encode("ascii")
+    ),
+    st.binary(min_size=0, max_size=200).filter(lambda b: b" " not in b and b"\r\n" not in b),
+    st.binary(min_size=0, max_size=200).map(lambda b: b"/" + b.hex().encode()),
+    st.sampled_from(
+        [
+            b"/%",
+            b"/%zz",
+            b"/../../etc/passwd",
+            b"//",
+            b"/a?%00",
+            b"/" + b"a" * 9000,
+            b"/_tokencache/v1/http/get",
+            b"/_tokencache/v1/oauth2/get",
+            b"*",
+            b"127.0.0.1:1",
+            b"x:@127.0.0.1:1/steal",
+            b"//127.0.0.1:1/steal",
+            b"@127.0.0.1:1/steal",
+            b"http://127.0.0.1:1/steal",
+            b"http://x:@127.0.0.1:1/steal",
+            b"/\x80\xff\xfe",
+        ]
+    ),
+)
+# Names and values of any byte; now and then a value with a bare CR or LF in it.
+_headers = st.lists(
+    st.tuples(_token, st.one_of(_no_crlf, _no_crlf, st.binary(max_size=20))), max_size=8
+)
+_framing = st.sampled_from(["length", "length", "chunked", "bad-chunk", "both", "none"])
 _big = st.sampled_from([0, 0, 0, 20_000, 70_000])
 
 
 def _encode(
-    method: str, path: str, headers: list[tuple[str, str]], body: bytes, claimed: int, big: int
+    method: bytes,
+    path: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    claimed: int,
+    framing: str,
+    close: bool,
+    big: int,
 ) -> bytes:
-    lines = [
-        f"{method} {path} HTTP/1.1",
-        "Host: 127.0.0.1",
-        f"Content-Length: {claimed}",
-        "Connection: close",
-    ]
-    lines += [f"{k}: {v}" for k, v in headers]
+    lines = [method + b" " + path + b" HTTP/1.1", b"Host: 127.0.0.1"]
+    if framing in ("length", "both"):
+        lines.append(b"Content-Length: %d" % claimed)
+    if framing in ("chunked", "bad-chunk", "both"):
+        lines.append(b"Transfer-Encoding: chunked")
+        size = b"%x" % claimed if framing != "bad-chunk" else b"z%x" % claimed
+        body = size + b"\r\n" + body + (b"\r\n0\r\n\r\n" if len(body) == claimed else b"")
+    if close:
+        lines.append(b"Connection: close")
+    lines += [k + b": " + v for k, v in headers]
     if big:
-        lines.append("X-Big: " + "b" * big)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+        lines.append(b"X-Big: " + b"b" * big)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 def fuzz_raw(port: int, pid: int, *, examples: int, peer: bool) -> FuzzResult:
     """Fuzz one port of process ``pid`` with ``examples`` requests (peer: POSTs to peer routes)."""
     result = FuzzResult(rss_before_kib=rss_kib(pid))
-    methods = st.just("POST") if peer else st.sampled_from(["GET", "HEAD", "POST", "PUT", "BREW"])
+    methods = st.just(b"POST") if peer else _method
+    # The signature headers' values stay printable ASCII: non-ASCII ones are issue 9 item 6
+    # (a 500 on the peer port), which the peer-port work fixes; widen them when it lands.
     sig = st.lists(
         st.tuples(
             st.sampled_from(
                 [
-                    "X-Tokencache-Timestamp",
-                    "X-Tokencache-Nonce",
-                    "X-Tokencache-Signature",
-                    "X-Tokencache-Min-Ttl",
-                    "X-Tokencache-If-Digest",
+                    b"X-Tokencache-Timestamp",
+                    b"X-Tokencache-Nonce",
+                    b"X-Tokencache-Signature",
+                    b"X-Tokencache-Min-Ttl",
+                    b"X-Tokencache-If-Digest",
                 ]
             ),
-            st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=300),
+            st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=300).map(
+                lambda t: t.encode("ascii")
+            ),
         ),
         max_size=5,
     )
-    path = (
-        st.tuples(_token, _token).map(lambda t: f"/_tokencache/v1/{t[0]}/{t[1]}") if peer else _path
-    )
+    path = st.tuples(_token, _token).map(lambda t: b"/_tokencache/v1/%s/%s" % t) if peer else _path
 
     @settings(
         max_examples=examples,
@@ -136,17 +177,29 @@ def fuzz_raw(port: int, pid: int, *, examples: int, peer: bool) -> FuzzResult:
         derandomize=False,
         suppress_health_check=list(HealthCheck),
     )
-    @given(methods, path, _headers, sig, st.binary(max_size=2048), st.integers(0, 4096), _big)
+    @given(
+        methods,
+        path,
+        _headers,
+        sig,
+        st.binary(max_size=2048),
+        st.integers(0, 4096),
+        st.tuples(_framing, st.booleans(), st.integers(1, 3), _big),
+    )
     def one(
-        method: str,
-        p: str,
-        headers: list[tuple[str, str]],
-        signed: list[tuple[str, str]],
+        method: bytes,
+        p: bytes,
+        headers: list[tuple[bytes, bytes]],
+        signed: list[tuple[bytes, bytes]],
         body: bytes,
         claimed: int,
-        big: int,
+        shape: tuple[str, bool, int, int],
     ) -> None:
-        data = _encode(method, p, headers + signed, body[:claimed], claimed, big)
+        framing, close, repeat, big = shape
+        one_request = _encode(
+            method, p, headers + signed, body[:claimed], claimed, framing, close, big
+        )
+        data = one_request * repeat  # pipelined
         began = time.monotonic()
         status = raw_request(port, data, half_close=len(body) < claimed)
         result.tried += 1

@@ -1,0 +1,120 @@
+"""Cache keys of the ``http`` group: made, parsed and checked in this one place. Pure, no I/O.
+
+Format. The base key is ``"<METHOD> <origin-form target>"`` (kubecache's key). A variant of a
+response that names ``Vary`` headers lives under the base key plus one line per varied header, in
+the order of the stored vary record: ``"\\nname: value"`` when the request carried the header,
+``"\\nname:"`` when it did not (an absent and an empty header are different variants). Values are
+the request's field bytes read as Latin-1, so a key round-trips a field exactly.
+
+Trust. The key is all the key's owner sees, and its loader turns it into a backend request with
+the proxy's credentials; keys also arrive on the peer port. `check_key` therefore accepts only
+what `base_key`/`variant_key` could have made from a request the public port accepted: a cached
+method, a normalised origin-form target, lower-case token names (never ``host``, framing,
+connection or credential fields) and field-value bytes (no CR, LF, NUL or other control).
+Whether the names are the ones the base key's vary record lists is the loader's check (it needs
+the record). Anything else raises `BadKey`, a
+`tokencache.InvalidArgument`, which the peer port answers as a bad request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import tokencache
+
+from ._target import is_origin_form, remove_dot_segments
+
+__all__ = ["BadKey", "ParsedKey", "base_key", "check_key", "parse_key", "variant_key"]
+
+_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+# Never a varied name: framing, routing and connection fields, credentials. A key naming one would
+# let whoever writes keys set it on the backend request.
+_NEVER_VARIED = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-authorization",
+        "proxy-connection",
+        "authorization",
+        "cookie",
+    }
+)
+# A field value as Latin-1 text: HTAB, SP, VCHAR, obs-text; no other control, nothing above 0xFF.
+_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+class BadKey(tokencache.InvalidArgument):
+    """A key this proxy could not have made: refused, never loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    """A checked key: method, target, varied names in key order, and the headers to send."""
+
+    method: str
+    target: str
+    names: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...]
+
+
+def base_key(method: str, target: str) -> str:
+    """The base cache key of a request: method and request-target, kubecache's key."""
+    return method + " " + target
+
+
+def variant_key(base: str, names: Sequence[str], values: Sequence[bytes | None]) -> str:
+    """The key of one variant of `base`: one ``name: value`` line per varied header.
+
+    An absent header and an empty one are different variants (``name:`` versus ``name: ``).
+    """
+    lines = [base]
+    for name, value in zip(names, values, strict=True):
+        lines.append(f"{name}:" if value is None else f"{name}: {value.decode('latin-1')}")
+    return "\n".join(lines)
+
+
+def parse_key(key: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """A key → (method, request-target, varied headers to send); inverse of the two key makers.
+
+    No checks (see `check_key` for keys from elsewhere).
+    """
+    first, *rest = key.split("\n")
+    method, _, target = first.partition(" ")
+    headers: list[tuple[str, str]] = []
+    for line in rest:
+        name, _, value = line.partition(":")
+        if value:  # "name:" alone means the header was absent in the request
+            headers.append((name, value[1:]))
+    return method, target, headers
+
+
+def check_key(key: str, methods: Collection[str]) -> ParsedKey:
+    """Parse `key` and check it is one this proxy could have made; `BadKey` otherwise."""
+    first, *rest = key.split("\n")
+    method, sep, target = first.partition(" ")
+    if not sep or method not in methods:
+        raise BadKey("key: method not cached here")
+    path = target.partition("?")[0]
+    if not is_origin_form(target) or remove_dot_segments(path) != path:
+        raise BadKey("key: target is not a normalised origin-form")
+    names: list[str] = []
+    headers: list[tuple[str, str]] = []
+    for line in rest:
+        name, colon, value = line.partition(":")
+        if not colon or _NAME.fullmatch(name) is None or name in names or name in _NEVER_VARIED:
+            raise BadKey("key: bad header name")
+        if value:
+            if value[0] != " " or _VALUE.fullmatch(value) is None:
+                raise BadKey("key: bad header value")
+            headers.append((name, value[1:]))
+        names.append(name)
+    return ParsedKey(method, target, tuple(names), tuple(headers))

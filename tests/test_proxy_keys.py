@@ -1,0 +1,168 @@
+"""Cache keys: every key the public port can make is accepted; hostile keys (from the peer port)
+are refused before anything reaches the backend. Unit tests: the loader talks to respx."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import httpx
+import pytest
+import respx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tokencache
+from proxy._http_rules import check_head
+from proxy._keys import BadKey, base_key, check_key, parse_key, variant_key
+from proxy._loader import BackendLoader
+from proxy._metrics import ProxyMetrics
+from proxy._policy import CachePolicy
+from proxy._stored import encode_response, encode_vary
+
+METHODS = frozenset({"GET", "HEAD"})
+BACKEND = "http://backend.test:8080"
+
+HOSTILE = [
+    "DELETE /users/1",
+    "POST /x",
+    "GET /x\nhost: internal-admin",
+    "GET /x\ncontent-length: 5",
+    "GET /x\nauthorization: Bearer stolen",
+    "GET /x\r\nhost: a",
+    "GET /x\nx-v: a\r\nhost: b",
+    "GET /x\nx-v: a\x00b",
+    "GET /x\nx-v: \u0100",
+    "GET /x\nx-v:no-space",
+    "GET /x\nX-V: upper",
+    "GET /x\nx v: a",
+    "GET /x\nx-v: a\nx-v: b",
+    "GET /x\n",
+    "GET x:@evil:1/steal",
+    "GET @evil/steal",
+    "GET http://evil/steal",
+    "GET //evil/steal\nnot-a-line",
+    "GET /a/../../admin",
+    "GET /a b",
+    "GET /\xff",
+    "GET",
+    "",
+    "GET  /x",
+]
+
+
+@pytest.mark.parametrize("key", HOSTILE)
+def test_hostile_keys_are_refused(key: str):
+    with pytest.raises(BadKey):
+        check_key(key, METHODS)
+    assert issubclass(BadKey, tokencache.InvalidArgument)
+
+
+# Requests the public port accepts, as raw head parts.
+pchar = st.sampled_from([*"abcXYZ019-._~!$&'()*+,;=:@", "%2F", "%41"])
+paths = st.lists(st.lists(pchar, max_size=3).map("".join), min_size=1, max_size=4).map(
+    lambda segs: "/" + "/".join(segs)
+)
+queries = st.one_of(st.just(""), st.text(st.sampled_from(list("ab=&?/:@%")), max_size=6))
+field_values = st.binary(max_size=12).map(
+    lambda b: bytes(c for c in b if c == 9 or 32 <= c <= 126 or c >= 128).strip(b" \t")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "HEAD"]),
+    path=paths,
+    query=queries,
+    values=st.lists(st.one_of(st.none(), field_values), max_size=3),
+)
+def test_every_key_the_public_port_makes_is_accepted(
+    method: str, path: str, query: str, values: list[bytes | None]
+):
+    target = path + ("?" + query if query else "")
+    if "%" in query and not re.fullmatch(r"(?:[^%]|%[0-9A-Fa-f]{2})*", query):
+        return  # the public port refuses such a target before any key exists
+    verdict = check_head(method, target, "1.1", [(b"Host", b"h")], {b"host": b"h"}, 1 << 20)
+    assert verdict.status == 0
+    origin = verdict.origin or target  # (empty: the target is origin-form as it is)
+    names = [f"x-h{i}" for i in range(len(values))]
+    key = variant_key(base_key(method, origin), names, values)
+    parsed = check_key(key, METHODS)
+    assert (parsed.method, parsed.target) == (method, origin)
+    assert parsed.names == tuple(names)
+    assert list(parsed.headers) == parse_key(key)[2]
+
+
+def _loader(group_value: bytes | None = None) -> tuple[BackendLoader, ProxyMetrics]:
+    metrics = ProxyMetrics()
+    loader = BackendLoader(
+        client=httpx.AsyncClient(),
+        backend_url=BACKEND + "/api",
+        timeout=5.0,
+        auth=None,
+        policy=CachePolicy(
+            methods=METHODS, routes=(), cache_ttl=60, error_ttl=10, max_body_bytes=1 << 20
+        ),
+        stale_if_error=0.0,
+        metrics=metrics,
+        logger=logging.getLogger("test"),
+    )
+    return loader, metrics
+
+
+@pytest.fixture
+async def group_with_vary():
+    ws = tokencache.Workspace()
+    loader, metrics = _loader()
+    group = ws.new_group("http", max_bytes=1 << 20, loader=loader)
+    loader.group = group
+    try:
+        yield loader, metrics, group
+    finally:
+        await loader._client.aclose()
+        await ws.close()
+
+
+@pytest.mark.parametrize("key", HOSTILE)
+async def test_the_loader_refuses_hostile_keys_without_a_backend_request(group_with_vary, key):
+    loader, metrics, _ = group_with_vary
+    with respx.mock(assert_all_called=False) as router:
+        route = router.route().mock(return_value=httpx.Response(200, text="no"))
+        with pytest.raises(BadKey):
+            await loader(key)
+        assert route.call_count == 0
+    assert metrics.refused_requests == {"key": 1}
+
+
+async def test_variant_keys_must_name_the_stored_vary_headers(group_with_vary):
+    loader, metrics, group = group_with_vary
+    record = encode_response(200, [(b"Vary", b"Accept-Language")], b"default", ttl=60)
+    with respx.mock(assert_all_called=False) as router:
+        route = router.get(BACKEND + "/api/v").mock(
+            side_effect=[
+                httpx.Response(200, text="base", headers={"Vary": "Accept-Language"}),
+                httpx.Response(200, text="fr"),
+            ]
+        )
+        # The base key: loaded from the backend, stored as a vary record naming accept-language.
+        assert (await group.get("GET /v"))[:4] == encode_vary(["accept-language"], record)[:4]
+        entry = await loader("GET /v\naccept-language: fr")
+        assert b"fr" in entry.value
+        sent = route.calls[-1].request
+        assert sent.headers["accept-language"] == "fr"
+        assert str(sent.url) == BACKEND + "/api/v"
+        for forged in ("GET /v\nhost: admin", "GET /v\naccept-language: fr\nx-extra: 1"):
+            with pytest.raises(BadKey):
+                await loader(forged)
+        assert route.call_count == 2
+    assert metrics.refused_requests == {"key": 2}
+
+
+async def test_a_variant_key_of_a_base_without_vary_is_refused(group_with_vary):
+    loader, _, group = group_with_vary
+    with respx.mock(assert_all_called=False) as router:
+        route = router.get(BACKEND + "/api/plain").mock(return_value=httpx.Response(200, text="p"))
+        await group.get("GET /plain")
+        with pytest.raises(BadKey):
+            await loader("GET /plain\naccept-language: fr")
+        assert route.call_count == 1
