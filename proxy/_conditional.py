@@ -105,11 +105,11 @@ def byte_ranges(value: bytes, length: int) -> list[tuple[int, int]] | None:
             out.append((max(0, length - suffix), length - 1))
             continue
         first = int(first_text)
-        last = int(last_text) if last_text else length - 1
-        if last < first:
-            return None
+        if last_text and int(last_text) < first:
+            return None  # invalid: the whole header is ignored (RFC 9110 §14.1.1)
         if first >= length:
-            continue
+            continue  # unsatisfiable part
+        last = int(last_text) if last_text else length - 1
         out.append((first, min(last, length - 1)))
     if length == 0:
         return UNSATISFIABLE

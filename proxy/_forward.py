@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -86,6 +87,30 @@ _RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
+def _h11_connection(response: httpx.Response) -> Any:
+    """The HTTP/1.1 connection a streamed response is read from, or None.
+
+    httpx and httpcore offer no public way to learn that a response left unread bytes in its
+    connection, so this follows their streams' private links (response stream → httpcore pool
+    stream → connection stream → connection with its h11 state), bounded and checked at each
+    step: a different version of either library makes it None (the one retry then still
+    protects the next request), never an error.
+    """
+    obj: Any = response.stream
+    for _ in range(6):
+        if hasattr(obj, "_h11_state"):
+            return obj
+        nxt = None
+        for link in ("_stream", "_httpcore_stream", "_connection"):
+            nxt = getattr(obj, link, None)
+            if nxt is not None:
+                break
+        if nxt is None:
+            return None
+        obj = nxt
+    return None
+
+
 class BackendSender:
     """Sends backend requests through the pooled client, once more on a fresh connection when a
     pooled one turns out broken (see the module docstring)."""
@@ -115,6 +140,15 @@ class BackendSender:
                 raise
         self._metrics.backend_error("retried")
         return await self._send(self._fresh, request)
+
+    async def release(self, response: httpx.Response) -> None:
+        """Close `response`; when its connection holds bytes beyond the response's framing
+        (more than its ``Content-Length``), close that connection instead of pooling it."""
+        connection = _h11_connection(response)
+        await response.aclose()
+        if connection is not None and connection._h11_state.trailing_data[0]:
+            self._metrics.backend_error("framing")
+            await connection.aclose()
 
     async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
         if self._auth is not None:
@@ -197,7 +231,7 @@ class Forwarder:
                 await before_head(response)
             await self._relay(conn, req, response, cache_status)
         finally:
-            await response.aclose()
+            await self._sender.release(response)
         return response.status_code, False
 
     async def _relay(

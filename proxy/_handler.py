@@ -53,7 +53,14 @@ from ._policy import (
 )
 from ._request_context import encode_context
 from ._respond import answer
-from ._reuse import BACKGROUND, REVALIDATE, STALE_OK, request_directives, reuse
+from ._reuse import (
+    BACKGROUND,
+    REVALIDATE,
+    STALE_OK,
+    request_directives,
+    reuse,
+    stale_if_error,
+)
 from ._stored import (
     ERROR,
     NO_CACHE,
@@ -85,6 +92,8 @@ _SLOW_FIELDS = frozenset(
 # Hit-for-pass: after a response that may not be stored, this node forwards the URL's requests
 # straight to the backend for `CachePolicy.pass_seconds`, bounded in keys.
 _PASS_MAX = 10_000
+# Records that are cache entries (what a revalidation may replace a stale copy with).
+_ENTRIES = frozenset({RESPONSE, VARY})
 # min_ttl slack that makes "at least this much life left" exclude the entry at hand.
 _EPSILON = 0.001
 # The engine's bound on a load context (a context above it is left out: the fill request then
@@ -387,7 +396,7 @@ class CacheHandler:
                 directives=directives,
             )
             if decision == BACKGROUND:
-                self._refresh(key, stored, ttl, flight.context())
+                self._refresh(key, value, stored, flight.context())
                 return self._deliver(conn, req, stored, ttl, cache_status(hit=True, detail="stale"))
             if decision == STALE_OK:
                 return self._deliver(conn, req, stored, ttl, cache_status(hit=True, detail="stale"))
@@ -402,7 +411,7 @@ class CacheHandler:
                 got = await flight.lookup(key, min_ttl=min_ttl)
                 if got is None:
                     return await self._forward(conn, req, "bypass", "key")
-                if self.group is not None and got[0] != value:
+                if self.group is not None and got[0][:4] in _ENTRIES and got[0] != value:
                     # this node's copy is superseded (a stale hot copy ends here)
                     self.group.remove_local(key, hashlib.sha256(value).hexdigest())
                 return await self._answer(conn, req, flight, key, got[0], got[1], True, "stale")
@@ -410,7 +419,7 @@ class CacheHandler:
         return await self._answer(conn, req, flight, key, value, ttl, loaded, "miss")
 
     def _refresh(
-        self, key: str, stored: StoredResponse, ttl: float | None, context: bytes | None
+        self, key: str, stale: bytes, stored: StoredResponse, context: bytes | None
     ) -> None:
         """Have the owner revalidate `key` in the background (stale-while-revalidate)."""
         group = self.group
@@ -420,7 +429,10 @@ class CacheHandler:
 
         async def refresh() -> None:
             try:
-                await group.get_fetched(key, min_ttl=min_ttl, context=context)
+                fetched = await group.get_fetched(key, min_ttl=min_ttl, context=context)
+                if fetched.value[:4] in _ENTRIES and fetched.value != stale:
+                    # a new entry: this node's stale copy ends here
+                    group.remove_local(key, hashlib.sha256(stale).hexdigest())
             except Exception:
                 self._logger.warning("background refresh failed", exc_info=True)
             finally:
@@ -515,7 +527,7 @@ class CacheHandler:
         if kind == ERROR:
             error = decode_error(value)
             local = self.group.peek_stale(key) if self.group is not None else None
-            if local is not None and local[0][:4] in (RESPONSE, VARY):
+            if local is not None and self._may_serve_stale(local[0], local[1]):
                 return self._write_stale(conn, req, key, local[0], error.status, local[1])
             status_value = cache_status(fwd=fwd, detail=error.reason)
             conn.write(
@@ -528,6 +540,20 @@ class CacheHandler:
         conn.write(fault_response(502, "other", cache_status(fwd="miss"), b"Connection: close\r\n"))
         req.keep_alive = False
         return 502, "error"
+
+    def _may_serve_stale(self, value: bytes, expired_ago: float) -> bool:
+        """An expired local entry may answer for a failed backend (stale-if-error)?"""
+        if value[:4] == VARY:
+            value = decode_vary(value).default
+        if value[:4] != RESPONSE:
+            return False
+        stored = decode_response(value)
+        return stale_if_error(
+            staleness=stored.ttl - stored.fresh + expired_ago,
+            flags=stored.flags,
+            allowed=stored.stale_if_error,
+            window=self._policy.stale_if_error,
+        )
 
     def _write_stale(
         self,

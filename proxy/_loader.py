@@ -47,6 +47,7 @@ from ._freshness import Assessment, assess
 from ._metrics import ProxyMetrics
 from ._policy import CachePolicy, parse_key, variant_lines
 from ._request_context import decode_context
+from ._reuse import stale_if_error
 from ._stored import (
     MUST_REVALIDATE,
     NO_CACHE,
@@ -168,7 +169,7 @@ class BackendLoader:
                     if size > limit:
                         return tokencache.Entry(encode_pass("too-large"), self._policy.pass_seconds)
             finally:
-                await response.aclose()
+                await self._sender.release(response)
         except httpx.HTTPError as exc:
             return self._fault(key, method, target, exc, existing)
         finished = self._monotonic()
@@ -248,11 +249,13 @@ class BackendLoader:
         if inner[:4] != RESPONSE:
             return None
         stored = decode_response(inner)
-        if stored.flags & MUST_REVALIDATE:
-            return None
         staleness = max(0.0, stored.ttl - remaining - stored.fresh) + expired_ago
-        allowed = max(stored.stale_if_error, self._policy.stale_if_error)
-        if staleness > allowed:
+        if not stale_if_error(
+            staleness=staleness,
+            flags=stored.flags,
+            allowed=stored.stale_if_error,
+            window=self._policy.stale_if_error,
+        ):
             return None
         return tokencache.Entry(encode_stale(status, staleness, value), 0)
 

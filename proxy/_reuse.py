@@ -21,7 +21,15 @@ from __future__ import annotations
 from ._freshness import Directives, delta_seconds, parse_directives
 from ._stored import MUST_REVALIDATE, NO_CACHE
 
-__all__ = ["BACKGROUND", "FRESH", "REVALIDATE", "STALE_OK", "request_directives", "reuse"]
+__all__ = [
+    "BACKGROUND",
+    "FRESH",
+    "REVALIDATE",
+    "STALE_OK",
+    "request_directives",
+    "reuse",
+    "stale_if_error",
+]
 
 FRESH = "fresh"
 BACKGROUND = "background"
@@ -75,3 +83,14 @@ def reuse(
     if staleness < stale_while_revalidate and not flags & MUST_REVALIDATE:
         return BACKGROUND
     return REVALIDATE
+
+
+def stale_if_error(*, staleness: float, flags: int, allowed: float, window: float) -> bool:
+    """May a response `staleness` seconds stale answer for a failed backend (RFC 5861)?
+
+    `allowed` is the response's own ``stale-if-error``, `window` the operator's
+    ``CACHE_STALE_IF_ERROR``; ``must-revalidate`` (and its kin) and ``no-cache`` forbid it.
+    """
+    if flags & (MUST_REVALIDATE | NO_CACHE):
+        return False
+    return staleness <= max(allowed, window)
