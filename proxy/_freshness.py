@@ -26,7 +26,9 @@ consider the response stale"); an invalid ``Expires`` is a time in the past (§5
 
 from __future__ import annotations
 
-import email.utils
+import calendar
+import datetime
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -105,20 +107,42 @@ def delta_seconds(directives: Directives, name: str) -> int | None:
     return min(int(arg), _MAX_DELTA)
 
 
+_MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
+_MONTH_NUMBER = {m: i + 1 for i, m in enumerate(_MONTHS.split("|"))}
+# RFC 9110 §5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms; nothing else.
+_IMF = re.compile(
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) ({_MONTHS}) (\d{{4}}) (\d\d):(\d\d):(\d\d) GMT"
+)
+_RFC850 = re.compile(
+    r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+    rf"(\d\d)-({_MONTHS})-(\d\d) (\d\d):(\d\d):(\d\d) GMT"
+)
+_ASCTIME = re.compile(
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ({_MONTHS}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{{4}})"
+)
+
+
 def http_date(value: bytes | None) -> float | None:
-    """An HTTP-date (any of the three RFC 9110 §5.6.7 forms) → POSIX seconds; None if invalid."""
+    """An HTTP-date (one of the three RFC 9110 §5.6.7 forms) → POSIX seconds; None if invalid."""
     if value is None:
         return None
+    text = value.decode("latin-1").strip()
+    if m := _IMF.fullmatch(text):
+        day, month, year, hh, mm, ss = m.groups()
+    elif m := _RFC850.fullmatch(text):
+        day, month, yy, hh, mm, ss = m.groups()
+        # two-digit years: the most recent year with those digits that is not 50 years ahead
+        year = str(int(yy) + (1900 if int(yy) >= 70 else 2000))
+    elif m := _ASCTIME.fullmatch(text):
+        month, day, hh, mm, ss, year = m.groups()
+    else:
+        return None
     try:
-        parsed = email.utils.parsedate_tz(value.decode("latin-1").strip())
-    except (ValueError, IndexError):
+        stamp = (int(year), _MONTH_NUMBER[month], int(day), int(hh), int(mm), int(ss))
+        datetime.datetime(*stamp)  # checks the day of the month and the time of day
+    except ValueError:
         return None
-    if parsed is None:
-        return None
-    try:
-        return float(email.utils.mktime_tz(parsed))
-    except (OverflowError, ValueError):
-        return None
+    return float(calendar.timegm((*stamp, 0, 0, 0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +174,7 @@ def _age_value(headers: Sequence[tuple[bytes, bytes]]) -> int:
     value = _first(headers, b"age")
     if value is None:
         return 0
-    text = value.strip()
+    text = value.split(b",", 1)[0].strip()  # a list ("7200, 0"): its first member counts
     if not text.isdigit():
         return 0
     return min(int(text), _MAX_DELTA)
@@ -215,9 +239,10 @@ def assess(
         if lifetime is None:
             lifetime = delta_seconds(own, "max-age")
         if lifetime is None and not targeted_values:
-            expires = _first(headers, b"expires")
-            if expires is not None:
-                when = http_date(expires)
+            expires_fields = header_values(headers, b"expires")
+            if expires_fields:
+                # more than one Expires is as invalid as a malformed one: in the past
+                when = http_date(expires_fields[0]) if len(expires_fields) == 1 else None
                 base = date if date is not None else now_wall
                 lifetime = max(0.0, when - base) if when is not None else 0.0
         if lifetime is None:

@@ -24,15 +24,19 @@ _BOUNDARY = b"tokencache-byteranges-7d3a91"
 _NOT_IN_PARTIAL = frozenset({b"content-length", b"content-range"})
 
 
-def _validators(fields: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
-    etag = last_modified = None
+def _validators(
+    fields: list[tuple[bytes, bytes]],
+) -> tuple[bytes | None, bytes | None, bytes | None]:
+    etag = last_modified = date = None
     for name, value in fields:
         lname = name.lower()
         if lname == b"etag" and etag is None:
             etag = value
         elif lname == b"last-modified" and last_modified is None:
             last_modified = value
-    return etag, last_modified
+        elif lname == b"date" and date is None:
+            date = value
+    return etag, last_modified, date
 
 
 def answer(
@@ -43,8 +47,10 @@ def answer(
     ranged = b"range" in request and method == "GET" and stored.status == 200
     if (conditional or ranged) and 200 <= stored.status < 300:
         fields = head_fields(stored.head)
-        etag, last_modified = _validators(fields)
-        if conditional and not_modified(request, etag, last_modified):
+        etag, last_modified, date = _validators(fields)
+        # Without Last-Modified the response's Date stands in for If-Modified-Since (RFC 9110
+        # §13.1.3: the cache knows the response was current then).
+        if conditional and not_modified(request, etag, last_modified or date):
             lines = [status_line(304)]
             lines.extend(
                 b"%s: %s\r\n" % (n, v) for n, v in fields if n.lower() in NOT_MODIFIED_FIELDS
