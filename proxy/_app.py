@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 import tokencache
 
-from ._forward import Forwarder
+from ._forward import BackendSender, Forwarder
 from ._handler import CacheHandler
 from ._http_request import ListenerLimits
 from ._http_server import Listener
@@ -39,16 +39,17 @@ def _routes(spec: RouteSpec) -> tuple[re.Pattern[str], ...]:
     return tuple(r if isinstance(r, re.Pattern) else re.compile(r) for r in items if r)
 
 
-def _backend_client(timeout: float) -> httpx.AsyncClient:
+def _backend_client(timeout: float, *, keepalive: int = 64) -> httpx.AsyncClient:
     # No environment proxies, no redirects followed (the client sees them), and a cookie jar that
     # accepts nothing: backend Set-Cookie headers belong to the client, not to this process.
+    # keepalive=0 makes the client for retries: every request on a fresh connection.
     jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return httpx.AsyncClient(
         timeout=timeout,
         trust_env=False,
         follow_redirects=False,
         cookies=jar,
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+        limits=httpx.Limits(max_connections=512, max_keepalive_connections=keepalive),
     )
 
 
@@ -56,9 +57,13 @@ class ProxyApp:
     """A caching reverse proxy in front of `backend_url`, one per process.
 
     `restrict_methods` and `route_regexp` (any match; none = every route) select what is cached;
-    2xx responses live `cache_ttl` seconds, other statuses `cache_error_ttl`; bodies above
-    `max_body_bytes` pass uncached; with `stale_if_error` > 0 an entry expired less than that long
-    ago is served (marked stale) when the backend fails. Requests carrying ``Authorization`` or
+    freshness is the backend's (RFC 9111); responses that say nothing live `cache_ttl` seconds
+    (2xx) or `cache_error_ttl` (other heuristically cacheable statuses), or every storable
+    response does with `ttl_override`; bodies above `max_body_bytes` pass uncached; with
+    `stale_if_error` > 0 an entry stale less than that long is served (marked stale) when the
+    backend fails. `targeted_field` names the CDN-Cache-Control field this cache obeys first;
+    `honor_request_directives` makes clients' Cache-Control count (as revalidations, never
+    bypasses); `purge_token` enables ``PURGE`` with ``Authorization: Bearer <token>``. Requests carrying ``Authorization`` or
     ``Cookie`` are forwarded uncached unless `allow_auth_caching`. `backend_auth` (e.g. the
     plugin's OAuth2 auth) is applied to every backend request.
     """
@@ -75,6 +80,10 @@ class ProxyApp:
         max_body_bytes: int,
         stale_if_error: float,
         allow_auth_caching: bool = False,
+        ttl_override: bool = False,
+        targeted_field: str = "CDN-Cache-Control",
+        honor_request_directives: bool = True,
+        purge_token: str = "",
         workspace: tokencache.Workspace,
         group_bytes: int,
         backend_client: httpx.AsyncClient | None = None,
@@ -94,6 +103,10 @@ class ProxyApp:
             error_ttl=cache_error_ttl,
             max_body_bytes=max_body_bytes,
             allow_auth_caching=allow_auth_caching,
+            ttl_override=ttl_override,
+            targeted_field=targeted_field.strip().lower().encode("ascii"),
+            honor_request_directives=honor_request_directives,
+            stale_if_error=stale_if_error,
         )
         self.metrics = metrics
         self.logger = logger or logging.getLogger("proxy")
@@ -107,13 +120,16 @@ class ProxyApp:
             )
         self._own_client = backend_client is None
         self._client = backend_client or _backend_client(backend_timeout)
-        forwarder = Forwarder(
+        self._fresh_client = _backend_client(backend_timeout, keepalive=0)
+        sender = BackendSender(
             client=self._client,
-            backend_url=backend_url,
+            fresh_client=self._fresh_client,
             timeout=backend_timeout,
             auth=backend_auth,
             metrics=metrics,
-            logger=self.logger,
+        )
+        forwarder = Forwarder(
+            sender=sender, backend_url=backend_url, metrics=metrics, logger=self.logger
         )
         self.handler = CacheHandler(
             policy=self.policy,
@@ -123,17 +139,16 @@ class ProxyApp:
             tracer=tracer,
             trace_client_sampled_hits=trace_client_sampled_hits,
             now=clock.now if clock is not None else time.perf_counter,
+            purge_token=purge_token.encode("utf-8") if purge_token else None,
         )
         loader = BackendLoader(
-            client=self._client,
+            sender=sender,
             backend_url=backend_url,
-            timeout=backend_timeout,
-            auth=backend_auth,
             policy=self.policy,
-            stale_if_error=stale_if_error,
             metrics=metrics,
             logger=self.logger,
         )
+        # Expired entries stay readable (peek_stale) this long for stale-if-error.
         self.group = workspace.new_group(
             group_name, max_bytes=group_bytes, loader=loader, stale_window=stale_if_error
         )
@@ -165,3 +180,4 @@ class ProxyApp:
         await self.listener.close()
         if self._own_client:
             await self._client.aclose()
+        await self._fresh_client.aclose()

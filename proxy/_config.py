@@ -233,6 +233,17 @@ def _methods(text: str) -> tuple[str, ...]:
     return methods
 
 
+def _field_name(text: str) -> str:
+    name = text.strip()
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+        raise ValueError(f"not a header field name: {name!r}")
+    return name
+
+
+def _request_directives(text: str) -> str:
+    return parse_choice(text, ("revalidate", "ignore"))
+
+
 def _non_negative_int(text: str) -> int:
     return parse_int(text, minimum=0)
 
@@ -270,9 +281,40 @@ class Settings:
     backend_timeout: float = _setting(
         "BACKEND_TIMEOUT", "300s", parse_duration, "backend request timeout (then 504)"
     )
-    cache_ttl: float = _setting("CACHE_TTL", "300s", parse_duration, "how long 2xx responses live")
+    cache_ttl: float = _setting(
+        "CACHE_TTL", "300s", parse_duration, "how long 2xx without freshness information live"
+    )
     cache_error_ttl: float = _setting(
-        "CACHE_ERROR_TTL", "60s", parse_duration, "how long other statuses live"
+        "CACHE_ERROR_TTL",
+        "60s",
+        parse_duration,
+        "how long 404/410/301... without freshness information live",
+    )
+    cache_ttl_override: bool = _setting(
+        "CACHE_TTL_OVERRIDE",
+        "false",
+        parse_bool,
+        "true = kubecache: every storable response lives CACHE_TTL/CACHE_ERROR_TTL",
+    )
+    cache_targeted_field: str = _setting(
+        "CACHE_TARGETED_FIELD",
+        "CDN-Cache-Control",
+        _field_name,
+        "targeted Cache-Control field this cache obeys first (RFC 9213)",
+    )
+    cache_request_directives: str = _setting(
+        "CACHE_REQUEST_DIRECTIVES",
+        "revalidate",
+        _request_directives,
+        "clients' Cache-Control: revalidate (one revalidation per cluster) or ignore",
+    )
+    cache_purge_token: str = _setting(
+        "CACHE_PURGE_TOKEN",
+        "",
+        parse_text,
+        "bearer token of PURGE requests (empty = PURGE is forwarded)",
+        secret=True,
+        value="",
     )
     restrict_method: tuple[str, ...] = _setting(
         "RESTRICT_METHOD", "GET,HEAD", _methods, "cacheable methods (JSON list or comma-separated)"

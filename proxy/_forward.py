@@ -21,13 +21,23 @@ an HTTP/1.1 client, else delimited by closing the connection (HTTP/1.0).
 Faults before the response head: connection refused/reset and protocol errors → 502, a timeout
 (``BACKEND_TIMEOUT`` for connect, each read, each write) → 504, each with a short text body. After
 the head has been written the only honest signal left is closing the connection.
+
+Pooled connections (`BackendSender`). A pooled connection can be broken without anyone knowing
+yet: the backend closed it while idle, or an earlier response sent more bytes than its
+``Content-Length`` and the surplus sits in the connection's buffer, where the next response on it
+would be read from. So a request without a body (GET, HEAD, OPTIONS, ...: idempotent, nothing
+streamed yet) that fails with a protocol or read/write error before any response head came back
+is sent once more on a *fresh* connection (a client that keeps none); the failed connection is
+closed by the pool, never reused. A connect error or a timeout is not retried (the backend is
+down or slow: a retry only doubles the wait).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -40,7 +50,13 @@ from ._policy import strip_hop_by_hop
 from ._stored import status_line
 from ._target import backend_url
 
-__all__ = ["Forwarder", "classify_fault", "fault_response", "forwarded_headers"]
+__all__ = [
+    "BackendSender",
+    "Forwarder",
+    "classify_fault",
+    "fault_response",
+    "forwarded_headers",
+]
 
 _NO_BODY_STATUS = frozenset({204, 304})
 # Request headers the forwarder sets itself.
@@ -125,35 +141,115 @@ def fault_response(status: int, kind: str, cache_status: bytes, connection: byte
     )
 
 
+# Failures of a reused connection before the response head (not a down or slow backend).
+_RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def _h11_connection(response: httpx.Response) -> Any:
+    """The HTTP/1.1 connection a streamed response is read from, or None.
+
+    httpx and httpcore offer no public way to learn that a response left unread bytes in its
+    connection, so this follows their streams' private links (response stream → httpcore pool
+    stream → connection stream → connection with its h11 state), bounded and checked at each
+    step: a different version of either library makes it None (the one retry then still
+    protects the next request), never an error.
+    """
+    obj: Any = response.stream
+    for _ in range(6):
+        if hasattr(obj, "_h11_state"):
+            return obj
+        nxt = None
+        for link in ("_stream", "_httpcore_stream", "_connection"):
+            nxt = getattr(obj, link, None)
+            if nxt is not None:
+                break
+        if nxt is None:
+            return None
+        obj = nxt
+    return None
+
+
+class BackendSender:
+    """Sends backend requests through the pooled client, once more on a fresh connection when a
+    pooled one turns out broken (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        fresh_client: httpx.AsyncClient,
+        timeout: float,
+        auth: httpx.Auth | None,
+        metrics: ProxyMetrics,
+    ) -> None:
+        self._client = client
+        self._fresh = fresh_client
+        self._timeout = httpx.Timeout(timeout).as_dict()
+        self._auth = auth
+        self._metrics = metrics
+
+    async def send(self, request: httpx.Request, *, retry: bool) -> httpx.Response:
+        """The streamed response; `retry` allows the one retry (the request has no body)."""
+        request.extensions["timeout"] = self._timeout
+        try:
+            return await self._send(self._client, request)
+        except _RETRYABLE:
+            if not retry or request.method not in _IDEMPOTENT:
+                raise
+        self._metrics.backend_error("retried")
+        return await self._send(self._fresh, request)
+
+    async def release(self, response: httpx.Response) -> None:
+        """Close `response`; when its connection holds bytes beyond the response's framing
+        (more than its ``Content-Length``), close that connection instead of pooling it."""
+        connection = _h11_connection(response)
+        await response.aclose()
+        if connection is not None and connection._h11_state.trailing_data[0]:
+            self._metrics.backend_error("framing")
+            await connection.aclose()
+
+    async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+        if self._auth is not None:
+            return await client.send(request, stream=True, auth=self._auth)
+        return await client.send(request, stream=True)
+
+
 class Forwarder:
     """Sends one request to the backend and streams the answer to the client."""
 
     def __init__(
         self,
         *,
-        client: httpx.AsyncClient,
+        sender: BackendSender,
         backend_url: str,
-        timeout: float,
-        auth: httpx.Auth | None,
         metrics: ProxyMetrics,
         logger: logging.Logger,
     ) -> None:
-        self._client = client
+        self._sender = sender
         self._backend_url = httpx.URL(backend_url)
-        self._timeout = httpx.Timeout(timeout).as_dict()
-        self._auth = auth
         self._metrics = metrics
         self._logger = logger
 
-    def _request_headers(self, conn: Connection, req: Request) -> list[tuple[bytes, bytes]]:
+    def request_headers(self, conn: Connection, req: Request) -> list[tuple[bytes, bytes]]:
+        """The headers a backend request for `req` carries: the client's end-to-end fields and
+        ``X-Forwarded-*`` (the one place they are made: forwards and cache fills alike)."""
         headers = [(n, v) for n, v in strip_hop_by_hop(req.headers) if n.lower() not in _REPLACED]
         headers.extend(forwarded_headers(req.hmap, conn.peer))
         return headers
 
     async def forward(
-        self, conn: Connection, req: Request, cache_status: bytes
+        self,
+        conn: Connection,
+        req: Request,
+        cache_status: bytes,
+        before_head: Callable[[httpx.Response], Awaitable[None]] | None = None,
     ) -> tuple[int, bool]:
-        """Forward `req`; return (status written, whether it was a backend fault)."""
+        """Forward `req`; return (status written, whether it was a backend fault).
+
+        `before_head` runs once the backend's response head is in, before the client sees it
+        (the cache invalidates there, so a client that saw the answer sees the invalidation).
+        """
         body: AsyncIterator[bytes] | None = None
         if req.body is not None:
             expect = req.hmap.get(b"expect", b"").lower() == b"100-continue"
@@ -163,15 +259,11 @@ class Forwarder:
         request = httpx.Request(
             req.method,
             backend_url(self._backend_url, req.target),
-            headers=self._request_headers(conn, req),
+            headers=self.request_headers(conn, req),
             content=body,
-            extensions={"timeout": self._timeout},
         )
         try:
-            if self._auth is not None:
-                response = await self._client.send(request, stream=True, auth=self._auth)
-            else:
-                response = await self._client.send(request, stream=True)
+            response = await self._sender.send(request, retry=body is None)
         except ConnectionResetError:
             conn.abort()  # the client went away while its body was being streamed
             return 499, False
@@ -191,9 +283,11 @@ class Forwarder:
             conn.write(fault_response(status, kind, cache_status, conn.connection_header(req)))
             return status, True
         try:
+            if before_head is not None:
+                await before_head(response)
             await self._relay(conn, req, response, cache_status)
         finally:
-            await response.aclose()
+            await self._sender.release(response)
         return response.status_code, False
 
     async def _relay(

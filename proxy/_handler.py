@@ -1,27 +1,42 @@
 """The proxy's request handling: the synchronous hit path and the awaited miss/forward path.
 
 Hit path (`CacheHandler.serve_fast`, called by the listener with no task and no await): policy
-check → base key → ``group.peek_with_ttl`` → for a vary record, the variant's key and a second
-peek → the stored head, a spliced ``Cache-Status``/``Age`` (and ``Connection``) and the stored body
-in one write → one histogram observation. Nothing else: no log record, and no span unless the
-operator let clients ask for one (TRACE_CLIENT_SAMPLED_HITS) and the client's ``traceparent`` is
-sampled (`proxy._tracing.client_sampled`).
+check → no conditional, ``Range`` or request directive → base key → ``group.peek_with_ttl`` → for
+a vary record, the stored variant or the variant's key and a second peek → fresh? (stored ttl -
+remaining ttl < stored freshness, no ``no-cache``) → the stored head, a spliced
+``Cache-Status``/``Age`` (and ``Connection``) and the stored body in one write → one histogram
+observation. Nothing else: no log record, and no span unless the operator let clients ask for one
+(TRACE_CLIENT_SAMPLED_HITS) and the client's ``traceparent`` is sampled
+(`proxy._tracing.client_sampled`).
 
-Miss path (`CacheHandler.serve`): ``group.get_fetched(key)`` — the owner of the key runs
-`proxy._loader.BackendLoader` once for the cluster — then the record that comes back decides:
-a response is written (``fwd=miss`` when a loader ran for this request, here or on the owner,
-else ``hit``: another request had already put it in the cluster's cache), a vary record
-leads to the variant's key, a pass record forwards the request as it is, a stale record is served
-marked stale, an error record becomes a 502/504 (after one more local stale-if-error look).
-Requests the policy excludes are forwarded without touching the cache.
+Slow path (`CacheHandler.serve`): this node's copy, else ``group.get_fetched(key, context=...)``
+— the owner of the key runs `proxy._loader.BackendLoader` once for the cluster, with the
+triggering request as load context — then the record decides. A stored response is judged by
+`proxy._reuse.reuse`: fresh → answered (a 304, 206 or 416 where the request asks: `proxy._respond`);
+stale within ``stale-while-revalidate`` → answered while the owner refreshes it in the background;
+stale otherwise (or ``no-cache``) → ``get_fetched(min_ttl=...)`` makes the owner revalidate it (one
+conditional request for the cluster) and the result is answered with ``fwd=stale``. A pass record
+answers its triggering request with the response it holds; every other request forwards itself and
+this node forwards the URL for a while (hit-for-pass). A stale record is served with ``fwd=stale``,
+an error record becomes a 502/504 (after one more local stale-if-error look).
+
+Requests the policy excludes are forwarded without touching the cache; a non-error response to an
+unsafe method removes the target's (and same-origin ``Location``/``Content-Location``) entries on
+every node before the client sees it (RFC 9111 §4.4). ``PURGE`` with the purge token removes a URL
+cluster-wide.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+import httpx
 from opentelemetry import propagate, trace
 
 import tokencache
@@ -29,15 +44,33 @@ import tokencache
 from ._forward import Forwarder, fault_response
 from ._http import Connection
 from ._http_request import Request
-from ._keys import base_key, variant_key
+from ._keys import base_key, join_variant
 from ._metrics import ProxyMetrics
-from ._policy import CachePolicy, cache_status
+from ._policy import (
+    SAFE_METHODS,
+    CachePolicy,
+    cache_status,
+    invalidation_targets,
+    variant_lines,
+)
+from ._request_context import encode_context
+from ._respond import answer
+from ._reuse import (
+    BACKGROUND,
+    REVALIDATE,
+    STALE_OK,
+    request_directives,
+    reuse,
+    stale_if_error,
+)
 from ._stored import (
     ERROR,
+    NO_CACHE,
     PASS,
     RESPONSE,
     STALE,
     VARY,
+    StoredResponse,
     decode_error,
     decode_pass,
     decode_response,
@@ -55,6 +88,24 @@ __all__ = ["CacheHandler"]
 # cleared when full: a hot set refills it at once. It only ever saves work; a peek decides a hit.
 _READY_BUDGET = 8 << 20
 _READY_MAX_BYTES = 64 << 10  # larger responses are spliced per hit rather than copied again
+# Request fields that need more than a lookup: conditionals, Range, request directives.
+_SLOW_FIELDS = frozenset(
+    {b"if-none-match", b"if-modified-since", b"range", b"cache-control", b"pragma"}
+)
+# Hit-for-pass: after a response that may not be stored, this node forwards the URL's requests
+# straight to the backend for `CachePolicy.pass_seconds`, bounded in keys.
+_PASS_MAX = 10_000
+# Records that are cache entries (what a revalidation may replace a stale copy with).
+_ENTRIES = frozenset({RESPONSE, VARY})
+# min_ttl slack that makes "at least this much life left" exclude the entry at hand.
+_EPSILON = 0.001
+# The engine's bound on a load context (a context above it is left out: the fill request then
+# carries only the key's headers).
+_MAX_CONTEXT_BYTES = 64 << 10
+
+
+def _request_id() -> bytes:
+    return secrets.token_bytes(12)
 
 
 class CacheHandler:
@@ -70,9 +121,20 @@ class CacheHandler:
         tracer: trace.Tracer | None = None,
         trace_client_sampled_hits: bool = False,
         now: Callable[[], float] = time.perf_counter,
+        purge_token: bytes | None = None,
+        new_request_id: Callable[[], bytes] = _request_id,
     ) -> None:
         self._policy = policy
+        self.policy = policy
         self._forwarder = forwarder
+        self.forwarder = forwarder
+        self.logger = logger
+        self.new_request_id = new_request_id
+        self._purge_token = purge_token or None
+        # key -> (monotonic time until which this node forwards it, why): hit-for-pass
+        self._passes: dict[str, tuple[float, str]] = {}
+        # key -> its background refresh (stale-while-revalidate), one per key at a time
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._metrics = metrics
         self._logger = logger
         self._tracer = tracer
@@ -109,7 +171,7 @@ class CacheHandler:
     # --- the hit path -----------------------------------------------------------------------
 
     def serve_fast(self, conn: Connection, req: Request) -> bool:
-        """Answer a cache hit synchronously; False sends the request down `serve`."""
+        """Answer a fresh cache hit synchronously; False sends the request down `serve`."""
         method = req.method
         hmap = req.hmap
         if self._needs_check or method not in self._methods or req.has_body or req.reject:
@@ -126,6 +188,8 @@ class CacheHandler:
         elif b"authorization" in hmap or b"cookie" in hmap:
             req.bypass = "authorization" if b"authorization" in hmap else "cookie"
             return False
+        if not _SLOW_FIELDS.isdisjoint(hmap):
+            return False  # conditionals, Range, request directives: the slow path decides
         started = self._now()
         key = base_key("GET" if method == "HEAD" and self._head_as_get else method, req.target)
         found = self._peek(key)
@@ -136,25 +200,25 @@ class CacheHandler:
             if value[:4] != VARY:
                 return False
             vary = decode_vary(value)
-            values = [hmap.get(name.encode("latin-1")) for name in vary.names]
-            if any(v is not None for v in values):
-                key = variant_key(key, vary.names, values)
-                req.key = key
+            lines = variant_lines(vary.names, [hmap.get(n.encode("latin-1")) for n in vary.names])
+            if lines == vary.match:
+                value = vary.default
+            else:
+                key = join_variant(key, vary.generation, lines)
                 found = self._peek(key)
                 if found is None:
                     return False
                 value, ttl = found
                 if value[:4] != RESPONSE:
                     return False
-            else:
-                value = vary.default
+        # Fresh? (stored ttl - remaining = time in the cache, against the stored freshness)
+        status, base_age, stored_ttl, fresh, flags, head_start, head_end = response_layout(value)
+        elapsed = stored_ttl - ttl if ttl is not None else 0.0
+        if flags & NO_CACHE or elapsed >= fresh:
+            return False
         # The hit: stored head, spliced Cache-Status/Age/Connection, stored body.
-        status, base_age, stored_ttl, head_start, head_end = response_layout(value)
         connection = conn.connection_header(req)
-        if ttl is None:
-            ttl_s, age = -1, base_age
-        else:
-            ttl_s, age = int(ttl), base_age + max(0, int(stored_ttl - ttl))
+        ttl_s, age = int(fresh - elapsed), base_age + int(elapsed)
         ready = self._ready.get(key)
         if (
             ready is not None
@@ -167,14 +231,11 @@ class CacheHandler:
             conn.write(ready[3])
         else:
             view = memoryview(value)
-            if ttl is None:
-                splice = b"Cache-Status: tokencache; hit\r\nAge: %d\r\n%s\r\n" % (age, connection)
-            else:
-                splice = b"Cache-Status: tokencache; hit; ttl=%d\r\nAge: %d\r\n%s\r\n" % (
-                    ttl_s,
-                    age,
-                    connection,
-                )
+            splice = b"Cache-Status: tokencache; hit; ttl=%d\r\nAge: %d\r\n%s\r\n" % (
+                ttl_s,
+                age,
+                connection,
+            )
             # One joined write: measured faster under uvloop than writelines or head/body
             # writes, at 1 KiB (about 2x) and no slower at 100 KiB.
             if method == "HEAD" or head_end == len(value):
@@ -192,35 +253,6 @@ class CacheHandler:
         if self._hit_tracer is not None and client_sampled(hmap.get(b"traceparent")):
             self._hit_span(req, status)
         return True
-
-    def _write_response(
-        self,
-        conn: Connection,
-        req: Request,
-        value: bytes,
-        ttl: float | None,
-        status_value: bytes | None,
-        *,
-        hit: bool = False,
-        extra_age: float = 0.0,
-    ) -> int:
-        stored = decode_response(value)
-        age = stored.age(ttl) + int(extra_age)
-        if status_value is None:  # the common hit, formatted without the general helper
-            if hit and ttl is not None:
-                status_value = b"tokencache; hit; ttl=%d" % ttl
-            else:
-                status_value = b"tokencache; hit"
-        splice = b"Cache-Status: %s\r\nAge: %d\r\n%s\r\n" % (
-            status_value,
-            age,
-            conn.connection_header(req),
-        )
-        if req.method == "HEAD":
-            conn.write(b"".join((stored.head, splice)))
-        else:
-            conn.write(b"".join((stored.head, splice, stored.body)))
-        return stored.status
 
     def _hit_span(self, req: Request, status: int) -> None:
         assert self._hit_tracer is not None
@@ -259,71 +291,248 @@ class CacheHandler:
                 span.set_attribute("tokencache.outcome", outcome)
         self._metrics.observe(req.method, status, outcome, self._now() - started)
 
-    async def _forward(self, conn: Connection, req: Request, fwd: str, detail: str) -> int:
-        status, _ = await self._forwarder.forward(conn, req, cache_status(fwd=fwd, detail=detail))
-        return status
+    async def _forward(
+        self, conn: Connection, req: Request, fwd: str, detail: str | None
+    ) -> tuple[int, str]:
+        unsafe = req.method not in SAFE_METHODS
+        status, fault = await self._forwarder.forward(
+            conn,
+            req,
+            cache_status(fwd=fwd, detail=detail),
+            before_head=self._invalidator(req) if unsafe else None,
+        )
+        return status, "error" if fault else "bypass"
+
+    def _invalidator(self, req: Request) -> Callable[[httpx.Response], Awaitable[None]]:
+        async def invalidate(response: httpx.Response) -> None:
+            if response.status_code < 400:  # RFC 9111 §4.4: non-error responses only
+                targets = invalidation_targets(
+                    req.target, req.hmap.get(b"host"), response.headers.raw
+                )
+                await self._remove(targets)
+
+        return invalidate
+
+    async def _remove(self, targets: list[str]) -> None:
+        """Remove the stored responses of `targets` on every node of the cluster."""
+        group = self.group
+        assert group is not None
+        for target in targets:
+            key = self._base_key_of("GET" if self._head_as_get else "HEAD", target)
+            self._passes.pop(key, None)
+            try:
+                await group.remove(key)
+            except tokencache.TokenCacheError:
+                self._logger.warning("invalidation failed", extra={"path": target[:200]})
+
+    def _base_key_of(self, method: str, target: str) -> str:
+        return f"{method} {target}"
+
+    async def _purge(self, conn: Connection, req: Request) -> tuple[int, str]:
+        token = self._purge_token
+        assert token is not None
+        given = req.hmap.get(b"authorization", b"")
+        ok = given[:7].lower() == b"bearer " and hmac.compare_digest(given[7:].strip(), token)
+        if not ok:
+            body = b"purge needs the purge token\n"
+            head = b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n"
+            status = 401
+        else:
+            await self._remove([req.target])
+            body = b"purged\n"
+            head = b"HTTP/1.1 200 OK\r\n"
+            status = 200
+        conn.write(
+            b"".join(
+                (
+                    head,
+                    b"Content-Type: text/plain\r\nCache-Control: no-store\r\n",
+                    b"Content-Length: %d\r\n" % len(body),
+                    conn.connection_header(req),
+                    b"\r\n",
+                    body,
+                )
+            )
+        )
+        return status, "purge"
 
     async def _serve(self, conn: Connection, req: Request) -> tuple[int, str]:
+        if req.method == "PURGE" and self._purge_token is not None:
+            return await self._purge(conn, req)
         if req.bypass is not None:
             fwd = "method" if req.bypass == "method" else "bypass"
-            status, fault = await self._forwarder.forward(
-                conn, req, cache_status(fwd=fwd, detail=req.bypass)
-            )
-            return status, "error" if fault else "bypass"
-        key = req.key or self._base_key(req)
-        got = await self._get(key)
-        if got is None:  # the engine refused the key (too long): forward it uncached
-            return await self._forward(conn, req, "bypass", "key"), "bypass"
+            return await self._forward(conn, req, fwd, req.bypass)
+        directives = request_directives(req.hmap) if self._policy.honor_request_directives else {}
+        if "no-store" in directives:
+            return await self._forward(conn, req, "bypass", "no-store")
+        key = self._base_key(req)
+        passing = self._passes.get(key)
+        if passing is not None:
+            if passing[0] > self._now():
+                return await self._forward(conn, req, "bypass", passing[1])
+            del self._passes[key]
+        flight = _Flight(self, conn, req)
+        got = await flight.lookup(key, only_cached="only-if-cached" in directives)
+        if got is None:
+            return await self._forward(conn, req, "bypass", "key")
         value, ttl, loaded = got
         if value[:4] == VARY:
             vary = decode_vary(value)
-            values = [req.hmap.get(name.encode("latin-1")) for name in vary.names]
-            if any(v is not None for v in values):
-                key = variant_key(key, vary.names, values)
-                got = await self._get(key)
-                if got is None:
-                    return await self._forward(conn, req, "bypass", "key"), "bypass"
-                value, ttl, loaded = got
-                if value[:4] == VARY:
-                    value = decode_vary(value).default
-            else:
+            names = vary.names
+            lines = variant_lines(names, [req.hmap.get(n.encode("latin-1")) for n in names])
+            if lines == vary.match:
                 value = vary.default
-        return await self._answer(conn, req, key, value, ttl, loaded)
+            else:
+                key = join_variant(key, vary.generation, lines)
+                got = await flight.lookup(key, only_cached="only-if-cached" in directives)
+                if got is None:
+                    return await self._forward(conn, req, "bypass", "key")
+                value, ttl, loaded = got
+        if value[:4] == RESPONSE and not loaded:
+            stored = decode_response(value)
+            decision = reuse(
+                age=stored.age(ttl),
+                elapsed=stored.elapsed(ttl),
+                fresh=0.0 if stored.flags & NO_CACHE else stored.fresh,
+                flags=stored.flags,
+                stale_while_revalidate=stored.stale_while_revalidate,
+                directives=directives,
+            )
+            if decision == BACKGROUND:
+                self._refresh(key, value, stored, flight.context())
+                return self._deliver(conn, req, stored, ttl, cache_status(hit=True, detail="stale"))
+            if decision == STALE_OK:
+                return self._deliver(conn, req, stored, ttl, cache_status(hit=True, detail="stale"))
+            if decision == REVALIDATE:
+                if "only-if-cached" in directives:
+                    return self._gateway_timeout(conn, req)
+                stale_s = stored.staleness(ttl)
+                min_ttl = stored.ttl + _EPSILON
+                if stale_s >= 0 or stored.flags & NO_CACHE:
+                    min_ttl = stored.ttl - (0.0 if stored.flags & NO_CACHE else stored.fresh)
+                    min_ttl += _EPSILON
+                got = await flight.lookup(key, min_ttl=min_ttl)
+                if got is None:
+                    return await self._forward(conn, req, "bypass", "key")
+                if self.group is not None and got[0][:4] in _ENTRIES and got[0] != value:
+                    # this node's copy is superseded (a stale hot copy ends here)
+                    self.group.remove_local(key, hashlib.sha256(value).hexdigest())
+                return await self._answer(conn, req, flight, key, got[0], got[1], True, "stale")
+            return self._deliver(conn, req, stored, ttl, None)
+        return await self._answer(conn, req, flight, key, value, ttl, loaded, "miss")
+
+    def _refresh(
+        self, key: str, stale: bytes, stored: StoredResponse, context: bytes | None
+    ) -> None:
+        """Have the owner revalidate `key` in the background (stale-while-revalidate)."""
+        group = self.group
+        if group is None or key in self._refreshing:
+            return
+        min_ttl = stored.ttl - stored.fresh + _EPSILON
+
+        async def refresh() -> None:
+            try:
+                fetched = await group.get_fetched(key, min_ttl=min_ttl, context=context)
+                if fetched.value[:4] in _ENTRIES and fetched.value != stale:
+                    # a new entry: this node's stale copy ends here
+                    group.remove_local(key, hashlib.sha256(stale).hexdigest())
+            except Exception:
+                self._logger.warning("background refresh failed", exc_info=True)
+            finally:
+                self._refreshing.pop(key, None)
+
+        self._refreshing[key] = asyncio.get_running_loop().create_task(refresh())
+
+    def _gateway_timeout(self, conn: Connection, req: Request) -> tuple[int, str]:
+        body = b"not cached\n"
+        conn.write(
+            b"".join(
+                (
+                    b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\n",
+                    b"Content-Length: %d\r\n" % len(body),
+                    b"Cache-Status: %s\r\n" % cache_status(detail="only-if-cached"),
+                    conn.connection_header(req),
+                    b"\r\n",
+                    body,
+                )
+            )
+        )
+        return 504, "error"
+
+    def _deliver(
+        self,
+        conn: Connection,
+        req: Request,
+        stored: StoredResponse,
+        ttl: float | None,
+        status_value: bytes | None,
+        *,
+        extra_age: float = 0.0,
+    ) -> tuple[int, str]:
+        """Answer from a stored response: full, 304, 206 or 416 (`proxy._respond`)."""
+        age = stored.age(ttl) + int(extra_age)
+        if status_value is None:
+            remaining = max(0, int(stored.fresh - stored.elapsed(ttl)))
+            status_value = b"tokencache; hit; ttl=%d" % remaining
+        extra = b"Cache-Status: %s\r\nAge: %d\r\n%s" % (
+            status_value,
+            age,
+            conn.connection_header(req),
+        )
+        status, data = answer(stored, req.method, req.hmap, extra)
+        conn.write(data)
+        return status, "hit"
 
     async def _answer(
         self,
         conn: Connection,
         req: Request,
+        flight: _Flight,
         key: str,
         value: bytes,
         ttl: float | None,
         loaded: bool,
+        fwd: str,
     ) -> tuple[int, str]:
         kind = value[:4]
+        if kind == VARY:
+            vary = decode_vary(value)
+            value = vary.default  # the variant this flight's trigger loaded
+            kind = value[:4]
         if kind == RESPONSE:
+            stored = decode_response(value)
             if loaded:
                 stored_ok = ttl is None or ttl > 0
                 status_value = cache_status(
-                    fwd="miss", stored=stored_ok, detail=None if stored_ok else "ttl"
+                    fwd=fwd, stored=stored_ok, detail=None if stored_ok else "not-stored"
                 )
-                return self._write_response(conn, req, value, ttl, status_value), "miss"
-            return self._write_response(conn, req, value, ttl, None, hit=True), "hit"
+                status, _ = self._deliver(conn, req, stored, ttl, status_value)
+                return status, "miss"
+            return self._deliver(conn, req, stored, ttl, None)
         if kind == PASS:
-            reason = decode_pass(value)
+            record = decode_pass(value)
+            base = key.split("\n", 1)[0]  # the slow path looks passes up by the base key
+            self._passes[base] = (self._now() + self._policy.pass_seconds, record.reason)
+            if len(self._passes) > _PASS_MAX:
+                self._passes.clear()
+            if record.trigger and record.trigger == flight.request_id and record.response:
+                stored = decode_response(record.response)
+                status_value = cache_status(fwd="miss", detail=record.reason)
+                status, _ = self._deliver(conn, req, stored, None, status_value)
+                return status, "miss"
             fwd = "uri-miss" if loaded else "bypass"
-            status, fault = await self._forwarder.forward(
-                conn, req, cache_status(fwd=fwd, detail=reason)
-            )
-            return status, "error" if fault else ("miss" if loaded else "bypass")
+            return await self._forward(conn, req, fwd, record.reason)
         if kind == STALE:
             stale = decode_stale(value)
-            return self._write_stale(conn, req, stale.inner, stale.fwd_status, stale.expired_ago)
+            return self._write_stale(
+                conn, req, key, stale.inner, stale.fwd_status, stale.expired_ago
+            )
         if kind == ERROR:
             error = decode_error(value)
             local = self.group.peek_stale(key) if self.group is not None else None
-            if local is not None and local[0][:4] in (RESPONSE, VARY):
-                return self._write_stale(conn, req, local[0], error.status, local[1])
-            status_value = cache_status(fwd="miss", detail=error.reason)
+            if local is not None and self._may_serve_stale(local[0], local[1]):
+                return self._write_stale(conn, req, key, local[0], error.status, local[1])
+            status_value = cache_status(fwd=fwd, detail=error.reason)
             conn.write(
                 fault_response(
                     error.status, error.reason, status_value, conn.connection_header(req)
@@ -335,27 +544,93 @@ class CacheHandler:
         req.keep_alive = False
         return 502, "error"
 
-    def _write_stale(
-        self, conn: Connection, req: Request, value: bytes, fwd_status: int, expired_ago: float
-    ) -> tuple[int, str]:
+    def _may_serve_stale(self, value: bytes, expired_ago: float) -> bool:
+        """An expired local entry may answer for a failed backend (stale-if-error)?"""
         if value[:4] == VARY:
             value = decode_vary(value).default
-        status_value = cache_status(hit=True, fwd_status=fwd_status, detail="stale")
-        status = self._write_response(conn, req, value, 0.0, status_value, extra_age=expired_ago)
+        if value[:4] != RESPONSE:
+            return False
+        stored = decode_response(value)
+        return stale_if_error(
+            staleness=stored.ttl - stored.fresh + expired_ago,
+            flags=stored.flags,
+            allowed=stored.stale_if_error,
+            window=self._policy.stale_if_error,
+        )
+
+    def _write_stale(
+        self,
+        conn: Connection,
+        req: Request,
+        key: str,
+        value: bytes,
+        fwd_status: int,
+        expired_ago: float,
+    ) -> tuple[int, str]:
+        if value[:4] == VARY:
+            vary = decode_vary(value)
+            names = vary.names
+            lines = variant_lines(names, [req.hmap.get(n.encode("latin-1")) for n in names])
+            value = vary.default if lines == vary.match else b""
+        if value[:4] != RESPONSE:
+            conn.write(
+                fault_response(
+                    fwd_status, "other", cache_status(fwd="stale"), conn.connection_header(req)
+                )
+            )
+            return fwd_status, "error"
+        stored = decode_response(value)
+        # RFC 9211: the stale response went to the origin first (fwd=stale), which failed.
+        status_value = cache_status(hit=True, fwd="stale", fwd_status=fwd_status, detail="stale")
+        status, _ = self._deliver(conn, req, stored, 0.0, status_value, extra_age=expired_ago)
         return status, "stale"
 
-    async def _get(self, key: str) -> tuple[bytes, float | None, bool] | None:
-        group = self.group
+
+class _Flight:
+    """One request's view of the cache: its id and (made once, when needed) its load context."""
+
+    def __init__(self, handler: CacheHandler, conn: Connection, req: Request) -> None:
+        self._handler = handler
+        self._conn = conn
+        self._req = req
+        self.request_id = handler.new_request_id()
+        self._context: bytes | None = None
+        self._made = False
+
+    def context(self) -> bytes | None:
+        """The load context: the request's end-to-end headers for the owner's loader."""
+        if not self._made:
+            self._made = True
+            handler = self._handler
+            headers = handler.forwarder.request_headers(self._conn, self._req)
+            data = encode_context(
+                self.request_id, headers, credentials=handler.policy.allow_auth_caching
+            )
+            self._context = data if len(data) <= _MAX_CONTEXT_BYTES else None
+        return self._context
+
+    async def lookup(
+        self, key: str, *, min_ttl: float = 0.0, only_cached: bool = False
+    ) -> tuple[bytes, float | None, bool] | None:
+        """The value for `key`: this node's copy when live (and `min_ttl` is 0), else the
+        cluster's (loaded once by the owner). None: the engine refused the key."""
+        group = self._handler.group
         assert group is not None
+        if not min_ttl:
+            found = group.peek_with_ttl(key)
+            if found is not None:
+                return found[0], found[1], False
+            if only_cached:
+                return encode_error(504, "only-if-cached"), 0.0, False
         try:
-            value, ttl, loaded = await group.get_fetched(key)
+            fetched = await group.get_fetched(key, min_ttl=min_ttl, context=self.context())
         except tokencache.InvalidArgument:
             return None
         except Exception:
             # A loader bug or an engine fault: never a crash of the connection, never cached.
-            self._logger.exception("cache load failed")
+            self._handler.logger.exception("cache load failed")
             return encode_error(502, "other"), 0.0, True
-        return value, ttl, loaded
+        return fetched.value, fetched.ttl, fetched.loaded
 
 
 def _no_peek(key: str) -> tuple[bytes, float | None] | None:

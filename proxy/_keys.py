@@ -1,10 +1,12 @@
 """Cache keys of the ``http`` group: made, parsed and checked in this one place. Pure, no I/O.
 
 Format. The base key is ``"<METHOD> <origin-form target>"`` (kubecache's key). A variant of a
-response that names ``Vary`` headers lives under the base key plus one line per varied header, in
-the order of the stored vary record: ``"\\nname: value"`` when the request carried the header,
-``"\\nname:"`` when it did not (an absent and an empty header are different variants). Values are
-the request's field bytes read as Latin-1, so a key round-trips a field exactly.
+response that names ``Vary`` headers lives under the base key, then ``"\\n#<generation>"`` (the
+generation of the vary record it belongs to: a new record starts new variants), then one line per
+varied header, in the order of the stored vary record: ``"\\nname: value"`` when the request
+carried the header, ``"\\nname:"`` when it did not (an absent and an empty header are different
+variants). Values are the request's field bytes read as Latin-1, so a key round-trips a field
+exactly.
 
 Trust. The key is all the key's owner sees, and its loader turns it into a backend request with
 the proxy's credentials; keys also arrive on the peer port. `check_key` therefore accepts only
@@ -26,7 +28,17 @@ import tokencache
 
 from ._target import is_origin_form, remove_dot_segments
 
-__all__ = ["BadKey", "ParsedKey", "base_key", "check_key", "parse_key", "variant_key"]
+__all__ = [
+    "BadKey",
+    "ParsedKey",
+    "base_key",
+    "check_key",
+    "join_variant",
+    "parse_key",
+    "variant_key",
+    "variant_lines",
+    "varyable",
+]
 
 _NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 # Never a varied name: framing, routing and connection fields, credentials. A key naming one would
@@ -50,6 +62,8 @@ _NEVER_VARIED = frozenset(
 )
 # A field value as Latin-1 text: HTAB, SP, VCHAR, obs-text; no other control, nothing above 0xFF.
 _VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# A vary record's generation (proxy._loader makes 8 hex digits; older records may have none).
+_GENERATION = re.compile(r"#[0-9a-f]{0,32}")
 
 
 class BadKey(tokencache.InvalidArgument):
@@ -66,20 +80,38 @@ class ParsedKey:
     headers: tuple[tuple[str, str], ...]
 
 
+def varyable(name: str) -> bool:
+    """Whether a response varying on header `name` (lower case) can have variant keys: a token,
+    and not a framing, routing, connection or credential field (see the module docstring)."""
+    return _NAME.fullmatch(name) is not None and name not in _NEVER_VARIED
+
+
 def base_key(method: str, target: str) -> str:
     """The base cache key of a request: method and request-target, kubecache's key."""
     return method + " " + target
 
 
-def variant_key(base: str, names: Sequence[str], values: Sequence[bytes | None]) -> str:
-    """The key of one variant of `base`: one ``name: value`` line per varied header.
+def variant_lines(names: Sequence[str], values: Sequence[bytes | None]) -> str:
+    """One ``"\\nname: value"`` line per varied header (``"\\nname:"`` when it is absent).
 
     An absent header and an empty one are different variants (``name:`` versus ``name: ``).
     """
-    lines = [base]
+    lines = []
     for name, value in zip(names, values, strict=True):
-        lines.append(f"{name}:" if value is None else f"{name}: {value.decode('latin-1')}")
-    return "\n".join(lines)
+        lines.append(f"\n{name}:" if value is None else f"\n{name}: {value.decode('latin-1')}")
+    return "".join(lines)
+
+
+def variant_key(
+    base: str, names: Sequence[str], values: Sequence[bytes | None], generation: str = ""
+) -> str:
+    """The key of one variant of `base` (of the vary record of `generation`)."""
+    return join_variant(base, generation, variant_lines(names, values))
+
+
+def join_variant(base: str, generation: str, lines: str) -> str:
+    """The variant key of `base` for the `variant_lines` result `lines`."""
+    return f"{base}\n#{generation}{lines}"
 
 
 def parse_key(key: str) -> tuple[str, str, list[tuple[str, str]]]:
@@ -91,6 +123,8 @@ def parse_key(key: str) -> tuple[str, str, list[tuple[str, str]]]:
     method, _, target = first.partition(" ")
     headers: list[tuple[str, str]] = []
     for line in rest:
+        if line.startswith("#"):
+            continue  # the generation of the vary record
         name, _, value = line.partition(":")
         if value:  # "name:" alone means the header was absent in the request
             headers.append((name, value[1:]))
@@ -108,9 +142,13 @@ def check_key(key: str, methods: Collection[str]) -> ParsedKey:
         raise BadKey("key: target is not a normalised origin-form")
     names: list[str] = []
     headers: list[tuple[str, str]] = []
+    if rest:  # a variant: the generation line, then at least one varied header
+        if len(rest) < 2 or _GENERATION.fullmatch(rest[0]) is None:
+            raise BadKey("key: bad variant generation")
+        rest = rest[1:]
     for line in rest:
         name, colon, value = line.partition(":")
-        if not colon or _NAME.fullmatch(name) is None or name in names or name in _NEVER_VARIED:
+        if not colon or not varyable(name) or name in names:
             raise BadKey("key: bad header name")
         if value:
             if value[0] != " " or _VALUE.fullmatch(value) is None:

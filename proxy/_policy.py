@@ -7,34 +7,38 @@ hand one user's answer to another). A cacheable request is looked up under its *
 
 Keys. The base key is ``"<METHOD> <request-target>"`` (kubecache's key). When the backend answers
 with ``Vary``, the base key holds a *vary record* (see `proxy._stored`) naming the request headers
-the backend varies on, and each variant lives under ``base + "\\n" + "name: value"`` lines, one per
-named header, in the order the record lists them. The key is all the owner of the key needs to
-fetch the response: the owner's loader runs in another process and sees nothing but the key, so the
-key carries the varied header values themselves. Credentials therefore never get into a key: a
-response that varies on ``Authorization`` or ``Cookie`` is not stored (`response_ttl`).
+the backend varies on and a generation, and each variant lives under ``base + "\\n#" +
+generation`` followed by ``"\\n" + "name: value"`` lines (`variant_lines`), one per named header, in
+the order the record lists them (`proxy._keys` makes, parses and checks keys). The varied values are in the key because they decide which
+response it holds; the rest of the triggering request travels as the engine's load context
+(`proxy._request_context`). Credentials never get into a key: a response that varies on
+``Authorization`` or ``Cookie`` is not stored (`proxy._freshness.assess`).
 
-Storability. 2xx responses live `cache_ttl`, every other status `error_ttl`; ``Cache-Control:
-no-store`` or ``private``, ``Set-Cookie``, ``Vary: *``, ``Vary`` on credentials and bodies above
-`max_body_bytes` are never stored (the reason becomes the ``detail`` of ``Cache-Status``).
+Storability and freshness are RFC 9111's (`proxy._freshness`); `cache_ttl`/`error_ttl` are the
+defaults for responses that say nothing, and `ttl_override` restores kubecache's fixed ttl.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # The key format lives in proxy._keys; these names stay importable from here.
-from ._keys import base_key, parse_key, variant_key
+from ._keys import base_key, parse_key, variant_key, variant_lines
 
 __all__ = [
     "HOP_BY_HOP",
+    "SAFE_METHODS",
     "CachePolicy",
     "base_key",
     "cache_status",
+    "invalidation_targets",
     "parse_key",
     "strip_hop_by_hop",
     "variant_key",
+    "variant_lines",
 ]
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the proxy-scoped ones of RFC 9110 §11.7 and the
@@ -54,9 +58,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Request headers whose values are credentials: never part of a key, never varied on.
-_CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
-
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The headers without hop-by-hop fields and without those named in ``Connection``.
@@ -71,15 +72,38 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes
     return [(n, v) for n, v in items if n.lower() not in drop]
 
 
-def _tokens(values: Iterable[bytes]) -> list[str]:
-    """Comma-separated header values → lowercase tokens (directive arguments dropped)."""
-    out: list[str] = []
-    for value in values:
-        for part in value.decode("latin-1").split(","):
-            token = part.split("=", 1)[0].strip().lower()
-            if token:
-                out.append(token)
+# RFC 9110 §9.2.1: the methods that do not change the target; every other one invalidates.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def invalidation_targets(
+    target: str, host: bytes | None, headers: Iterable[tuple[bytes, bytes]]
+) -> list[str]:
+    """The request-targets whose stored responses an unsafe request's non-error response
+    invalidates (RFC 9111 §4.4): its own, and ``Location``/``Content-Location`` when they name
+    the same origin (a relative reference, or an absolute one whose authority is `host`)."""
+    out = [_origin_form(target)]
+    authority = host.decode("latin-1").lower() if host is not None else None
+    for name, value in headers:
+        if name.lower() not in (b"location", b"content-location"):
+            continue
+        ref = urllib.parse.urljoin("http://origin" + out[0], value.decode("latin-1").strip())
+        parts = urllib.parse.urlsplit(ref)
+        same = parts.netloc == "origin" or (
+            authority is not None and parts.netloc.lower() == authority
+        )
+        if same:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            if path not in out:
+                out.append(path)
     return out
+
+
+def _origin_form(target: str) -> str:
+    if target.startswith("/"):
+        return target
+    parts = urllib.parse.urlsplit(target)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def cache_status(
@@ -122,6 +146,16 @@ class CachePolicy:
     error_ttl: float
     max_body_bytes: int
     allow_auth_caching: bool = False
+    ttl_override: bool = False
+    targeted_field: bytes = b"cdn-cache-control"
+    honor_request_directives: bool = True
+    stale_if_error: float = 0.0
+    # How long a stale response with validators is kept for revalidation (a 304 is cheaper than
+    # a full fetch); entries are evicted earlier under memory pressure like any other.
+    keep_for_revalidation: float = 3600.0
+    # Hit-for-pass: how long a URL whose response may not be stored is forwarded straight away
+    # (Varnish's default hit-for-miss time).
+    pass_seconds: float = 120.0
 
     def request_bypass(
         self,
@@ -147,31 +181,3 @@ class CachePolicy:
             if has_cookie:
                 return "cookie"
         return None
-
-    def vary_names(self, headers: Iterable[tuple[bytes, bytes]]) -> list[str] | None:
-        """The sorted, de-duplicated header names of the response's ``Vary``; None for ``*``."""
-        names = sorted(set(_tokens(v for n, v in headers if n.lower() == b"vary")))
-        return None if "*" in names else names
-
-    def response_ttl(
-        self, status: int, headers: Sequence[tuple[bytes, bytes]], body_len: int
-    ) -> tuple[float, str | None]:
-        """(seconds to keep, None) for a storable response, else (0.0, why not)."""
-        cache_control = _tokens(v for n, v in headers if n.lower() == b"cache-control")
-        if "no-store" in cache_control:
-            return 0.0, "no-store"
-        if "private" in cache_control:
-            return 0.0, "private"
-        if any(n.lower() == b"set-cookie" for n, _ in headers):
-            return 0.0, "set-cookie"
-        names = self.vary_names(headers)
-        if names is None:
-            return 0.0, "vary-star"
-        if any(n in _CREDENTIALS for n in names):
-            return 0.0, "vary-credentials"
-        if body_len > self.max_body_bytes:
-            return 0.0, "too-large"
-        ttl = self.cache_ttl if 200 <= status < 300 else self.error_ttl
-        if ttl <= 0:
-            return 0.0, "ttl"
-        return ttl, None

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tokencache
+from proxy._forward import BackendSender
 from proxy._http_rules import check_head
 from proxy._keys import BadKey, base_key, check_key, parse_key, variant_key
 from proxy._loader import BackendLoader
@@ -48,6 +49,10 @@ HOSTILE = [
     "GET",
     "",
     "GET  /x",
+    "GET /v\naccept-language: fr",  # a variant without its generation line
+    "GET /v\n#0A1B\naccept-language: fr",  # not a generation this proxy makes
+    "GET /v\n#0a1b",  # a generation and no varied header
+    "GET /v\n#0a1b\n#0a1b\naccept-language: fr",
 ]
 
 
@@ -86,7 +91,8 @@ def test_every_key_the_public_port_makes_is_accepted(
     assert verdict.status == 0
     origin = verdict.origin or target  # (empty: the target is origin-form as it is)
     names = [f"x-h{i}" for i in range(len(values))]
-    key = variant_key(base_key(method, origin), names, values)
+    base = base_key(method, origin)
+    key = variant_key(base, names, values, "0a1b") if names else base
     parsed = check_key(key, METHODS)
     assert (parsed.method, parsed.target) == (method, origin)
     assert parsed.names == tuple(names)
@@ -95,17 +101,19 @@ def test_every_key_the_public_port_makes_is_accepted(
 
 def _loader(group_value: bytes | None = None) -> tuple[BackendLoader, ProxyMetrics]:
     metrics = ProxyMetrics()
+    client = httpx.AsyncClient()
+    sender = BackendSender(
+        client=client, fresh_client=client, timeout=5.0, auth=None, metrics=metrics
+    )
     loader = BackendLoader(
-        client=httpx.AsyncClient(),
+        sender=sender,
         backend_url=BACKEND + "/api",
-        timeout=5.0,
-        auth=None,
         policy=CachePolicy(
             methods=METHODS, routes=(), cache_ttl=60, error_ttl=10, max_body_bytes=1 << 20
         ),
-        stale_if_error=0.0,
         metrics=metrics,
         logger=logging.getLogger("test"),
+        new_generation=lambda: "0a1b",
     )
     return loader, metrics
 
@@ -119,7 +127,7 @@ async def group_with_vary():
     try:
         yield loader, metrics, group
     finally:
-        await loader._client.aclose()
+        await loader._sender._client.aclose()
         await ws.close()
 
 
@@ -145,13 +153,18 @@ async def test_variant_keys_must_name_the_stored_vary_headers(group_with_vary):
             ]
         )
         # The base key: loaded from the backend, stored as a vary record naming accept-language.
-        assert (await group.get("GET /v"))[:4] == encode_vary(["accept-language"], record)[:4]
-        entry = await loader("GET /v\naccept-language: fr")
+        assert (await group.get("GET /v"))[:4] == encode_vary(
+            ["accept-language"], "0a1b", "", record
+        )[:4]
+        entry = await loader("GET /v\n#0a1b\naccept-language: fr")
         assert b"fr" in entry.value
         sent = route.calls[-1].request
         assert sent.headers["accept-language"] == "fr"
         assert str(sent.url) == BACKEND + "/api/v"
-        for forged in ("GET /v\nhost: admin", "GET /v\naccept-language: fr\nx-extra: 1"):
+        for forged in (
+            "GET /v\n#0a1b\nhost: admin",
+            "GET /v\n#0a1b\naccept-language: fr\nx-extra: 1",
+        ):
             with pytest.raises(BadKey):
                 await loader(forged)
         assert route.call_count == 2
@@ -164,5 +177,15 @@ async def test_a_variant_key_of_a_base_without_vary_is_refused(group_with_vary):
         route = router.get(BACKEND + "/api/plain").mock(return_value=httpx.Response(200, text="p"))
         await group.get("GET /plain")
         with pytest.raises(BadKey):
-            await loader("GET /plain\naccept-language: fr")
+            await loader("GET /plain\n#0a1b\naccept-language: fr")
         assert route.call_count == 1
+
+
+async def test_the_loader_refuses_a_malformed_context_without_a_backend_request(group_with_vary):
+    _, metrics, group = group_with_vary
+    with respx.mock(assert_all_called=False) as router:
+        route = router.route().mock(return_value=httpx.Response(200, text="no"))
+        with pytest.raises(tokencache.InvalidArgument):
+            await group.get("GET /x", context=b"TCX1\x00x-a: 1\nHost: admin")
+        assert route.call_count == 0
+    assert metrics.refused_requests == {"context": 1}

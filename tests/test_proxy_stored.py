@@ -54,9 +54,9 @@ def test_response_round_trip_and_wire_form():
         (b"X-A", b"1"),
         (b"X-A", b"2"),
     ]
-    value = encode_response(200, headers, b"hello", ttl=300.0)
+    value = encode_response(200, headers, b"hello", ttl=300.0, age=7, fresh=200.0)
     stored = decode_response(value)
-    assert (stored.status, stored.base_age, stored.ttl) == (200, 7, 300.0)
+    assert (stored.status, stored.base_age, stored.ttl, stored.fresh) == (200, 7, 300.0, 200.0)
     assert bytes(stored.body) == b"hello"
     wire = bytes(stored.head) + b"Cache-Status: tokencache; hit\r\n\r\n" + bytes(stored.body)
     status, parsed = parse(wire)
@@ -72,15 +72,24 @@ def test_response_round_trip_and_wire_form():
 
 
 def test_age_adds_time_spent_in_cache():
-    stored = decode_response(encode_response(200, [(b"Age", b"5")], b"", ttl=100.0))
+    stored = decode_response(encode_response(200, [(b"Age", b"5")], b"", ttl=100.0, age=5))
     assert stored.age(100.0) == 5
     assert stored.age(60.5) == 44
     assert stored.age(None) == 5
     assert stored.age(150.0) == 5  # never negative
 
 
-def test_bad_age_is_zero():
-    assert decode_response(encode_response(200, [(b"Age", b"x")], b"", ttl=1.0)).base_age == 0
+def test_staleness_counts_from_the_stored_freshness():
+    stored = decode_response(encode_response(200, [], b"", ttl=100.0, fresh=30.0))
+    assert stored.staleness(100.0) == -30.0
+    assert stored.staleness(70.0) == 0.0
+    assert stored.staleness(50.0) == 20.0
+
+
+def test_the_backend_age_field_is_not_copied_into_the_head():
+    stored = decode_response(encode_response(200, [(b"Age", b"9")], b"", ttl=1.0, age=9))
+    assert b"age:" not in bytes(stored.head).lower()
+    assert stored.base_age == 9
 
 
 def test_head_only_keeps_the_backend_length_and_has_no_body():
@@ -111,7 +120,7 @@ def test_reason_phrase_defaults_and_is_kept():
     age=st.integers(0, 10**6),
 )
 def test_response_round_trip_property(status: int, body: bytes, ttl: float, age: int):
-    value = encode_response(status, [(b"Age", str(age).encode())], body, ttl=ttl)
+    value = encode_response(status, [(b"Age", str(age).encode())], body, ttl=ttl, age=age)
     stored = decode_response(value)
     assert (stored.status, stored.base_age, stored.ttl, bytes(stored.body)) == (
         status,
@@ -123,14 +132,17 @@ def test_response_round_trip_property(status: int, body: bytes, ttl: float, age:
 
 def test_vary_round_trip():
     inner = encode_response(200, [], b"x", ttl=5.0)
-    rec = decode_vary(encode_vary(["accept-encoding", "accept-language"], inner))
+    match = "\naccept-encoding: gzip\naccept-language:"
+    rec = decode_vary(encode_vary(["accept-encoding", "accept-language"], "0a1b", match, inner))
     assert rec.names == ("accept-encoding", "accept-language")
-    assert rec.default == inner
+    assert (rec.generation, rec.match, rec.default) == ("0a1b", match, inner)
 
 
 def test_pass_stale_error_round_trips():
     inner = encode_response(200, [], b"x", ttl=5.0)
-    assert decode_pass(encode_pass("no-store")) == "no-store"
+    assert decode_pass(encode_pass("no-store")).reason == "no-store"
+    held = decode_pass(encode_pass("private", b"\x00id\xff", inner))
+    assert (held.reason, held.trigger, held.response) == ("private", b"\x00id\xff", inner)
     stale = decode_stale(encode_stale(504, 12.5, inner))
     assert (stale.fwd_status, stale.expired_ago, stale.inner) == (504, 12.5, inner)
     error = decode_error(encode_error(502, "connect"))

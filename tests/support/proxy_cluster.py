@@ -228,11 +228,15 @@ class ProxyCluster:
 
 
 class BackendProcess:
-    """tests/support/demo_backend.py as a real process; `url`, `stats()`, `reset()`, `stop()`."""
+    """tests/support/demo_backend.py (or another backend `module` with the same command line:
+    ``--port``, ``--ready-file``) as a real process; `url`, `stats()`, `reset()`, `stop()`."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(
+        self, workdir: Path, *args: str, module: str = "tests.support.demo_backend"
+    ) -> None:
         self.workdir = workdir
         self.args = args
+        self.module = module
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -247,7 +251,7 @@ class BackendProcess:
         with (self.workdir / "backend.log").open("ab") as out:
             self.proc = subprocess.Popen(
                 [
-                    *(sys.executable, "-m", "tests.support.demo_backend", "--port", str(port)),
+                    *(sys.executable, "-m", self.module, "--port", str(port)),
                     *("--ready-file", str(ready), *self.args),
                 ],
                 cwd=REPO,

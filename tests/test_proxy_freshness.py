@@ -1,0 +1,210 @@
+"""RFC 9111 freshness, storability, request directives and reuse: the pure policy modules."""
+
+from __future__ import annotations
+
+import email.utils
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy._freshness import assess, delta_seconds, http_date, parse_directives
+from proxy._reuse import BACKGROUND, FRESH, REVALIDATE, STALE_OK, request_directives, reuse
+from proxy._stored import MUST_REVALIDATE, NO_CACHE
+
+NOW = 1_800_000_000.0
+
+
+def date(offset: float) -> bytes:
+    return email.utils.formatdate(NOW + offset, usegmt=True).encode()
+
+
+def judge(status: int = 200, *headers: tuple[bytes, bytes], **options: object):
+    settings: dict[str, object] = {
+        "request_time": 10.0,
+        "response_time": 10.0,
+        "now_wall": NOW,
+        "default_ttl": 0.0,
+        "default_error_ttl": 0.0,
+    }
+    settings.update(options)
+    return assess(status, list(headers), **settings)  # type: ignore[arg-type]
+
+
+# --- directives -------------------------------------------------------------------------------
+
+
+def test_directives_first_occurrence_wins_across_lines():
+    d = parse_directives([b"max-age=60, no-cache", b"MAX-AGE=1, private"])
+    assert d == {"max-age": "60", "no-cache": None, "private": None}
+
+
+def test_quoted_arguments_hide_commas_and_directive_names():
+    d = parse_directives([b'no-cache="set-cookie, max-age=1", max-age=5'])
+    assert d == {"no-cache": "set-cookie, max-age=1", "max-age": "5"}
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(b"max-age=003600", 3600), (b"max-age='3600'", 0), (b"max-age=-1", 0), (b"max-age=1.5", 0)],
+)
+def test_delta_seconds_invalid_means_stale(value: bytes, seconds: int):
+    assert delta_seconds(parse_directives([value]), "max-age") == seconds
+
+
+def test_delta_seconds_saturates_at_2_to_31():
+    assert delta_seconds({"max-age": "9" * 40}, "max-age") == 2**31
+
+
+@given(st.binary(max_size=200))
+def test_directive_parser_takes_any_bytes(raw: bytes):
+    parsed = parse_directives([raw])
+    assert all(name == name.lower() for name in parsed)
+
+
+def test_http_date_forms():
+    assert http_date(b"Sun, 06 Nov 1994 08:49:37 GMT") == 784111777.0
+    assert http_date(b"Sunday, 06-Nov-94 08:49:37 GMT") == 784111777.0
+    assert http_date(b"Sun Nov  6 08:49:37 1994") == 784111777.0
+    assert http_date(b"yesterday") is None
+
+
+# --- freshness lifetime -----------------------------------------------------------------------
+
+
+def test_s_maxage_beats_max_age_beats_expires():
+    a = judge(200, (b"Cache-Control", b"max-age=60, s-maxage=30"), (b"Expires", date(600)))
+    assert (a.why_not, a.lifetime, a.must_revalidate) == (None, 30.0, True)
+    b = judge(200, (b"Cache-Control", b"max-age=60"), (b"Expires", date(600)))
+    assert b.lifetime == 60.0
+    c = judge(200, (b"Expires", date(600)), (b"Date", date(0)))
+    assert c.lifetime == 600.0
+
+
+def test_expires_counts_from_the_date_field_not_from_now():
+    a = judge(200, (b"Expires", date(600)), (b"Date", date(-100)))
+    assert a.lifetime == 700.0
+    assert a.age == 100.0  # apparent age: now - Date
+
+
+def test_invalid_expires_is_in_the_past():
+    assert judge(200, (b"Expires", b"0")).lifetime == 0.0
+
+
+def test_targeted_field_replaces_cache_control_and_expires():
+    a = judge(
+        200,
+        (b"Cache-Control", b"no-store"),
+        (b"CDN-Cache-Control", b"max-age=120"),
+        (b"Expires", date(5)),
+    )
+    # RFC 9213 §2.1: this cache obeys CDN-Cache-Control only, Cache-Control's no-store included
+    assert (a.why_not, a.lifetime) == (None, 120.0)
+    b = judge(200, (b"Cache-Control", b"max-age=5"), (b"CDN-Cache-Control", b"max-age=120"))
+    assert b.lifetime == 120.0
+    c = judge(
+        200,
+        (b"Cache-Control", b"max-age=5"),
+        (b"Surrogate-Control", b"max-age=9"),
+        targeted=b"surrogate-control",
+    )
+    assert c.lifetime == 9.0
+
+
+def test_age_is_the_larger_of_apparent_age_and_age_plus_delay():
+    a = judge(200, (b"Cache-Control", b"max-age=60"), (b"Age", b"30"), response_time=12.5)
+    assert a.age == 32.0  # 30 + 2.5 s of response delay, whole seconds
+    assert a.fresh_for == 28.0
+    b = judge(200, (b"Cache-Control", b"max-age=60"), (b"Age", b"90"))
+    assert b.fresh_for == 0.0  # stale on arrival
+
+
+def test_defaults_apply_only_without_explicit_freshness():
+    assert judge(200, default_ttl=300.0).lifetime == 300.0
+    assert judge(200, (b"Cache-Control", b"max-age=5"), default_ttl=300.0).lifetime == 5.0
+    assert judge(404, default_error_ttl=60.0).lifetime == 60.0
+    assert judge(200).lifetime == 0.0  # pure RFC mode: nothing said, nothing assumed
+
+
+def test_override_restores_the_fixed_ttl():
+    a = judge(200, (b"Cache-Control", b"max-age=5"), default_ttl=300.0, override=True)
+    assert a.lifetime == 300.0
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 302, 307, 201])
+def test_statuses_that_are_not_heuristically_cacheable_need_explicit_freshness(status: int):
+    assert judge(status, default_ttl=300.0, default_error_ttl=60.0).why_not == "status"
+    assert judge(status, (b"Cache-Control", b"max-age=10")).why_not is None
+
+
+def test_last_modified_heuristic_when_no_default():
+    a = judge(200, (b"Last-Modified", date(-1000)), (b"Date", date(0)))
+    assert a.lifetime == 100.0  # 10 % of the time since the last change
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        ((b"Cache-Control", b"no-store"), "no-store"),
+        ((b"Cache-Control", b"private, max-age=60"), "private"),
+        ((b"Set-Cookie", b"a=1"), "set-cookie"),
+        ((b"Vary", b"*"), "vary-star"),
+        ((b"Vary", b"Cookie"), "vary-credentials"),
+        ((b"Vary", b"Accept, Host"), "vary-field"),
+        ((b"Vary", b"Transfer-Encoding"), "vary-field"),
+        ((b"Vary", b"x-a\x01b"), "vary-field"),
+    ],
+)
+def test_refusals(header: tuple[bytes, bytes], why: str):
+    assert judge(200, (b"Cache-Control", b"max-age=60"), header).why_not == why
+
+
+def test_stale_directives():
+    a = judge(
+        200,
+        (b"Cache-Control", b"max-age=1, stale-while-revalidate=30, stale-if-error=600, no-cache"),
+    )
+    assert (a.stale_while_revalidate, a.stale_if_error, a.no_cache) == (30.0, 600.0, True)
+
+
+# --- request directives and reuse -------------------------------------------------------------
+
+
+def decide(directives: dict[str, str | None] | None = None, **stored: float) -> str:
+    values = {"age": 10.0, "elapsed": 10.0, "fresh": 60.0, "flags": 0, "swr": 0.0}
+    values.update(stored)
+    return reuse(
+        age=values["age"],
+        elapsed=values["elapsed"],
+        fresh=values["fresh"],
+        flags=int(values["flags"]),
+        stale_while_revalidate=values["swr"],
+        directives=directives or {},
+    )
+
+
+def test_fresh_stale_and_background():
+    assert decide() == FRESH
+    assert decide(elapsed=70.0) == REVALIDATE
+    assert decide(elapsed=70.0, swr=30.0) == BACKGROUND
+    assert decide(elapsed=70.0, swr=30.0, flags=MUST_REVALIDATE) == REVALIDATE
+    assert decide(flags=NO_CACHE) == REVALIDATE
+
+
+def test_request_directives():
+    assert decide({"no-cache": None}) == REVALIDATE
+    assert decide({"max-age": "5"}) == REVALIDATE
+    assert decide({"max-age": "50"}) == FRESH
+    assert decide({"min-fresh": "55"}) == REVALIDATE
+    assert decide({"max-stale": None}, elapsed=500.0) == STALE_OK
+    assert decide({"max-stale": "100"}, elapsed=100.0) == STALE_OK
+    assert decide({"max-stale": "10"}, elapsed=100.0) == REVALIDATE
+    assert decide({"max-stale": None}, elapsed=500.0, flags=MUST_REVALIDATE) == REVALIDATE
+
+
+def test_pragma_counts_only_without_cache_control():
+    assert request_directives({b"pragma": b"no-cache"}) == {"no-cache": None}
+    assert request_directives({b"pragma": b"no-cache", b"cache-control": b"max-age=9"}) == {
+        "max-age": "9"
+    }
+    assert request_directives({}) == {}
