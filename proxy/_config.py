@@ -14,11 +14,14 @@ wrong; a secret's value (or any value that came from a secret reference) is neve
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.metadata
 import itertools
 import json
 import os
 import re
 import socket
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -449,6 +452,66 @@ class Settings:
         out = [self.groupcache_peer_secret, self.oauth2_client_secret]
         out.extend(_url_password(u) for u in (self.backend_url, self.oauth2_token_url))
         return tuple(s for s in out if s)
+
+
+_PROPAGATOR_GROUP = "opentelemetry_propagator"
+
+
+def installed_propagators() -> frozenset[str]:
+    """Names of the propagators installed as entry points (their modules are not imported)."""
+    return frozenset(ep.name for ep in importlib.metadata.entry_points(group=_PROPAGATOR_GROUP))
+
+
+def propagator_names(value: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(usable, unknown) names of an OTEL_PROPAGATORS value (None: the SDK default).
+
+    ``none`` means no propagation. When nothing usable is left, ``tracecontext`` is used
+    (kubecache's autoprop fell back to its default the same way).
+    """
+    text = "tracecontext,baggage" if value is None else value
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = installed_propagators()
+    usable = tuple(n for n in names if n in known or n.lower() == "none")
+    unknown = tuple(n for n in names if n not in usable)
+    return usable or ("tracecontext",), unknown
+
+
+def guard_otel_import() -> None:
+    """Import ``opentelemetry.propagate`` so that no OTEL_PROPAGATORS value can crash it.
+
+    The OpenTelemetry API reads OTEL_PROPAGATORS when that module is first imported and raises on
+    a name it cannot load, before `main` could print a configuration error (`--help` too). Here
+    the import happens with the value reduced to the installed names (``none`` with TRACE=false,
+    so no propagator module is loaded); the variable is restored at once. The proxy installs the
+    propagator the settings name at start-up (`proxy._tracing.build_propagator`), with one
+    warning line for an unknown name. The package's ``__init__`` calls this before anything
+    imports OpenTelemetry.
+    """
+    if "opentelemetry.propagate" in sys.modules:
+        return
+    env = os.environ
+    try:
+        tracing = parse_bool(env.get("TRACE", "true"))
+    except ValueError:
+        tracing = True  # Settings.from_env reports the bad value; here only the import matters
+    original = env.get("OTEL_PROPAGATORS")
+    if not tracing:
+        safe: str | None = "none"
+    elif original is None:
+        safe = None
+    else:
+        safe = ",".join(propagator_names(original)[0])
+    if safe is None or safe == original:
+        importlib.import_module("opentelemetry.propagate")
+        return
+    env["OTEL_PROPAGATORS"] = safe
+    try:
+        importlib.import_module("opentelemetry.propagate")
+    finally:
+        if original is None:
+            del env["OTEL_PROPAGATORS"]
+        else:
+            env["OTEL_PROPAGATORS"] = original
 
 
 def _default_resolver(env: Mapping[str, str]) -> Resolver:

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
@@ -44,7 +44,7 @@ from ._errors import ConfigError
 from ._health import AppServer, Readiness, build_app
 from ._logging import configure_logging
 from ._metrics import DEFAULT_BUCKETS, ProxyMetrics
-from ._tracing import build_tracer_provider
+from ._tracing import build_propagator, build_tracer_provider
 
 _log = logging.getLogger("proxy")
 PEER_TIMEOUT_MARGIN = 1.0  # seconds a peer's answer may take beyond BACKEND_TIMEOUT
@@ -108,8 +108,11 @@ class ProxyService:
     async def _start(self) -> None:
         s = self.settings
         self._provider = build_tracer_provider(s.trace, s.otel)
-        if self._provider is not None and self._install_tracer:
-            trace.set_tracer_provider(self._provider)
+        if self._install_tracer:
+            # Process-wide like kubecache's otel.SetTextMapPropagator; TRACE=false installs none.
+            propagate.set_global_textmap(build_propagator(s.trace, s.otel))
+            if self._provider is not None:
+                trace.set_tracer_provider(self._provider)
         single = s.peer_discovery == "none"
         ws = tokencache.Workspace(
             self_url="" if single else s.groupcache_self_url,
