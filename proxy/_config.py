@@ -217,10 +217,18 @@ def _setting(
     secret: bool = False,
     ref: bool = False,
     value: Any = dataclasses.MISSING,
+    kube: tuple[str, str] | None = None,
 ) -> Any:
-    """Declare one setting: variable, textual default, parser, help; `ref` allows secret refs."""
+    """Declare one setting: variable, textual default, parser, help; `ref` allows secret refs.
+
+    `kube` is (kubecache's default, how this setting differs from kubecache's; "" = same) for the
+    settings kubecache had, None for the project's own: docs/proxy.md's table is made from it.
+    Every setting accepts a secret reference (kubecache resolved one on every variable); `ref`
+    is kept for the settings where a reference is the usual form.
+    """
     meta = {"env": env, "default": default, "parse": parse, "help": help, "secret": secret}
     meta["ref"] = ref or secret
+    meta["kube"] = kube
     if value is dataclasses.MISSING:
         value = parse(default) if default else None
     if isinstance(value, list | dict):
@@ -244,6 +252,20 @@ def _positive_int(text: str) -> int:
     return parse_int(text, minimum=1)
 
 
+def _groupcache_version(text: str) -> int:
+    version = parse_int(text)
+    if version not in (2, 3):
+        raise ValueError(f"{version} is not 2 or 3")
+    return version
+
+
+def _port(text: str) -> int:
+    port = parse_int(text, minimum=1)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    return port
+
+
 def _optional_url(text: str) -> str:
     return parse_url(text) if text else ""
 
@@ -253,7 +275,11 @@ class Settings:
     """Every setting of `tokencache-proxy`, parsed; build with `Settings.from_env(os.environ)`."""
 
     listen_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
-        "LISTEN_ADDR", ":8080", parse_address, "public listener, host:port (empty host = all)"
+        "LISTEN_ADDR",
+        ":8080",
+        parse_address,
+        "public listener, host:port (empty host = all)",
+        kube=(":8080", ""),
     )
     backend_url: str = _setting(
         "BACKEND_URL",
@@ -262,16 +288,31 @@ class Settings:
         "the backend every request goes to (required)",
         ref=True,
         value="",
+        kube=("http://config-server:9000", "required: no built-in backend"),
     )
     backend_timeout: float = _setting(
-        "BACKEND_TIMEOUT", "300s", parse_duration, "backend request timeout (then 504)"
+        "BACKEND_TIMEOUT",
+        "300s",
+        parse_duration,
+        "backend request timeout (then 504)",
+        kube=("300s", "a timeout answers 504, not 500"),
     )
-    cache_ttl: float = _setting("CACHE_TTL", "300s", parse_duration, "how long 2xx responses live")
+    cache_ttl: float = _setting(
+        "CACHE_TTL", "300s", parse_duration, "how long 2xx responses live", kube=("300s", "")
+    )
     cache_error_ttl: float = _setting(
-        "CACHE_ERROR_TTL", "60s", parse_duration, "how long other statuses live"
+        "CACHE_ERROR_TTL",
+        "60s",
+        parse_duration,
+        "how long other statuses live",
+        kube=("60s", "backend faults (502/504) are never cached"),
     )
     restrict_method: tuple[str, ...] = _setting(
-        "RESTRICT_METHOD", "GET,HEAD", _methods, "cacheable methods (JSON list or comma-separated)"
+        "RESTRICT_METHOD",
+        "GET,HEAD",
+        _methods,
+        "cacheable methods (JSON list or comma-separated)",
+        kube=('["GET", "HEAD"]', "also takes comma-separated text"),
     )
     restrict_route_regexp: tuple[re.Pattern[str], ...] = _setting(
         "RESTRICT_ROUTE_REGEXP",
@@ -279,24 +320,62 @@ class Settings:
         parse_regexp,
         "cacheable routes: regexps, any match (empty = every route)",
         value=(),
+        kube=(
+            '["^/develop", "^/homolog", "^/prod", "/develop/?$", "/homolog/?$", "/prod/?$"]',
+            "default: every route (kubecache's six config-server routes fit one backend only; set them to keep its behaviour); matching on path and query is the same",
+        ),
     )
     groupcache_port: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
-        "GROUPCACHE_PORT", ":5000", parse_address, "peer protocol listener, host:port"
+        "GROUPCACHE_PORT",
+        ":5000",
+        parse_address,
+        "peer protocol listener, host:port",
+        kube=(
+            ":5000",
+            "peer protocol is tokencache's own (never mix Go and Python pods in one ring)",
+        ),
     )
     groupcache_size_bytes: int = _setting(
-        "GROUPCACHE_SIZE_BYTES", "100000000", _positive_int, "bytes of the http cache group"
+        "GROUPCACHE_SIZE_BYTES",
+        "100000000",
+        _positive_int,
+        "bytes of the http cache group",
+        kube=(
+            "100000000",
+            "strict: `1e+08` is refused (the chart renders numbers unquoted correctly)",
+        ),
     )
     health_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
-        "HEALTH_ADDR", ":8888", parse_address, "liveness/readiness listener"
+        "HEALTH_ADDR", ":8888", parse_address, "liveness/readiness listener", kube=(":8888", "")
     )
-    health_path: str = _setting("HEALTH_PATH", "/health", parse_path, "liveness path")
+    health_path: str = _setting(
+        "HEALTH_PATH",
+        "/health",
+        parse_path,
+        "liveness path",
+        kube=("/health", "a real liveness check; readiness is READY_PATH"),
+    )
     ready_path: str = _setting("READY_PATH", "/ready", parse_path, "readiness path")
     metrics_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
-        "METRICS_ADDR", ":3000", parse_address, "Prometheus listener (may equal HEALTH_ADDR)"
+        "METRICS_ADDR",
+        ":3000",
+        parse_address,
+        "Prometheus listener (may equal HEALTH_ADDR)",
+        kube=(":3000", ""),
     )
-    metrics_path: str = _setting("METRICS_PATH", "/metrics", parse_path, "Prometheus path")
+    metrics_path: str = _setting(
+        "METRICS_PATH", "/metrics", parse_path, "Prometheus path", kube=("/metrics", "")
+    )
     metrics_namespace: str = _setting(
-        "METRICS_NAMESPACE", "", parse_text, "prefix of every metric name", value=""
+        "METRICS_NAMESPACE",
+        "",
+        parse_text,
+        "prefix of every metric name",
+        value="",
+        kube=(
+            "",
+            "prefixes requests_seconds and groupcache_* as in Go, and the project's own metrics; not process_* or kubegroup_*",
+        ),
     )
     metrics_buckets_latency_http: tuple[float, ...] = _setting(
         "METRICS_BUCKETS_LATENCY_HTTP",
@@ -304,11 +383,31 @@ class Settings:
         parse_buckets,
         "requests_seconds buckets in seconds (empty = kubecache's)",
         value=(),
+        kube=("0.00001, ..., 1000", ""),
     )
-    debug_log: bool = _setting("DEBUG_LOG", "false", parse_bool, "log at debug level")
-    trace: bool = _setting("TRACE", "true", parse_bool, "OpenTelemetry tracing (OTEL_* variables)")
+    debug_log: bool = _setting(
+        "DEBUG_LOG",
+        "false",
+        parse_bool,
+        "log at debug level",
+        kube=(
+            "true",
+            "default false: a debug line per request costs throughput; logs are JSON lines",
+        ),
+    )
+    trace: bool = _setting(
+        "TRACE", "true", parse_bool, "OpenTelemetry tracing (OTEL_* variables)", kube=("true", "")
+    )
     secret_role_arn: str = _setting(
-        "SECRET_ROLE_ARN", "", parse_text, "IAM role assumed to read aws-* references", value=""
+        "SECRET_ROLE_ARN",
+        "",
+        parse_text,
+        "IAM role assumed to read aws-* references",
+        value="",
+        kube=(
+            "",
+            "a reference that cannot be resolved stops the start (kubecache used the reference text)",
+        ),
     )
     aws_endpoint_url: str = _setting(
         "AWS_ENDPOINT_URL",
@@ -390,6 +489,10 @@ class Settings:
         "app=tokencache-proxy",
         parse_text,
         "label selector of the peer pods",
+        kube=(
+            "app=kubecache",
+            "default app=tokencache-proxy: kubecache pods carry app=kubecache and speak another peer protocol; the chart sets the release's own selector",
+        ),
     )
     kubegroup_debounce: float = _setting(
         "KUBEGROUP_DEBOUNCE", "1s", parse_duration, "wait this long for pod changes to settle"
@@ -397,6 +500,145 @@ class Settings:
     pod_ip: str = _setting("POD_IP", "", parse_text, "this pod's IP (downward API)", value="")
     shutdown_timeout: float = _setting(
         "SHUTDOWN_TIMEOUT", "20s", parse_duration, "SIGTERM: time in-flight requests get to finish"
+    )
+    # --- kubecache's remaining settings: honoured, or refused with the reason ----------------
+    groupcache_group_name: str = _setting(
+        "GROUPCACHE_GROUP_NAME",
+        "path",
+        parse_text,
+        "name of the HTTP cache group (the group label of groupcache_*)",
+    )
+    metrics_uri_limit: int = _setting(
+        "METRICS_URI_LIMIT",
+        "100",
+        _non_negative_int,
+        "distinct paths with their own requests_seconds uri label; later ones are OTHER",
+    )
+    prometheus_enable: bool = _setting(
+        "PROMETHEUS_ENABLE",
+        "true",
+        parse_bool,
+        "serve Prometheus metrics on METRICS_ADDR/METRICS_PATH",
+        kube=("true", ""),
+    )
+    groupcache_version: int = _setting(
+        "GROUPCACHE_VERSION",
+        "2",
+        _groupcache_version,
+        "2 or 3: accepted; the peer protocol is tokencache's own either way",
+        kube=("2", "no effect: chose kubecache's Go groupcache library"),
+    )
+    groupcache_disable_purge_expired: bool = _setting(
+        "GROUPCACHE_DISABLE_PURGE_EXPIRED",
+        "false",
+        parse_bool,
+        "do not purge expired entries in the background",
+        kube=("false", ""),
+    )
+    groupcache_expired_keys_eviction_interval: float = _setting(
+        "GROUPCACHE_EXPIRED_KEYS_EVICTION_INTERVAL",
+        "30m",
+        parse_duration,
+        "how often expired entries are purged",
+        kube=("30m", ""),
+    )
+    kubegroup_metrics_namespace: str = _setting(
+        "KUBEGROUP_METRICS_NAMESPACE",
+        "",
+        parse_text,
+        "prefix of the kubegroup_* metrics",
+        value="",
+        kube=("", ""),
+    )
+    kubegroup_debug: bool = _setting(
+        "KUBEGROUP_DEBUG",
+        "true",
+        parse_bool,
+        "discovery logs at debug level (seen with DEBUG_LOG=true)",
+        kube=("true", ""),
+    )
+    kubegroup_force_namespace_default: bool = _setting(
+        "KUBEGROUP_FORCE_NAMESPACE_DEFAULT",
+        "false",
+        parse_bool,
+        "watch pods of namespace default instead of the pod's own",
+        kube=("false", ""),
+    )
+    compute: str = _setting(
+        "COMPUTE",
+        "kubernetes",
+        lambda t: parse_choice(t, ("kubernetes", "ecs")),
+        "kubernetes | ecs: where peers are discovered (with PEER_DISCOVERY=auto)",
+        kube=("kubernetes", ""),
+    )
+    ecs_task_discovery_service: str = _setting(
+        "ECS_TASK_DISCOVERY_SERVICE",
+        "kubecache",
+        parse_text,
+        "COMPUTE=ecs: the ECS service whose tasks are the peers",
+        kube=("kubecache", "only the ECS API is asked (kubecache asked its discovery agent first)"),
+    )
+    force_single_task: bool = _setting(
+        "FORCE_SINGLE_TASK",
+        "false",
+        parse_bool,
+        "COMPUTE=ecs: this task is the only peer (no ECS API calls)",
+        kube=("false", ""),
+    )
+    dogstatsd_enable: bool = _setting(
+        "DOGSTATSD_ENABLE",
+        "true",
+        parse_bool,
+        "send groupcache/kubegroup metrics to DogStatsD (DD_AGENT_HOST:DD_AGENT_PORT, UDP)",
+        kube=("true", ""),
+    )
+    dogstatsd_export_interval: float = _setting(
+        "DOGSTATSD_EXPORT_INTERVAL",
+        "30s",
+        parse_duration,
+        "DogStatsD export interval",
+        kube=("30s", ""),
+    )
+    dogstatsd_debug: bool = _setting(
+        "DOGSTATSD_DEBUG", "false", parse_bool, "log every DogStatsD datagram", kube=("false", "")
+    )
+    dogstatsd_client_ttl: float = _setting(
+        "DOGSTATSD_CLIENT_TTL",
+        "1m",
+        parse_duration,
+        "re-resolve the agent address this often",
+        kube=("1m", ""),
+    )
+    dd_agent_host: str = _setting(
+        "DD_AGENT_HOST", "localhost", parse_text, "DogStatsD agent host", kube=("localhost", "")
+    )
+    dd_agent_port: int = _setting(
+        "DD_AGENT_PORT", "8125", _port, "DogStatsD agent UDP port", kube=("8125", "")
+    )
+    dd_tags: str = _setting(
+        "DD_TAGS", "", parse_text, "extra DogStatsD tags, space-separated", value="", kube=("", "")
+    )
+    emf_enable: bool = _setting(
+        "EMF_ENABLE",
+        "false",
+        parse_bool,
+        "CloudWatch EMF metrics as JSON lines on stdout (every 20s)",
+        kube=("false", ""),
+    )
+    emf_send_logs: bool = _setting(
+        "EMF_SEND_LOGS",
+        "false",
+        parse_bool,
+        "send EMF straight to CloudWatch Logs (refused: use stdout and the log agent)",
+        kube=("false", "true is refused: ship stdout with the CloudWatch agent or Fluent Bit"),
+    )
+    automemlimit_debug: str = _setting(
+        "AUTOMEMLIMIT_DEBUG",
+        "",
+        parse_text,
+        "accepted and ignored (a Go runtime setting of kubecache)",
+        value="",
+        kube=("", "no effect: Go runtime memory limit tuning"),
     )
     # Not settings of their own: the OTEL_* variables and whether we run in Kubernetes.
     otel: Mapping[str, str] = field(default_factory=dict, metadata={})
@@ -421,7 +663,7 @@ class Settings:
                 continue
             name = meta["env"]
             raw = env.get(name, meta["default"]).strip()
-            from_ref = meta["ref"] and raw.startswith(SECRET_REF_PREFIXES)
+            from_ref = raw.startswith(SECRET_REF_PREFIXES)
             if from_ref:
                 resolver = resolver or _default_resolver(env)
                 raw = _resolve(resolver, name, raw)
@@ -541,6 +783,11 @@ def _url_password(url: str) -> str:
 
 def _finish(s: Settings) -> Settings:
     """Checks and defaults that involve more than one setting."""
+    if s.emf_send_logs:
+        raise ConfigError(
+            "EMF_SEND_LOGS: sending EMF straight to CloudWatch Logs is not supported; set "
+            "EMF_ENABLE=true and ship stdout with the CloudWatch agent or Fluent Bit"
+        )
     if not s.backend_url:
         raise ConfigError("BACKEND_URL: required (the URL of the backend to cache)")
     mode = s.peer_discovery

@@ -133,5 +133,5 @@ class BackendLoader:
             stale = self.group.peek_stale(key)
             if stale is not None and stale[0][:4] in (RESPONSE, VARY):
                 value, ago = stale
-                return tokencache.Entry(encode_stale(status, ago, value), 0)
-        return tokencache.Entry(encode_error(status, kind), 0)
+                return tokencache.Entry(encode_stale(status, ago, value), 0, failed=True)
+        return tokencache.Entry(encode_error(status, kind), 0, failed=True)

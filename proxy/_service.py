@@ -79,6 +79,7 @@ class ProxyService:
         self.metrics = ProxyMetrics(
             namespace=settings.metrics_namespace,
             buckets=settings.metrics_buckets_latency_http or DEFAULT_BUCKETS,
+            uri_limit=settings.metrics_uri_limit,
         )
         self.registry = CollectorRegistry()
         self._install_tracer = install_tracer
@@ -121,6 +122,11 @@ class ProxyService:
             # would make the caller give up on a slow backend and load the key a second time.
             peer_timeout=s.backend_timeout + PEER_TIMEOUT_MARGIN,
             tracer_provider=self._provider,
+            purge_interval=(
+                0.0
+                if s.groupcache_disable_purge_expired
+                else s.groupcache_expired_keys_eviction_interval
+            ),
         )
         self._ws = ws
         if single:
@@ -154,6 +160,7 @@ class ProxyService:
             metrics=self.metrics,
             tracer=None if self._provider is None else self._provider.get_tracer("proxy"),
             logger=logging.getLogger("proxy.app"),
+            group_name=s.groupcache_group_name,
         )
         await self._app.start(s.listen_addr.bind_host, s.listen_addr.port)
         self._register_metrics(ws)
@@ -199,8 +206,10 @@ class ProxyService:
                 label_selector=s.kubegroup_label_selector,
                 peer_port=s.groupcache_port.port,
                 debounce=s.kubegroup_debounce,
-                registry=self.registry,
-                metrics_namespace=s.metrics_namespace,
+                registry=self.registry if s.prometheus_enable else None,
+                # kubegroup's own prefix, as in Go: METRICS_NAMESPACE does not apply.
+                metrics_namespace=s.kubegroup_metrics_namespace,
+                namespace="default" if s.kubegroup_force_namespace_default else None,
             )
         except DiscoveryConfigError as exc:
             raise ConfigError(f"PEER_DISCOVERY: kubernetes discovery cannot start: {exc}") from None
@@ -213,7 +222,8 @@ class ProxyService:
         if self._auth is not None:
             caches = [self._auth.token_cache]
             self.registry.register(TokenMetricsCollector(caches, namespace=s.metrics_namespace))
-        ProcessCollector(namespace=s.metrics_namespace, registry=self.registry)
+        # Go's process collector has no namespace either: process_* keeps its standard names.
+        ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
     async def _start_side_servers(self) -> None:
@@ -223,11 +233,11 @@ class ProxyService:
             self.readiness,
             health_path=s.health_path,
             ready_path=s.ready_path,
-            metrics_path=s.metrics_path if shared else None,
+            metrics_path=s.metrics_path if shared and s.prometheus_enable else None,
             registry=self.registry,
         )
         plan: list[tuple[Address, Any]] = [(s.health_addr, health)]
-        if not shared:
+        if not shared and s.prometheus_enable:
             metrics = build_app(self.readiness, metrics_path=s.metrics_path, registry=self.registry)
             plan.append((s.metrics_addr, metrics))
         for addr, app in plan:
@@ -347,7 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tokencache-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(debug=settings.debug_log, secrets=settings.secret_values())
+    configure_logging(
+        debug=settings.debug_log,
+        secrets=settings.secret_values(),
+        # KUBEGROUP_DEBUG=false keeps discovery at INFO even with DEBUG_LOG=true (as in Go).
+        quiet=() if settings.kubegroup_debug else ("tokencache.discovery",),
+    )
     try:
         try:
             import uvloop

@@ -79,7 +79,7 @@ def test_peer_requests_need_a_fresh_valid_signature(
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-@pytest.mark.parametrize("group", ["http", "oauth2"])
+@pytest.mark.parametrize("group", ["path", "http", "oauth2"])
 def test_public_port_never_speaks_the_peer_protocol(
     cluster: tuple[ProxyCluster, BackendProcess], method: str, group: str
 ) -> None:
