@@ -30,7 +30,16 @@ from typing import Any, Protocol
 from ._errors import ConfigError
 
 # Values that begin with one of these are references the SecretResolver looks up at start-up.
-SECRET_REF_PREFIXES = ("aws-secretsmanager:", "aws-parameterstore:", "file:")
+SECRET_REF_PREFIXES = (
+    "aws-secretsmanager:",
+    "aws-parameterstore:",
+    "file:",
+    "aws-s3:",
+    "aws-dynamodb:",
+    "aws-lambda:",
+    "#http:",
+    "vault:",
+)
 
 _DISCOVERY = ("auto", "static", "kubernetes", "none")
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post")

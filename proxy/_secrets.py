@@ -8,6 +8,9 @@ replaced by the secret it names; anything else is a literal and comes back uncha
     aws-parameterstore:<region>:<parameter name or ARN>[:<json field>]   (read with decryption)
     file:<path>                          (a mounted Kubernetes Secret; one trailing newline dropped)
 
+and the stores of `proxy._secret_stores` (``aws-s3:``, ``aws-dynamodb:``, ``aws-lambda:``,
+``#http:``; ``vault:`` is refused with the reason).
+
 Parse rule for the optional JSON field: Secrets Manager and Parameter Store names cannot contain
 ``:``, so after a plain name the first ``:`` starts the field. An ARN does contain colons, so a
 value starting with ``arn:`` takes exactly the ARN's own segments (7 for a secret, 6 for a
@@ -36,6 +39,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from proxy._errors import ConfigError
+from proxy._secret_stores import (
+    StoreError,
+    StoreReference,
+    fetch_dynamodb,
+    fetch_http,
+    fetch_lambda,
+    fetch_s3,
+    parse_store_reference,
+)
 
 if TYPE_CHECKING:
     import boto3.session
@@ -66,7 +78,10 @@ _DENIED_CODES = frozenset(
     {"AccessDenied", "AccessDeniedException", "UnrecognizedClientException",
      "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "SignatureDoesNotMatch"}
 )  # fmt: skip
-_MISSING_CODES = frozenset({"ResourceNotFoundException", "ParameterNotFound"})
+_MISSING_CODES = frozenset(
+    {"ResourceNotFoundException", "ParameterNotFound", "NoSuchKey", "NoSuchBucket"}
+)
+_STORE_SERVICES = {"aws-s3": "s3", "aws-dynamodb": "dynamodb", "aws-lambda": "lambda"}
 
 
 class SecretReferenceError(ConfigError):
@@ -159,13 +174,20 @@ class SecretResolver:
         self._base_session: Any = None  # made on the first AWS reference
         self._role_credentials: dict[str, str] | None = None  # AssumeRole runs once
         self._clients: dict[tuple[str, str], Any] = {}  # (service, region) -> boto3 client
-        self._fetched: dict[tuple[str, str | None, str], str] = {}  # (kind, region, locator) -> raw
+        # (kind, region, locator) -> raw value
+        self._fetched: dict[tuple[str, str | None, str], str] = {}
 
     def resolve(self, name: str, value: str) -> str:
         """The secret ``value`` references, or ``value`` itself when it is a literal.
 
         ``name`` is the setting's variable name; it is used only in error messages.
         """
+        try:
+            store = parse_store_reference(value)
+        except StoreError as exc:
+            raise SecretReferenceError(name, value.split(":", 1)[0], str(exc)) from None
+        if store is not None:
+            return self._resolve_store(name, store)
         ref = parse_reference(name, value)
         if ref is None:
             return value
@@ -177,6 +199,39 @@ class SecretResolver:
         result = raw if ref.field is None else _json_field(name, ref, raw)
         _log.debug("resolved %s from %s", name, ref.kind)
         return result
+
+    def _resolve_store(self, name: str, store: StoreReference) -> str:
+        key = (store.kind, store.region, ",".join(store.parts))
+        raw = self._fetched.get(key)
+        if raw is None:
+            raw = self._fetch_store(name, store)
+            self._fetched[key] = raw
+        _log.debug("resolved %s from %s", name, store.kind)
+        if store.field is None:
+            return raw
+        return _field_of(name, store.kind, store.describe(), store.field, raw)
+
+    def _fetch_store(self, variable: str, store: StoreReference) -> str:
+        try:
+            if store.kind == "#http":
+                return fetch_http(_http_call, store)
+            aws = _import_boto3(variable, store.kind)
+            service = _STORE_SERVICES[store.kind]
+            try:
+                client = self._client(variable, store.kind, service, store.region or None)
+                if service == "s3":
+                    return fetch_s3(client, store)
+                if service == "dynamodb":
+                    return fetch_dynamodb(client, store)
+                return fetch_lambda(client, store)
+            except aws.ClientError as exc:
+                reason = f"{store.describe()}: {_client_error_reason(exc)}"
+                raise SecretReferenceError(variable, store.kind, reason) from exc
+            except aws.BotoCoreError as exc:
+                reason = f"{store.describe()}: AWS call failed ({type(exc).__name__})"
+                raise SecretReferenceError(variable, store.kind, reason) from exc
+        except StoreError as exc:
+            raise SecretReferenceError(variable, store.kind, str(exc)) from None
 
     def resolve_all(self, env: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
         """Resolve each of ``names`` that is present in ``env``; absent names are left out."""
@@ -199,7 +254,7 @@ class SecretResolver:
 
     def _fetch_aws(self, variable: str, ref: SecretReference, region: str) -> str:
         if ref.kind == _SECRETS_MANAGER:
-            reply = self._client(variable, ref, "secretsmanager", region).get_secret_value(
+            reply = self._client(variable, ref.kind, "secretsmanager", region).get_secret_value(
                 SecretId=ref.locator
             )
             text = reply.get("SecretString")
@@ -210,7 +265,7 @@ class SecretResolver:
             except (KeyError, TypeError, UnicodeDecodeError):
                 reason = f"{ref.describe()}: secret has no UTF-8 text value"
                 raise SecretReferenceError(variable, ref.kind, reason) from None
-        reply = self._client(variable, ref, "ssm", region).get_parameter(
+        reply = self._client(variable, ref.kind, "ssm", region).get_parameter(
             Name=ref.locator, WithDecryption=True
         )
         text = reply.get("Parameter", {}).get("Value")
@@ -219,27 +274,27 @@ class SecretResolver:
             raise SecretReferenceError(variable, ref.kind, reason)
         return text
 
-    def _client(self, variable: str, ref: SecretReference, service: str, region: str) -> Any:
-        client = self._clients.get((service, region))
+    def _client(self, variable: str, kind: str, service: str, region: str | None) -> Any:
+        client = self._clients.get((service, region or ""))
         if client is not None:
             return client
-        boto3 = _import_boto3(variable, ref.kind).boto3
+        boto3 = _import_boto3(variable, kind).boto3
         if self._base_session is None:
             factory = self._session_factory or boto3.session.Session
             self._base_session = factory()
         session = self._base_session
         if self._role_arn is not None:
-            creds = self._assume_role(variable, ref, region)
+            creds = self._assume_role(variable, kind, region)
             session = boto3.session.Session(
                 aws_access_key_id=creds["AccessKeyId"],
                 aws_secret_access_key=creds["SecretAccessKey"],
                 aws_session_token=creds["SessionToken"],
             )
         client = session.client(service, region_name=region, endpoint_url=self._endpoint_url)
-        self._clients[(service, region)] = client
+        self._clients[(service, region or "")] = client
         return client
 
-    def _assume_role(self, variable: str, ref: SecretReference, region: str) -> dict[str, str]:
+    def _assume_role(self, variable: str, kind: str, region: str | None) -> dict[str, str]:
         if self._role_credentials is None:
             # Regional STS in the first referenced region: it is reachable if the secret is.
             sts = self._base_session.client(
@@ -249,9 +304,9 @@ class SecretResolver:
                 reply = sts.assume_role(
                     RoleArn=self._role_arn, RoleSessionName=self._role_session_name
                 )
-            except _import_boto3(variable, ref.kind).ClientError as exc:
+            except _import_boto3(variable, kind).ClientError as exc:
                 reason = f"assuming role {self._role_arn}: {_client_error_reason(exc)}"
-                raise SecretReferenceError(variable, ref.kind, reason) from exc
+                raise SecretReferenceError(variable, kind, reason) from exc
             self._role_credentials = dict(reply["Credentials"])
         return self._role_credentials
 
@@ -311,19 +366,35 @@ def _read_file(variable: str, ref: SecretReference) -> str:
 
 
 def _json_field(variable: str, ref: SecretReference, raw: str) -> str:
+    assert ref.field is not None
+    return _field_of(variable, ref.kind, ref.describe(), ref.field, raw)
+
+
+def _field_of(variable: str, kind: str, where: str, field: str, raw: str) -> str:
     try:
         document = json.loads(raw)
     except ValueError:
         # JSONDecodeError.doc is the whole secret: never chain it.
-        reason = f"{ref.describe()}: value is not JSON"
-        raise SecretReferenceError(variable, ref.kind, reason) from None
+        raise SecretReferenceError(variable, kind, f"{where}: value is not JSON") from None
     if not isinstance(document, dict):
-        raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: not a JSON object")
-    if ref.field not in document:
-        raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: no such json field")
-    found = document[ref.field]
+        raise SecretReferenceError(variable, kind, f"{where}: not a JSON object")
+    if field not in document:
+        raise SecretReferenceError(variable, kind, f"{where}: no such json field")
+    found = document[field]
     if isinstance(found, str):
         return found
     if isinstance(found, bool | int | float):
         return json.dumps(found)  # 5432 -> "5432", true -> "true"
-    raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: json field is not a scalar")
+    raise SecretReferenceError(variable, kind, f"{where}: json field is not a scalar")
+
+
+def _http_call(
+    method: str, url: str, headers: dict[str, str], body: bytes, timeout: float
+) -> tuple[int, bytes]:
+    import httpx
+
+    try:
+        reply = httpx.request(method, url, headers=headers, content=body, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise StoreError(f"{method} {url.split('?', 1)[0]}: {type(exc).__name__}") from None
+    return reply.status_code, reply.content
