@@ -41,7 +41,55 @@ SECRET_REF_PREFIXES = (
     "vault:",
 )
 
-_DISCOVERY = ("auto", "static", "kubernetes", "none")
+_DISCOVERY = ("auto", "static", "kubernetes", "ecs", "none")
+
+# Variables read by the tracing set-up (and the OpenTelemetry SDK), not Settings fields:
+# (variable, default, help, kubecache's default, difference) for the generated table.
+OTEL_ROWS: tuple[tuple[str, str, str, str | None, str | None], ...] = (
+    (
+        "OTELCONFIG_EXPORTER",
+        "",
+        "grpc | http: the OTLP transport; stdout; jaeger (retired: one warning line)",
+        "grpc",
+        "empty exports nothing unless an OTLP endpoint is set; jaeger logs one line and "
+        "exports nothing (use OTLP)",
+    ),
+    (
+        "OTEL_TRACES_EXPORTER",
+        "otlp with an endpoint, else none",
+        "otlp | console | none; jaeger as OTELCONFIG_EXPORTER=jaeger",
+        "(ignored)",
+        "read here (kubecache ignored it); other values than these stop the start",
+    ),
+    (
+        "OTEL_PROPAGATORS",
+        "tracecontext,baggage",
+        "tracecontext, baggage, b3, b3multi, jaeger, xray, ottrace, none",
+        "tracecontext",
+        "unknown names: one warning line, ignored",
+    ),
+    (
+        "OTEL_TRACES_SAMPLER",
+        "parentbased_always_on",
+        "the standard sampler names (OTEL_TRACES_SAMPLER_ARG for ratios)",
+        "parentbased_always_on",
+        "strict: an unknown sampler stops the start",
+    ),
+    (
+        "OTEL_SERVICE_NAME",
+        "tokencache-proxy",
+        "service.name of the spans (or OTEL_RESOURCE_ATTRIBUTES)",
+        "kubecache",
+        "the default names this program",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "collector URL; the other OTEL_EXPORTER_OTLP_* are read by the SDK exporters",
+        "",
+        "",
+    ),
+)
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
 
@@ -491,7 +539,8 @@ class Settings:
         "PEER_DISCOVERY",
         "auto",
         lambda t: parse_choice(t, _DISCOVERY),
-        "auto | static | kubernetes | none (auto: static if peers, kubernetes in a pod)",
+        "auto | static | kubernetes | ecs | none (auto: static if peers, ecs with COMPUTE=ecs, "
+        "kubernetes in a pod)",
     )
     kubegroup_label_selector: str = _setting(
         "KUBEGROUP_LABEL_SELECTOR",
@@ -698,6 +747,27 @@ class Settings:
             if f.metadata
         ]
 
+    @classmethod
+    def kubecache_rows(cls) -> list[tuple[str, str, str, str | None, str | None]]:
+        """(variable, default, help, kubecache's default or None, difference or None) per
+        setting, plus the OpenTelemetry variables handed to the SDK; docs/proxy.md's table."""
+        rows: list[tuple[str, str, str, str | None, str | None]] = []
+        for f in dataclasses.fields(cls):
+            if not f.metadata:
+                continue
+            kube = f.metadata.get("kube")
+            rows.append(
+                (
+                    f.metadata["env"],
+                    f.metadata["default"],
+                    f.metadata["help"],
+                    None if kube is None else kube[0],
+                    None if kube is None else kube[1],
+                )
+            )
+        rows.extend(OTEL_ROWS)
+        return rows
+
     def secret_values(self) -> tuple[str, ...]:
         """Every secret value this configuration holds (for the log redaction filter)."""
         out = [self.groupcache_peer_secret, self.oauth2_client_secret]
@@ -801,7 +871,12 @@ def _finish(s: Settings) -> Settings:
         raise ConfigError("BACKEND_URL: required (the URL of the backend to cache)")
     mode = s.peer_discovery
     if mode == "auto":
-        mode = "static" if s.groupcache_peers else "kubernetes" if s.in_kubernetes else "none"
+        if s.groupcache_peers:
+            mode = "static"
+        elif s.compute == "ecs":
+            mode = "ecs"  # kubecache's COMPUTE=ecs: the ECS service's tasks are the peers
+        else:
+            mode = "kubernetes" if s.in_kubernetes else "none"
     if mode == "static" and not s.groupcache_peers:
         raise ConfigError("GROUPCACHE_PEERS: required when PEER_DISCOVERY=static")
     self_url = s.groupcache_self_url.rstrip("/")
