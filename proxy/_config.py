@@ -643,6 +643,13 @@ class Settings:
         "COMPUTE=ecs: this task is the only peer (no ECS API calls)",
         kube=("false", ""),
     )
+    ecs_container_metadata_uri_v4: str = _setting(
+        "ECS_CONTAINER_METADATA_URI_V4",
+        "",
+        parse_text,
+        "COMPUTE=ecs: task metadata endpoint, set by the ECS agent (names the cluster)",
+        value="",
+    )
     dogstatsd_enable: bool = _setting(
         "DOGSTATSD_ENABLE",
         "true",
@@ -880,6 +887,9 @@ def _finish(s: Settings) -> Settings:
     if mode == "static" and not s.groupcache_peers:
         raise ConfigError("GROUPCACHE_PEERS: required when PEER_DISCOVERY=static")
     self_url = s.groupcache_self_url.rstrip("/")
+    if not self_url and mode == "ecs" and not s.pod_ip:
+        # An ECS task's peer address is its awsvpc interface's (Go's FindMyAddr).
+        self_url = f"http://{_bracket(_primary_address())}:{s.groupcache_port.port}"
     if not self_url:
         host = s.pod_ip or s.groupcache_port.host or socket.gethostname()
         if host in ("0.0.0.0", "::"):
@@ -895,6 +905,16 @@ def _finish(s: Settings) -> Settings:
             "OAUTH2_CLIENT_ID: OAUTH2_TOKEN_URL is set, so client id and secret are required"
         )
     return dataclasses.replace(s, peer_discovery=mode, groupcache_self_url=self_url)
+
+
+def _primary_address() -> str:
+    """This host's outward IPv4 address (no packet is sent: a UDP connect only picks a route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
 
 
 def _bracket(host: str) -> str:

@@ -183,7 +183,7 @@ class ProxyService:
         if s.peer_discovery == "static":
             ws.set_peers(list(s.groupcache_peers))
             self.readiness.peers_known = True
-        elif s.peer_discovery == "kubernetes":
+        elif s.peer_discovery in ("kubernetes", "ecs"):
 
             def on_peers(urls: Sequence[str]) -> None:
                 if self.readiness.draining:
@@ -191,8 +191,17 @@ class ProxyService:
                 ws.set_peers(list(urls))
                 self.readiness.peers_known = True
 
-            self._discovery = self._peer_source(on_peers)
-            await self._discovery.start()
+            if s.peer_discovery == "ecs":
+                from tokencache.discovery import DiscoveryError
+
+                self._discovery = self._ecs_source(on_peers)
+                try:
+                    await self._discovery.start()
+                except DiscoveryError as exc:
+                    raise ConfigError(f"COMPUTE: ecs discovery cannot start: {exc}") from None
+            else:
+                self._discovery = self._peer_source(on_peers)
+                await self._discovery.start()
         else:
             self.readiness.peers_known = True  # single node: the ring is just us
 
@@ -213,6 +222,37 @@ class ProxyService:
             )
         except DiscoveryConfigError as exc:
             raise ConfigError(f"PEER_DISCOVERY: kubernetes discovery cannot start: {exc}") from None
+        return source
+
+    def _ecs_source(self, on_peers: Callable[[list[str]], None]) -> PeerSource:
+        from tokencache.discovery import DiscoveryConfigError, EcsPeerSource
+
+        s = self.settings
+        endpoint = s.aws_endpoint_url or None
+
+        def client() -> Any:
+            try:
+                import boto3
+            except ImportError:
+                raise ConfigError(
+                    "COMPUTE: ecs needs boto3 (install the tokencache[aws] extra)"
+                ) from None
+            return boto3.client("ecs", endpoint_url=endpoint)
+
+        host = s.groupcache_self_url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        try:
+            source: PeerSource = EcsPeerSource(
+                on_peers,
+                service=s.ecs_task_discovery_service,
+                peer_port=s.groupcache_port.port,
+                metadata_uri=s.ecs_container_metadata_uri_v4,
+                client_factory=client,
+                force_single_task=host if s.force_single_task else "",
+                registry=self.registry if s.prometheus_enable else None,
+                metrics_namespace=s.metrics_namespace,
+            )
+        except DiscoveryConfigError as exc:
+            raise ConfigError(f"COMPUTE: ecs discovery cannot start: {exc}") from None
         return source
 
     def _register_metrics(self, ws: tokencache.Workspace) -> None:
