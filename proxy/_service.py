@@ -27,6 +27,7 @@ import asyncio
 import inspect
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -44,6 +45,7 @@ from ._errors import ConfigError
 from ._health import AppServer, Readiness, build_app
 from ._logging import configure_logging
 from ._metrics import DEFAULT_BUCKETS, ProxyMetrics
+from ._push_metrics import PushExporter
 from ._tracing import build_propagator, build_tracer_provider
 
 _log = logging.getLogger("proxy")
@@ -90,6 +92,7 @@ class ProxyService:
         self._auth: ClientCredentialsAuth | None = None
         self._discovery: PeerSource | None = None
         self._servers: list[AppServer] = []
+        self._pushers: list[PushExporter] = []
         self._closed = False
 
     @property
@@ -164,6 +167,7 @@ class ProxyService:
         )
         await self._app.start(s.listen_addr.bind_host, s.listen_addr.port)
         self._register_metrics(ws)
+        self._start_pushers(ws)
         await self._start_side_servers()
         self.readiness.started = True
         _log.info(
@@ -266,6 +270,29 @@ class ProxyService:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
+    def _start_pushers(self, ws: tokencache.Workspace) -> None:
+        """kubecache's pushed metrics: DogStatsD (on by default there, and here) and EMF."""
+        s = self.settings
+
+        def groups() -> list[tokencache.Group]:
+            return sorted(ws.groups.values(), key=lambda g: g.name)
+
+        if s.dogstatsd_enable:
+            tags = (f"pod_name:{socket.gethostname()}", "service:kubecache", *s.dd_tags.split())
+            target = (s.dd_agent_host, s.dd_agent_port, s.dogstatsd_client_ttl, tags)
+            self._pushers.append(
+                PushExporter(
+                    groups,
+                    interval=s.dogstatsd_export_interval,
+                    dogstatsd=(*target, s.dogstatsd_debug),
+                )
+            )
+        if s.emf_enable:
+            # groupcache_awsemf's fixed 20 s; EMF lines go to stdout beside the JSON logs.
+            self._pushers.append(PushExporter(groups, interval=20.0, emf_out=sys.stdout))
+        for pusher in self._pushers:
+            pusher.start()
+
     async def _start_side_servers(self) -> None:
         s = self.settings
         shared = s.metrics_addr == s.health_addr
@@ -314,6 +341,7 @@ class ProxyService:
             return
         self._closed = True
         steps: list[Callable[[], Any]] = [s.close for s in reversed(self._servers)]
+        steps.extend(p.stop for p in self._pushers)
         if self._discovery is not None:
             steps.append(self._discovery.stop)
         # The peer port goes before the data path: a peer asking this node for a key must get
