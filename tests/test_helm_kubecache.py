@@ -268,3 +268,10 @@ def test_peer_secret_from_a_seed_is_stable_under_helm_template(helm: Path, tmp_p
     assert first != other
     unseeded = _peer_secret(render(helm, tmp_path))
     assert unseeded != _peer_secret(render(helm, tmp_path))  # random without a cluster
+
+
+def test_container_name_can_keep_kubecaches(helm: Path, tmp_path: Path) -> None:
+    default = one(render(helm, tmp_path), "Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in default["containers"]] == ["proxy"]
+    kept = one(render(helm, tmp_path, "--set", "containerName=r1"), "Deployment")
+    assert [c["name"] for c in kept["spec"]["template"]["spec"]["containers"]] == ["r1"]
