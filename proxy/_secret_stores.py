@@ -174,3 +174,37 @@ def _text(data: bytes, ref: StoreReference) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise StoreError(f"{ref.describe()}: not UTF-8 text") from None
+
+
+# AWS error codes that mean "the credentials may not do this" and "there is no such thing".
+_DENIED_CODES = frozenset(
+    {"AccessDenied", "AccessDeniedException", "UnrecognizedClientException",
+     "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "SignatureDoesNotMatch"}
+)  # fmt: skip
+_MISSING_CODES = frozenset(
+    {"ResourceNotFoundException", "ParameterNotFound", "NoSuchKey", "NoSuchBucket"}
+)
+
+
+def client_error_reason(exc: Any) -> str:
+    code = str(exc.response.get("Error", {}).get("Code", "unknown"))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    # AWS answers 403 only for authentication and authorisation failures; a body botocore could
+    # not parse (some emulators and proxies) leaves "403" as the code, which means the same.
+    if code in _DENIED_CODES or status == 403:
+        return f"access denied ({code})"
+    if code in _MISSING_CODES:
+        return f"not found ({code})"
+    return f"AWS error {code}"
+
+
+def http_call(
+    method: str, url: str, headers: dict[str, str], body: bytes, timeout: float
+) -> tuple[int, bytes]:
+    import httpx
+
+    try:
+        reply = httpx.request(method, url, headers=headers, content=body, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise StoreError(f"{method} {url.split('?', 1)[0]}: {type(exc).__name__}") from None
+    return reply.status_code, reply.content

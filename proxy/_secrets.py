@@ -32,20 +32,25 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from proxy._errors import ConfigError
+from proxy._secret_refs import (
+    ReferenceKind,
+    SecretReference,
+    SecretReferenceError,
+    parse_reference,
+)
 from proxy._secret_stores import (
     StoreError,
     StoreReference,
+    client_error_reason,
     fetch_dynamodb,
     fetch_http,
     fetch_lambda,
     fetch_s3,
+    http_call,
     parse_store_reference,
 )
 
@@ -62,90 +67,10 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-ReferenceKind = Literal["aws-secretsmanager", "aws-parameterstore", "file"]
 
-_SECRETS_MANAGER: ReferenceKind = "aws-secretsmanager"
-_PARAMETER_STORE: ReferenceKind = "aws-parameterstore"
-_FILE: ReferenceKind = "file"
-# Colon-separated segments of an ARN: arn:aws:secretsmanager:region:account:secret:name-AbCdEf
-# and arn:aws:ssm:region:account:parameter/name.
-_ARN_SEGMENTS = {_SECRETS_MANAGER: 7, _PARAMETER_STORE: 6}
-# us-east-1, eu-central-2, us-gov-west-1, cn-north-1: strict, so a forgotten region
-# ("aws-secretsmanager:db:password") is a loud parse error rather than a lookup in region "db".
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
-# AWS error codes that mean "the credentials may not do this" and "there is no such thing".
-_DENIED_CODES = frozenset(
-    {"AccessDenied", "AccessDeniedException", "UnrecognizedClientException",
-     "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "SignatureDoesNotMatch"}
-)  # fmt: skip
-_MISSING_CODES = frozenset(
-    {"ResourceNotFoundException", "ParameterNotFound", "NoSuchKey", "NoSuchBucket"}
-)
+_FILE = "file"
+_SECRETS_MANAGER = "aws-secretsmanager"
 _STORE_SERVICES = {"aws-s3": "s3", "aws-dynamodb": "dynamodb", "aws-lambda": "lambda"}
-
-
-class SecretReferenceError(ConfigError):
-    """A configuration value is a secret reference that could not be resolved.
-
-    The message names the variable, the reference kind and why; never the secret's value.
-    """
-
-    def __init__(self, variable: str, kind: str, reason: str) -> None:
-        super().__init__(f"{variable}: cannot resolve {kind} reference: {reason}")
-        self.variable = variable
-        self.kind = kind
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class SecretReference:
-    """A parsed reference: where the secret lives, and which JSON field of it to take (if any)."""
-
-    kind: ReferenceKind
-    locator: str  # secret name/ARN, parameter name/ARN, or file path
-    region: str | None = None
-    field: str | None = None
-
-    def describe(self) -> str:
-        """The reference in words for error messages (names where the secret is, not what it is)."""
-        where = self.locator if self.region is None else f"{self.region}:{self.locator}"
-        return where if self.field is None else f"{where} field {self.field!r}"
-
-
-def parse_reference(variable: str, value: str) -> SecretReference | None:
-    """Parse ``value``; None when it is a literal. Raises SecretReferenceError when malformed."""
-    if value.startswith("file:"):
-        path = value[len("file:") :]
-        if not path:
-            raise SecretReferenceError(variable, _FILE, "malformed reference: expected file:<path>")
-        return SecretReference(_FILE, path)
-    for kind in (_SECRETS_MANAGER, _PARAMETER_STORE):
-        if value.startswith(kind + ":"):
-            return _parse_aws(variable, kind, value[len(kind) + 1 :])
-    return None
-
-
-def _parse_aws(variable: str, kind: ReferenceKind, rest: str) -> SecretReference:
-    def malformed(why: str) -> SecretReferenceError:
-        usage = f"{kind}:<region>:<name or ARN>[:<json field>]"
-        return SecretReferenceError(
-            variable, kind, f"malformed reference ({why}): expected {usage}"
-        )
-
-    region, sep, rest = rest.partition(":")
-    if not sep or not _REGION.fullmatch(region):
-        raise malformed("no valid region")
-    parts = rest.split(":")
-    n = _ARN_SEGMENTS[kind] if parts[0] == "arn" else 1
-    if len(parts) < n or not all(parts[:n]):
-        raise malformed("incomplete ARN" if n > 1 else "no name")
-    locator = ":".join(parts[:n])
-    field = ":".join(parts[n:]) if len(parts) > n else None
-    if field == "":
-        raise malformed("empty json field")
-    if n > 1 and parts[3] != region:
-        raise malformed(f"ARN region {parts[3]} differs from {region}")
-    return SecretReference(kind, locator, region, field)
 
 
 class SecretResolver:
@@ -214,7 +139,7 @@ class SecretResolver:
     def _fetch_store(self, variable: str, store: StoreReference) -> str:
         try:
             if store.kind == "#http":
-                return fetch_http(_http_call, store)
+                return fetch_http(http_call, store)
             aws = _import_boto3(variable, store.kind)
             service = _STORE_SERVICES[store.kind]
             try:
@@ -225,7 +150,7 @@ class SecretResolver:
                     return fetch_dynamodb(client, store)
                 return fetch_lambda(client, store)
             except aws.ClientError as exc:
-                reason = f"{store.describe()}: {_client_error_reason(exc)}"
+                reason = f"{store.describe()}: {client_error_reason(exc)}"
                 raise SecretReferenceError(variable, store.kind, reason) from exc
             except aws.BotoCoreError as exc:
                 reason = f"{store.describe()}: AWS call failed ({type(exc).__name__})"
@@ -245,7 +170,7 @@ class SecretResolver:
         try:
             return self._fetch_aws(variable, ref, ref.region)
         except aws.ClientError as exc:
-            reason = _client_error_reason(exc)
+            reason = client_error_reason(exc)
             # botocore errors carry codes, ARNs and URLs, never a secret value: keep the chain.
             raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: {reason}") from exc
         except aws.BotoCoreError as exc:
@@ -305,7 +230,7 @@ class SecretResolver:
                     RoleArn=self._role_arn, RoleSessionName=self._role_session_name
                 )
             except _import_boto3(variable, kind).ClientError as exc:
-                reason = f"assuming role {self._role_arn}: {_client_error_reason(exc)}"
+                reason = f"assuming role {self._role_arn}: {client_error_reason(exc)}"
                 raise SecretReferenceError(variable, kind, reason) from exc
             self._role_credentials = dict(reply["Credentials"])
         return self._role_credentials
@@ -330,18 +255,6 @@ def _import_boto3(variable: str, kind: str) -> _Aws:
     except ImportError:
         reason = "boto3 is not installed (install the tokencache[aws] extra)"
         raise SecretReferenceError(variable, kind, reason) from None
-
-
-def _client_error_reason(exc: Any) -> str:
-    code = str(exc.response.get("Error", {}).get("Code", "unknown"))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    # AWS answers 403 only for authentication and authorisation failures; a body botocore could
-    # not parse (some emulators and proxies) leaves "403" as the code, which means the same.
-    if code in _DENIED_CODES or status == 403:
-        return f"access denied ({code})"
-    if code in _MISSING_CODES:
-        return f"not found ({code})"
-    return f"AWS error {code}"
 
 
 def _read_file(variable: str, ref: SecretReference) -> str:
@@ -386,15 +299,3 @@ def _field_of(variable: str, kind: str, where: str, field: str, raw: str) -> str
     if isinstance(found, bool | int | float):
         return json.dumps(found)  # 5432 -> "5432", true -> "true"
     raise SecretReferenceError(variable, kind, f"{where}: json field is not a scalar")
-
-
-def _http_call(
-    method: str, url: str, headers: dict[str, str], body: bytes, timeout: float
-) -> tuple[int, bytes]:
-    import httpx
-
-    try:
-        reply = httpx.request(method, url, headers=headers, content=body, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise StoreError(f"{method} {url.split('?', 1)[0]}: {type(exc).__name__}") from None
-    return reply.status_code, reply.content
