@@ -400,9 +400,13 @@ def settings_help() -> str:
         shown = default if default else '""'
         lines.append(f"  {name:<{width}}  {text} (default: {shown})")
     lines.append("")
-    lines.append("Any URL or secret may be a reference resolved at start-up:")
+    lines.append("Any setting may be a reference resolved at start-up:")
     lines.append("  aws-secretsmanager:<region>:<name>[:<json field>]")
     lines.append("  aws-parameterstore:<region>:<name>[:<json field>]   file:<path>")
+    lines.append("  aws-s3:<region>:<bucket>,<key>[:<json field>]")
+    lines.append("  aws-dynamodb:<region>:<table>,<key name>,<key value>,<attribute>[:<json field>]")
+    lines.append("  aws-lambda:<region>:<function>,<key name>,<key value>,<field>[:<json field>]")
+    lines.append("  #http::<method>,<scheme>,<host>,<port>,<path>,<type>,<body b64>,<auth>[:<field>]")
     lines.append("Tracing also reads the standard OTEL_* variables (OTEL_TRACES_EXPORTER, ...).")
     return "\n".join(lines)
 
