@@ -404,9 +404,13 @@ def settings_help() -> str:
     lines.append("  aws-secretsmanager:<region>:<name>[:<json field>]")
     lines.append("  aws-parameterstore:<region>:<name>[:<json field>]   file:<path>")
     lines.append("  aws-s3:<region>:<bucket>,<key>[:<json field>]")
-    lines.append("  aws-dynamodb:<region>:<table>,<key name>,<key value>,<attribute>[:<json field>]")
+    lines.append(
+        "  aws-dynamodb:<region>:<table>,<key name>,<key value>,<attribute>[:<json field>]"
+    )
     lines.append("  aws-lambda:<region>:<function>,<key name>,<key value>,<field>[:<json field>]")
-    lines.append("  #http::<method>,<scheme>,<host>,<port>,<path>,<type>,<body b64>,<auth>[:<field>]")
+    lines.append(
+        "  #http::<method>,<scheme>,<host>,<port>,<path>,<type>,<body b64>,<auth>[:<field>]"
+    )
     lines.append("Tracing also reads the standard OTEL_* variables (OTEL_TRACES_EXPORTER, ...).")
     return "\n".join(lines)
 
