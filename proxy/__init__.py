@@ -16,12 +16,17 @@ Errors::
 
 from __future__ import annotations
 
-from ._app import ProxyApp
-from ._config import Address, Settings
-from ._errors import ConfigError, ProxyError
-from ._metrics import ProxyMetrics
-from ._secrets import SecretReferenceError, SecretResolver
-from ._service import ProxyService, main, run
+from ._config import Address, Settings, guard_otel_import
+
+# Before anything imports OpenTelemetry: an OTEL_PROPAGATORS name that is not installed must not
+# crash the import (kubecache's chart sets b3multi), not even for --help.
+guard_otel_import()
+
+from ._app import ProxyApp  # noqa: E402 - after the guard above
+from ._errors import ConfigError, ProxyError  # noqa: E402
+from ._metrics import ProxyMetrics  # noqa: E402
+from ._secrets import SecretReferenceError, SecretResolver  # noqa: E402
+from ._service import ProxyService, main, run  # noqa: E402
 
 __all__ = [
     "Address",

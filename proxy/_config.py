@@ -3,8 +3,9 @@
 Theory of operation: every setting is a field of the frozen dataclass `Settings`; the field's
 metadata names its environment variable, its default as the user would type it, a one-line help
 text and the parser that turns the text into a value. `Settings.from_env(env)` walks the fields in
-order, resolves secret references (``aws-secretsmanager:…``, ``aws-parameterstore:…``, ``file:…``)
-for the fields where that makes sense, parses, and then checks the few rules that involve several
+order, resolves secret references (``aws-secretsmanager:…``, ``aws-parameterstore:…``, ``file:…``,
+``aws-s3:…``, ``aws-dynamodb:…``, ``aws-lambda:…``, ``#http:…``; ``vault:…`` is refused) on every
+field, as kubecache did, parses, and then checks the few rules that involve several
 settings. `--help` is generated from the same metadata, so the two can never disagree.
 
 House rules: a bad value raises `ConfigError` with one line that names the variable and what is
@@ -14,11 +15,14 @@ wrong; a secret's value (or any value that came from a secret reference) is neve
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.metadata
 import itertools
 import json
 import os
 import re
 import socket
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,9 +31,66 @@ from typing import Any, Protocol
 from ._errors import ConfigError
 
 # Values that begin with one of these are references the SecretResolver looks up at start-up.
-SECRET_REF_PREFIXES = ("aws-secretsmanager:", "aws-parameterstore:", "file:")
+SECRET_REF_PREFIXES = (
+    "aws-secretsmanager:",
+    "aws-parameterstore:",
+    "file:",
+    "aws-s3:",
+    "aws-dynamodb:",
+    "aws-lambda:",
+    "#http:",
+    "vault:",
+)
 
-_DISCOVERY = ("auto", "static", "kubernetes", "none")
+_DISCOVERY = ("auto", "static", "kubernetes", "ecs", "none")
+
+# Variables read by the tracing set-up (and the OpenTelemetry SDK), not Settings fields:
+# (variable, default, help, kubecache's default, difference) for the generated table.
+OTEL_ROWS: tuple[tuple[str, str, str, str | None, str | None], ...] = (
+    (
+        "OTELCONFIG_EXPORTER",
+        "",
+        "grpc | http: the OTLP transport; stdout; jaeger (retired: one warning line)",
+        "grpc",
+        "empty exports nothing unless an OTLP endpoint is set; jaeger logs one line and "
+        "exports nothing (use OTLP)",
+    ),
+    (
+        "OTEL_TRACES_EXPORTER",
+        "otlp with an endpoint, else none",
+        "otlp | console | none; jaeger as OTELCONFIG_EXPORTER=jaeger",
+        "(ignored)",
+        "read here (kubecache ignored it); other values than these stop the start",
+    ),
+    (
+        "OTEL_PROPAGATORS",
+        "tracecontext,baggage",
+        "tracecontext, baggage, b3, b3multi, jaeger, xray, ottrace, none",
+        "tracecontext",
+        "unknown names: one warning line, ignored",
+    ),
+    (
+        "OTEL_TRACES_SAMPLER",
+        "parentbased_always_on",
+        "the standard sampler names (OTEL_TRACES_SAMPLER_ARG for ratios)",
+        "parentbased_always_on",
+        "strict: an unknown sampler stops the start",
+    ),
+    (
+        "OTEL_SERVICE_NAME",
+        "tokencache-proxy",
+        "service.name of the spans (or OTEL_RESOURCE_ATTRIBUTES)",
+        "kubecache",
+        "the default names this program",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "collector URL; the other OTEL_EXPORTER_OTLP_* are read by the SDK exporters",
+        "",
+        "",
+    ),
+)
 _AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 
 
@@ -214,10 +275,18 @@ def _setting(
     secret: bool = False,
     ref: bool = False,
     value: Any = dataclasses.MISSING,
+    kube: tuple[str, str] | None = None,
 ) -> Any:
-    """Declare one setting: variable, textual default, parser, help; `ref` allows secret refs."""
+    """Declare one setting: variable, textual default, parser, help; `ref` allows secret refs.
+
+    `kube` is (kubecache's default, how this setting differs from kubecache's; "" = same) for the
+    settings kubecache had, None for the project's own: docs/proxy.md's table is made from it.
+    Every setting accepts a secret reference (kubecache resolved one on every variable); `ref`
+    is kept for the settings where a reference is the usual form.
+    """
     meta = {"env": env, "default": default, "parse": parse, "help": help, "secret": secret}
     meta["ref"] = ref or secret
+    meta["kube"] = kube
     if value is dataclasses.MISSING:
         value = parse(default) if default else None
     if isinstance(value, list | dict):
@@ -259,6 +328,20 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
+def _groupcache_version(text: str) -> int:
+    version = parse_int(text)
+    if version not in (2, 3):
+        raise ValueError(f"{version} is not 2 or 3")
+    return version
+
+
+def _port(text: str) -> int:
+    port = parse_int(text, minimum=1)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    return port
+
+
 def _optional_url(text: str) -> str:
     return parse_url(text) if text else ""
 
@@ -268,7 +351,11 @@ class Settings:
     """Every setting of `tokencache-proxy`, parsed; build with `Settings.from_env(os.environ)`."""
 
     listen_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
-        "LISTEN_ADDR", ":8080", parse_address, "public listener, host:port (empty host = all)"
+        "LISTEN_ADDR",
+        ":8080",
+        parse_address,
+        "public listener, host:port (empty host = all)",
+        kube=(":8080", ""),
     )
     backend_url: str = _setting(
         "BACKEND_URL",
@@ -277,18 +364,28 @@ class Settings:
         "the backend every request goes to (required)",
         ref=True,
         value="",
+        kube=("http://config-server:9000", "required: no built-in backend"),
     )
     backend_timeout: float = _setting(
-        "BACKEND_TIMEOUT", "300s", parse_duration, "backend request timeout (then 504)"
+        "BACKEND_TIMEOUT",
+        "300s",
+        parse_duration,
+        "backend request timeout (then 504)",
+        kube=("300s", "a timeout answers 504, not 500"),
     )
     cache_ttl: float = _setting(
-        "CACHE_TTL", "300s", parse_duration, "how long 2xx without freshness information live"
+        "CACHE_TTL",
+        "300s",
+        parse_duration,
+        "how long 2xx without freshness information live",
+        kube=("300s", "a response's own Cache-Control/Expires wins unless CACHE_TTL_OVERRIDE"),
     )
     cache_error_ttl: float = _setting(
         "CACHE_ERROR_TTL",
         "60s",
         parse_duration,
         "how long 404/410/301... without freshness information live",
+        kube=("60s", "backend faults (502/504) are never cached"),
     )
     cache_ttl_override: bool = _setting(
         "CACHE_TTL_OVERRIDE",
@@ -317,7 +414,11 @@ class Settings:
         value="",
     )
     restrict_method: tuple[str, ...] = _setting(
-        "RESTRICT_METHOD", "GET,HEAD", _methods, "cacheable methods (JSON list or comma-separated)"
+        "RESTRICT_METHOD",
+        "GET,HEAD",
+        _methods,
+        "cacheable methods (JSON list or comma-separated)",
+        kube=('["GET", "HEAD"]', "also takes comma-separated text"),
     )
     restrict_route_regexp: tuple[re.Pattern[str], ...] = _setting(
         "RESTRICT_ROUTE_REGEXP",
@@ -325,24 +426,62 @@ class Settings:
         parse_regexp,
         "cacheable routes: regexps, any match (empty = every route)",
         value=(),
+        kube=(
+            '["^/develop", "^/homolog", "^/prod", "/develop/?$", "/homolog/?$", "/prod/?$"]',
+            "default: every route (kubecache's six config-server routes fit one backend only; set them to keep its behaviour); matching on path and query is the same",
+        ),
     )
     groupcache_port: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
-        "GROUPCACHE_PORT", ":5000", parse_address, "peer protocol listener, host:port"
+        "GROUPCACHE_PORT",
+        ":5000",
+        parse_address,
+        "peer protocol listener, host:port",
+        kube=(
+            ":5000",
+            "peer protocol is tokencache's own (never mix Go and Python pods in one ring)",
+        ),
     )
     groupcache_size_bytes: int = _setting(
-        "GROUPCACHE_SIZE_BYTES", "100000000", _positive_int, "bytes of the http cache group"
+        "GROUPCACHE_SIZE_BYTES",
+        "100000000",
+        _positive_int,
+        "bytes of the http cache group",
+        kube=(
+            "100000000",
+            "strict: `1e+08` is refused (the chart renders numbers unquoted correctly)",
+        ),
     )
     health_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
-        "HEALTH_ADDR", ":8888", parse_address, "liveness/readiness listener"
+        "HEALTH_ADDR", ":8888", parse_address, "liveness/readiness listener", kube=(":8888", "")
     )
-    health_path: str = _setting("HEALTH_PATH", "/health", parse_path, "liveness path")
+    health_path: str = _setting(
+        "HEALTH_PATH",
+        "/health",
+        parse_path,
+        "liveness path",
+        kube=("/health", "a real liveness check; readiness is READY_PATH"),
+    )
     ready_path: str = _setting("READY_PATH", "/ready", parse_path, "readiness path")
     metrics_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
-        "METRICS_ADDR", ":3000", parse_address, "Prometheus listener (may equal HEALTH_ADDR)"
+        "METRICS_ADDR",
+        ":3000",
+        parse_address,
+        "Prometheus listener (may equal HEALTH_ADDR)",
+        kube=(":3000", ""),
     )
-    metrics_path: str = _setting("METRICS_PATH", "/metrics", parse_path, "Prometheus path")
+    metrics_path: str = _setting(
+        "METRICS_PATH", "/metrics", parse_path, "Prometheus path", kube=("/metrics", "")
+    )
     metrics_namespace: str = _setting(
-        "METRICS_NAMESPACE", "", parse_text, "prefix of every metric name", value=""
+        "METRICS_NAMESPACE",
+        "",
+        parse_text,
+        "prefix of every metric name",
+        value="",
+        kube=(
+            "",
+            "prefixes requests_seconds and groupcache_* as in Go, and the project's own metrics; not process_* or kubegroup_*",
+        ),
     )
     metrics_buckets_latency_http: tuple[float, ...] = _setting(
         "METRICS_BUCKETS_LATENCY_HTTP",
@@ -350,9 +489,21 @@ class Settings:
         parse_buckets,
         "requests_seconds buckets in seconds (empty = kubecache's)",
         value=(),
+        kube=("0.00001, ..., 1000", ""),
     )
-    debug_log: bool = _setting("DEBUG_LOG", "false", parse_bool, "log at debug level")
-    trace: bool = _setting("TRACE", "true", parse_bool, "OpenTelemetry tracing (OTEL_* variables)")
+    debug_log: bool = _setting(
+        "DEBUG_LOG",
+        "false",
+        parse_bool,
+        "log at debug level",
+        kube=(
+            "true",
+            "default false: a debug line per request costs throughput; logs are JSON lines",
+        ),
+    )
+    trace: bool = _setting(
+        "TRACE", "true", parse_bool, "OpenTelemetry tracing (OTEL_* variables)", kube=("true", "")
+    )
     trace_client_sampled_hits: bool = _setting(
         "TRACE_CLIENT_SAMPLED_HITS",
         "false",
@@ -360,7 +511,15 @@ class Settings:
         "a client's sampled traceparent makes a span for a cache hit too",
     )
     secret_role_arn: str = _setting(
-        "SECRET_ROLE_ARN", "", parse_text, "IAM role assumed to read aws-* references", value=""
+        "SECRET_ROLE_ARN",
+        "",
+        parse_text,
+        "IAM role assumed to read aws-* references",
+        value="",
+        kube=(
+            "",
+            "a reference that cannot be resolved stops the start (kubecache used the reference text)",
+        ),
     )
     aws_endpoint_url: str = _setting(
         "AWS_ENDPOINT_URL",
@@ -447,13 +606,18 @@ class Settings:
         "PEER_DISCOVERY",
         "auto",
         lambda t: parse_choice(t, _DISCOVERY),
-        "auto | static | kubernetes | none (auto: static if peers, kubernetes in a pod)",
+        "auto | static | kubernetes | ecs | none (auto: static if peers, ecs with COMPUTE=ecs, "
+        "kubernetes in a pod)",
     )
     kubegroup_label_selector: str = _setting(
         "KUBEGROUP_LABEL_SELECTOR",
         "app=tokencache-proxy",
         parse_text,
         "label selector of the peer pods",
+        kube=(
+            "app=kubecache",
+            "default app=tokencache-proxy: kubecache pods carry app=kubecache and speak another peer protocol; the chart sets the release's own selector",
+        ),
     )
     kubegroup_debounce: float = _setting(
         "KUBEGROUP_DEBOUNCE", "1s", parse_duration, "wait this long for pod changes to settle"
@@ -461,6 +625,152 @@ class Settings:
     pod_ip: str = _setting("POD_IP", "", parse_text, "this pod's IP (downward API)", value="")
     shutdown_timeout: float = _setting(
         "SHUTDOWN_TIMEOUT", "20s", parse_duration, "SIGTERM: time in-flight requests get to finish"
+    )
+    # --- kubecache's remaining settings: honoured, or refused with the reason ----------------
+    groupcache_group_name: str = _setting(
+        "GROUPCACHE_GROUP_NAME",
+        "path",
+        parse_text,
+        "name of the HTTP cache group (the group label of groupcache_*)",
+    )
+    metrics_uri_limit: int = _setting(
+        "METRICS_URI_LIMIT",
+        "100",
+        _non_negative_int,
+        "distinct paths with their own requests_seconds uri label; later ones are OTHER",
+    )
+    prometheus_enable: bool = _setting(
+        "PROMETHEUS_ENABLE",
+        "true",
+        parse_bool,
+        "serve Prometheus metrics on METRICS_ADDR/METRICS_PATH",
+        kube=("true", ""),
+    )
+    groupcache_version: int = _setting(
+        "GROUPCACHE_VERSION",
+        "2",
+        _groupcache_version,
+        "2 or 3: accepted; the peer protocol is tokencache's own either way",
+        kube=("2", "no effect: chose kubecache's Go groupcache library"),
+    )
+    groupcache_disable_purge_expired: bool = _setting(
+        "GROUPCACHE_DISABLE_PURGE_EXPIRED",
+        "false",
+        parse_bool,
+        "do not purge expired entries in the background",
+        kube=("false", ""),
+    )
+    groupcache_expired_keys_eviction_interval: float = _setting(
+        "GROUPCACHE_EXPIRED_KEYS_EVICTION_INTERVAL",
+        "30m",
+        parse_duration,
+        "how often expired entries are purged",
+        kube=("30m", ""),
+    )
+    kubegroup_metrics_namespace: str = _setting(
+        "KUBEGROUP_METRICS_NAMESPACE",
+        "",
+        parse_text,
+        "prefix of the kubegroup_* metrics",
+        value="",
+        kube=("", ""),
+    )
+    kubegroup_debug: bool = _setting(
+        "KUBEGROUP_DEBUG",
+        "true",
+        parse_bool,
+        "discovery logs at debug level (seen with DEBUG_LOG=true)",
+        kube=("true", ""),
+    )
+    kubegroup_force_namespace_default: bool = _setting(
+        "KUBEGROUP_FORCE_NAMESPACE_DEFAULT",
+        "false",
+        parse_bool,
+        "watch pods of namespace default instead of the pod's own",
+        kube=("false", ""),
+    )
+    compute: str = _setting(
+        "COMPUTE",
+        "kubernetes",
+        lambda t: parse_choice(t, ("kubernetes", "ecs")),
+        "kubernetes | ecs: where peers are discovered (with PEER_DISCOVERY=auto)",
+        kube=("kubernetes", ""),
+    )
+    ecs_task_discovery_service: str = _setting(
+        "ECS_TASK_DISCOVERY_SERVICE",
+        "kubecache",
+        parse_text,
+        "COMPUTE=ecs: the ECS service whose tasks are the peers",
+        kube=("kubecache", "only the ECS API is asked (kubecache asked its discovery agent first)"),
+    )
+    force_single_task: bool = _setting(
+        "FORCE_SINGLE_TASK",
+        "false",
+        parse_bool,
+        "COMPUTE=ecs: this task is the only peer (no ECS API calls)",
+        kube=("false", ""),
+    )
+    ecs_container_metadata_uri_v4: str = _setting(
+        "ECS_CONTAINER_METADATA_URI_V4",
+        "",
+        parse_text,
+        "COMPUTE=ecs: task metadata endpoint, set by the ECS agent (names the cluster)",
+        value="",
+    )
+    dogstatsd_enable: bool = _setting(
+        "DOGSTATSD_ENABLE",
+        "true",
+        parse_bool,
+        "send groupcache/kubegroup metrics to DogStatsD (DD_AGENT_HOST:DD_AGENT_PORT, UDP)",
+        kube=("true", ""),
+    )
+    dogstatsd_export_interval: float = _setting(
+        "DOGSTATSD_EXPORT_INTERVAL",
+        "30s",
+        parse_duration,
+        "DogStatsD export interval",
+        kube=("30s", ""),
+    )
+    dogstatsd_debug: bool = _setting(
+        "DOGSTATSD_DEBUG", "false", parse_bool, "log every DogStatsD datagram", kube=("false", "")
+    )
+    dogstatsd_client_ttl: float = _setting(
+        "DOGSTATSD_CLIENT_TTL",
+        "1m",
+        parse_duration,
+        "re-resolve the agent address this often",
+        kube=("1m", ""),
+    )
+    dd_agent_host: str = _setting(
+        "DD_AGENT_HOST", "localhost", parse_text, "DogStatsD agent host", kube=("localhost", "")
+    )
+    dd_agent_port: int = _setting(
+        "DD_AGENT_PORT", "8125", _port, "DogStatsD agent UDP port", kube=("8125", "")
+    )
+    dd_tags: str = _setting(
+        "DD_TAGS", "", parse_text, "extra DogStatsD tags, space-separated", value="", kube=("", "")
+    )
+    emf_enable: bool = _setting(
+        "EMF_ENABLE",
+        "false",
+        parse_bool,
+        "CloudWatch EMF metrics as JSON lines on stdout (every 20s)",
+        kube=("false", ""),
+    )
+    emf_send_logs: bool = _setting(
+        "EMF_SEND_LOGS",
+        "false",
+        parse_bool,
+        "send EMF straight to CloudWatch Logs (refused: use stdout and the log agent)",
+        kube=("false", "true is refused: ship stdout with the CloudWatch agent or Fluent Bit"),
+    )
+    automemlimit_debug: str = _setting(
+        "AUTOMEMLIMIT_DEBUG",
+        "",
+        parse_text,
+        "accepted and ignored (a Go runtime setting of kubecache)",
+        value="",
+        kube=("", "no effect: Go runtime memory limit tuning"),
     )
     # Not settings of their own: the OTEL_* variables and whether we run in Kubernetes.
     otel: Mapping[str, str] = field(default_factory=dict, metadata={})
@@ -485,7 +795,7 @@ class Settings:
                 continue
             name = meta["env"]
             raw = env.get(name, meta["default"]).strip()
-            from_ref = meta["ref"] and raw.startswith(SECRET_REF_PREFIXES)
+            from_ref = raw.startswith(SECRET_REF_PREFIXES)
             if from_ref:
                 resolver = resolver or _default_resolver(env)
                 raw = _resolve(resolver, name, raw)
@@ -511,11 +821,92 @@ class Settings:
             if f.metadata
         ]
 
+    @classmethod
+    def kubecache_rows(cls) -> list[tuple[str, str, str, str | None, str | None]]:
+        """(variable, default, help, kubecache's default or None, difference or None) per
+        setting, plus the OpenTelemetry variables handed to the SDK; docs/proxy.md's table."""
+        rows: list[tuple[str, str, str, str | None, str | None]] = []
+        for f in dataclasses.fields(cls):
+            if not f.metadata:
+                continue
+            kube = f.metadata.get("kube")
+            rows.append(
+                (
+                    f.metadata["env"],
+                    f.metadata["default"],
+                    f.metadata["help"],
+                    None if kube is None else kube[0],
+                    None if kube is None else kube[1],
+                )
+            )
+        rows.extend(OTEL_ROWS)
+        return rows
+
     def secret_values(self) -> tuple[str, ...]:
         """Every secret value this configuration holds (for the log redaction filter)."""
         out = [self.groupcache_peer_secret, self.oauth2_client_secret]
         out.extend(_url_password(u) for u in (self.backend_url, self.oauth2_token_url))
         return tuple(s for s in out if s)
+
+
+_PROPAGATOR_GROUP = "opentelemetry_propagator"
+
+
+def installed_propagators() -> frozenset[str]:
+    """Names of the propagators installed as entry points (their modules are not imported)."""
+    return frozenset(ep.name for ep in importlib.metadata.entry_points(group=_PROPAGATOR_GROUP))
+
+
+def propagator_names(value: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(usable, unknown) names of an OTEL_PROPAGATORS value (None: the SDK default).
+
+    ``none`` means no propagation. When nothing usable is left, ``tracecontext`` is used
+    (kubecache's autoprop fell back to its default the same way).
+    """
+    text = "tracecontext,baggage" if value is None else value
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = installed_propagators()
+    usable = tuple(n for n in names if n in known or n.lower() == "none")
+    unknown = tuple(n for n in names if n not in usable)
+    return usable or ("tracecontext",), unknown
+
+
+def guard_otel_import() -> None:
+    """Import ``opentelemetry.propagate`` so that no OTEL_PROPAGATORS value can crash it.
+
+    The OpenTelemetry API reads OTEL_PROPAGATORS when that module is first imported and raises on
+    a name it cannot load, before `main` could print a configuration error (`--help` too). Here
+    the import happens with the value reduced to the installed names (``none`` with TRACE=false,
+    so no propagator module is loaded); the variable is restored at once. The proxy installs the
+    propagator the settings name at start-up (`proxy._tracing.build_propagator`), with one
+    warning line for an unknown name. The package's ``__init__`` calls this before anything
+    imports OpenTelemetry.
+    """
+    if "opentelemetry.propagate" in sys.modules:
+        return
+    env = os.environ
+    try:
+        tracing = parse_bool(env.get("TRACE", "true"))
+    except ValueError:
+        tracing = True  # Settings.from_env reports the bad value; here only the import matters
+    original = env.get("OTEL_PROPAGATORS")
+    if not tracing:
+        safe: str | None = "none"
+    elif original is None:
+        safe = None
+    else:
+        safe = ",".join(propagator_names(original)[0])
+    if safe is None or safe == original:
+        importlib.import_module("opentelemetry.propagate")
+        return
+    env["OTEL_PROPAGATORS"] = safe
+    try:
+        importlib.import_module("opentelemetry.propagate")
+    finally:
+        if original is None:
+            del env["OTEL_PROPAGATORS"]
+        else:
+            env["OTEL_PROPAGATORS"] = original
 
 
 def _default_resolver(env: Mapping[str, str]) -> Resolver:
@@ -545,14 +936,27 @@ def _url_password(url: str) -> str:
 
 def _finish(s: Settings) -> Settings:
     """Checks and defaults that involve more than one setting."""
+    if s.emf_send_logs:
+        raise ConfigError(
+            "EMF_SEND_LOGS: sending EMF straight to CloudWatch Logs is not supported; set "
+            "EMF_ENABLE=true and ship stdout with the CloudWatch agent or Fluent Bit"
+        )
     if not s.backend_url:
         raise ConfigError("BACKEND_URL: required (the URL of the backend to cache)")
     mode = s.peer_discovery
     if mode == "auto":
-        mode = "static" if s.groupcache_peers else "kubernetes" if s.in_kubernetes else "none"
+        if s.groupcache_peers:
+            mode = "static"
+        elif s.compute == "ecs":
+            mode = "ecs"  # kubecache's COMPUTE=ecs: the ECS service's tasks are the peers
+        else:
+            mode = "kubernetes" if s.in_kubernetes else "none"
     if mode == "static" and not s.groupcache_peers:
         raise ConfigError("GROUPCACHE_PEERS: required when PEER_DISCOVERY=static")
     self_url = s.groupcache_self_url.rstrip("/")
+    if not self_url and mode == "ecs" and not s.pod_ip:
+        # An ECS task's peer address is its awsvpc interface's (Go's FindMyAddr).
+        self_url = f"http://{_bracket(_primary_address())}:{s.groupcache_port.port}"
     if not self_url:
         host = s.pod_ip or s.groupcache_port.host or socket.gethostname()
         if host in ("0.0.0.0", "::"):
@@ -568,6 +972,16 @@ def _finish(s: Settings) -> Settings:
             "OAUTH2_CLIENT_ID: OAUTH2_TOKEN_URL is set, so client id and secret are required"
         )
     return dataclasses.replace(s, peer_discovery=mode, groupcache_self_url=self_url)
+
+
+def _primary_address() -> str:
+    """This host's outward IPv4 address (no packet is sent: a UDP connect only picks a route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
 
 
 def _bracket(host: str) -> str:

@@ -311,6 +311,7 @@ class Forwarder:
         head.append(conn.connection_header(req))
         head.append(b"\r\n")
         conn.write(b"".join(head))
+        req.sent_status = status
         if no_body:
             return
         try:

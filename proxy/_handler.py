@@ -249,7 +249,7 @@ class CacheHandler:
                     self._ready_bytes = 0
                 self._ready[key] = (value, ttl_s, age, data)
                 self._ready_bytes += len(data) + len(value)
-        self._metrics.observe(method, status, "hit", self._now() - started)
+        self._metrics.observe(method, status, "hit", self._now() - started, req.target)
         if self._hit_tracer is not None and client_sampled(hmap.get(b"traceparent")):
             self._hit_span(req, status)
         return True
@@ -274,22 +274,32 @@ class CacheHandler:
     async def serve(self, conn: Connection, req: Request) -> None:
         """Answer a request `serve_fast` declined."""
         started = self._now()
-        if self._tracer is None:
-            status, outcome = await self._serve(conn, req)
-        else:
-            with self._tracer.start_as_current_span(
-                req.method,
-                context=propagate.extract(_carrier(req)),
-                kind=trace.SpanKind.SERVER,
-                attributes={
-                    "http.request.method": req.method,
-                    "url.path": req.target.split("?", 1)[0],
-                },
-            ) as span:
+        # Every request is counted, also one whose task ended in an exception or was cancelled
+        # (the client closed while the backend's connection was being closed, e.g. after its
+        # `Connection: close`): with the status already sent, else as a 499 error.
+        status, outcome = 0, ""
+        try:
+            if self._tracer is None:
                 status, outcome = await self._serve(conn, req)
-                span.set_attribute("http.response.status_code", status)
-                span.set_attribute("tokencache.outcome", outcome)
-        self._metrics.observe(req.method, status, outcome, self._now() - started)
+            else:
+                with self._tracer.start_as_current_span(
+                    req.method,
+                    context=propagate.extract(_carrier(req)),
+                    kind=trace.SpanKind.SERVER,
+                    attributes={
+                        "http.request.method": req.method,
+                        "url.path": req.target.split("?", 1)[0],
+                    },
+                ) as span:
+                    status, outcome = await self._serve(conn, req)
+                    span.set_attribute("http.response.status_code", status)
+                    span.set_attribute("tokencache.outcome", outcome)
+        finally:
+            if not outcome:
+                sent = req.sent_status
+                outcome = ("bypass" if req.bypass else "miss") if sent else "error"
+                status = sent or 499
+            self._metrics.observe(req.method, status, outcome, self._now() - started, req.target)
 
     async def _forward(
         self, conn: Connection, req: Request, fwd: str, detail: str | None

@@ -49,6 +49,7 @@ class Request:
         "key",
         "method",
         "reject",
+        "sent_status",
         "target",
         "version",
     )
@@ -82,6 +83,9 @@ class Request:
         self.bypass: str | None = None
         # Set on the placeholder for a request the listener refused (the status to answer).
         self.reject = 0
+        # The status of a response head already written for this request (0: none yet), so a
+        # request whose task is cancelled after answering is still counted with its status.
+        self.sent_status = 0
 
     def set_host(self, authority: bytes) -> None:
         """Make `authority` the request's one ``Host`` (RFC 9112 §3.2.2: an absolute-form's)."""

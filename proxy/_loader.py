@@ -289,7 +289,7 @@ class BackendLoader:
             window=self._policy.stale_if_error,
         ):
             return None
-        return tokencache.Entry(encode_stale(status, staleness, value), 0)
+        return tokencache.Entry(encode_stale(status, staleness, value), 0, failed=True)
 
     def _fault(
         self,
@@ -309,7 +309,7 @@ class BackendLoader:
             stale = self._stale(existing, status)
             if stale is not None:
                 return stale
-        return tokencache.Entry(encode_error(status, kind), 0)
+        return tokencache.Entry(encode_error(status, kind), 0, failed=True)
 
 
 def _updated(

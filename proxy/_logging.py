@@ -86,11 +86,16 @@ class RedactingFilter(logging.Filter):
 
 
 def configure_logging(
-    *, debug: bool, secrets: Iterable[str] = (), stream: TextIO | None = None
+    *,
+    debug: bool,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    quiet: Iterable[str] = (),
 ) -> logging.Handler:
     """Send every logger's records, as JSON lines, to `stream` (default stdout); return the handler.
 
-    The redaction filter sits on the handler, so it also covers records from libraries.
+    The redaction filter sits on the handler, so it also covers records from libraries. The
+    loggers named in `quiet` stay at INFO when `debug` is on.
     """
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
@@ -104,4 +109,6 @@ def configure_logging(
     # details (botocore logs secret values it fetched): they stay at WARNING even with DEBUG_LOG.
     for noisy in _QUIET:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.INFO)
     return handler

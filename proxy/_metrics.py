@@ -1,25 +1,36 @@
 """The proxy's request metrics: plain integers on the hot path, Prometheus at scrape time.
 
-Theory of operation. `ProxyMetrics.observe` is called once per response, on the hit path too, so it
-does the least it can: one dict lookup by a (method, status, outcome) tuple and one `bisect` into the
-bucket bounds, then two int/float additions. No prometheus_client object is touched until a scrape,
-when `ProxyMetrics.collector()` turns the counts into a cumulative histogram family.
+Theory of operation. `ProxyMetrics.observe` is called once per response (every response: hits,
+misses, bypasses, faults, aborted relays), on the hit path too, so it does the least it can: two
+dict lookups and one `bisect` into the bucket bounds, then an int and a float addition. No
+prometheus_client object is touched until a scrape, when `ProxyMetrics.collector()` folds the
+counts into two cumulative histograms:
 
-Labels stay bounded (kubecache's ``uri`` label was not): method is one of the known methods or
-``OTHER``, status is the numeric code (a few dozen values at most), outcome is one of
-``hit|miss|bypass|stale|error``.
+- ``{namespace}_requests_seconds{method,status,uri,outcome}``: kubecache's histogram (name,
+  labels, buckets and outcome values ``SUCCESS`` (2xx), ``CLIENT_ERROR`` (any other status below
+  500, as kubecache's ``isHTTPError`` had it) and ``SERVER_ERROR`` (5xx or a backend fault)), so a
+  kubecache dashboard or alert keeps working;
+- ``{namespace}_http_server_requests_seconds{method,status,outcome}``: the project's own, with
+  the cache outcome ``hit|miss|bypass|stale|error`` (no ``uri``).
+
+Labels stay bounded. kubecache's ``uri`` was the whole request URI, query included: one series per
+distinct URL. Here ``uri`` is the request path without the query, and only the first
+``uri_limit`` distinct paths (METRICS_URI_LIMIT, default 100) get a series of their own; every
+later path is counted as ``uri="OTHER"``. The table from request-target to label is itself capped
+and cleared when full, so memory stays bounded whatever clients send. Method is one of the known
+methods or ``OTHER``, status is the numeric code (a few dozen values at most).
 """
 
 from __future__ import annotations
 
 import itertools
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["DEFAULT_BUCKETS", "OUTCOMES", "ProxyMetrics"]
+__all__ = ["DEFAULT_BUCKETS", "KUBECACHE_OUTCOMES", "OUTCOMES", "ProxyMetrics", "kubecache_outcome"]
 
 # kubecache's METRICS_BUCKETS_LATENCY_HTTP default, in seconds.
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -48,6 +59,19 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )
 
 OUTCOMES = ("hit", "miss", "bypass", "stale", "error")
+KUBECACHE_OUTCOMES = ("SUCCESS", "CLIENT_ERROR", "SERVER_ERROR")
+OTHER_URI = "OTHER"
+_TARGETS_MAX = 4096  # request-targets remembered for their uri label before the table is cleared
+
+
+def kubecache_outcome(status: int, outcome: str) -> str:
+    """kubecache's ``outcome`` label for a response (its ``outcomeFrom``)."""
+    if outcome == "error" or 500 <= status < 600:
+        return "SERVER_ERROR"
+    if status < 200 or status > 299:
+        return "CLIENT_ERROR"
+    return "SUCCESS"
+
 
 _METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
@@ -65,22 +89,29 @@ class _Series:
 
 
 class ProxyMetrics:
-    """Request counters of one proxy process.
-
-    ``{namespace}_http_server_requests_seconds{method,status,outcome}`` (kubecache's name, without
-    its ``uri`` label), ``{namespace}_proxy_backend_errors_total{kind}``,
-    ``{namespace}_proxy_refused_requests_total{reason}`` (requests the public port or the loader
-    refused as malformed or not allowed) and ``{namespace}_proxy_internal_errors_total`` (handler
-    exceptions caught at the listener's boundary: always a bug).
+    """Request counters of one proxy process: the two histograms (module docstring),
+    ``{namespace}_proxy_backend_errors_total{kind}``, ``{namespace}_proxy_refused_requests_total
+    {reason}`` (requests the public port or the loader refused as malformed or not allowed) and
+    ``{namespace}_proxy_internal_errors_total`` (handler exceptions caught at the listener's
+    boundary: always a bug).
     """
 
-    def __init__(self, namespace: str = "", buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+    def __init__(
+        self,
+        namespace: str = "",
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        *,
+        uri_limit: int = 100,
+    ) -> None:
         bounds = tuple(float(b) for b in buckets)
         if any(b >= c for b, c in itertools.pairwise(bounds)):
             raise ValueError("buckets must be strictly increasing")
         self._bounds = bounds
         self._prefix = f"{namespace}_" if namespace else ""
-        self._series: dict[tuple[str, int, str], _Series] = {}
+        self._uri_limit = uri_limit
+        self._uris: set[str] = set()  # paths that have a uri label of their own
+        self._targets: dict[str, str] = {}  # request-target -> uri label (capped, see above)
+        self._series: dict[tuple[str, int, str, str], _Series] = {}
         self.backend_errors: dict[str, int] = {"connect": 0, "timeout": 0, "other": 0}
         self.refused_requests: dict[str, int] = {}
         self.internal_errors = 0
@@ -90,13 +121,35 @@ class ProxyMetrics:
         """The bucket upper bounds (seconds), +Inf excluded."""
         return self._bounds
 
-    def observe(self, method: str, status: int, outcome: str, seconds: float) -> None:
-        """Count one response. `method` is folded to ``OTHER`` when it is not a known one."""
-        key = (method, status, outcome)
+    def uri_label(self, target: str) -> str:
+        """The bounded ``uri`` label of a request-target: its path, or ``OTHER`` past the cap."""
+        label = self._targets.get(target)
+        if label is not None:
+            return label
+        path = target.split("?", 1)[0]
+        if path in self._uris or len(self._uris) < self._uri_limit:
+            self._uris.add(path)
+            label = path
+        else:
+            label = OTHER_URI
+        if len(self._targets) >= _TARGETS_MAX:
+            self._targets.clear()
+        self._targets[target] = label
+        return label
+
+    def observe(
+        self, method: str, status: int, outcome: str, seconds: float, target: str = ""
+    ) -> None:
+        """Count one response. `method` is folded to ``OTHER`` when it is not a known one;
+        `target` (the request-target) gives the ``uri`` label."""
+        uri = self._targets.get(target)
+        if uri is None:
+            uri = self.uri_label(target)
+        key = (method, status, outcome, uri)
         series = self._series.get(key)
         if series is None:
             if method not in _METHODS:
-                key = ("OTHER", status, outcome)
+                key = ("OTHER", status, outcome, uri)
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = _Series(len(self._bounds) + 1)
@@ -117,26 +170,53 @@ class ProxyMetrics:
 
     def count(self, method: str, status: int, outcome: str) -> int:
         """How many responses were observed with these labels (for tests and debugging)."""
-        series = self._series.get((method, status, outcome))
-        return 0 if series is None else sum(series.buckets)
+        return sum(
+            sum(series.buckets)
+            for (m, st, out, _), series in self._series.items()
+            if (m, st, out) == (method, status, outcome)
+        )
 
     def collector(self) -> Collector:
         """A prometheus_client collector reading these counters at scrape time."""
         return _Collector(self)
 
-    def _families(self) -> Iterator[Metric]:
-        hist = HistogramMetricFamily(
-            f"{self._prefix}http_server_requests_seconds",
-            "Server request duration in seconds (kubecache's histogram, no URI label).",
-            labels=["method", "status", "outcome"],
-        )
-        for (method, status, outcome), series in sorted(self._series.items()):
+    def _histogram(
+        self,
+        name: str,
+        doc: str,
+        labels: list[str],
+        fold: Callable[[tuple[str, int, str, str]], tuple[str, ...]],
+    ) -> HistogramMetricFamily:
+        merged: dict[tuple[str, ...], tuple[list[int], float]] = {}
+        for key, series in self._series.items():
+            labels_of = fold(key)
+            counts, total = merged.get(labels_of, ([0] * len(series.buckets), 0.0))
+            merged[labels_of] = (
+                [a + b for a, b in zip(counts, series.buckets, strict=True)],
+                total + series.total,
+            )
+        hist = HistogramMetricFamily(f"{self._prefix}{name}", doc, labels=labels)
+        for labels_of, (counts, total) in sorted(merged.items()):
             cumulative, acc = [], 0
-            for bound, n in zip((*self._bounds, float("inf")), series.buckets, strict=True):
+            for bound, n in zip((*self._bounds, float("inf")), counts, strict=True):
                 acc += n
                 cumulative.append((_bound_text(bound), float(acc)))
-            hist.add_metric([method, str(status), outcome], cumulative, series.total)
-        yield hist
+            hist.add_metric(list(labels_of), cumulative, total)
+        return hist
+
+    def _families(self) -> Iterator[Metric]:
+        yield self._histogram(
+            "requests_seconds",
+            "Spring-like server request duration in seconds (kubecache's histogram).",
+            ["method", "status", "uri", "outcome"],
+            lambda k: (k[0], str(k[1]), k[3], kubecache_outcome(k[1], k[2])),
+        )
+        yield self._histogram(
+            "http_server_requests_seconds",
+            "Server request duration in seconds by cache outcome (hit|miss|bypass|stale|error).",
+            ["method", "status", "outcome"],
+            lambda k: (k[0], str(k[1]), k[2]),
+        )
         errors = CounterMetricFamily(
             f"{self._prefix}proxy_backend_errors",
             "Backend requests that failed without an HTTP response, by kind.",

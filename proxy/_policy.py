@@ -136,7 +136,7 @@ def cache_status(
 class CachePolicy:
     """What the proxy caches and for how long.
 
-    `methods` are upper-case method names; `routes` are searched in the request path (any match
+    `methods` are upper-case method names; `routes` are searched in the request-target, path and query (any match
     makes it cacheable; an empty tuple matches every route).
     """
 
@@ -169,10 +169,9 @@ class CachePolicy:
         """None when the request may use the cache, else why not (a ``Cache-Status`` detail)."""
         if method not in self.methods:
             return "method"
-        if self.routes:
-            path = target.split("?", 1)[0]
-            if not any(r.search(path) for r in self.routes):
-                return "route"
+        # kubecache matched the request URI, path and query (Go's URL.RequestURI()).
+        if self.routes and not any(r.search(target) for r in self.routes):
+            return "route"
         if has_body:
             return "body"
         if not self.allow_auth_caching:

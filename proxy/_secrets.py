@@ -8,6 +8,9 @@ replaced by the secret it names; anything else is a literal and comes back uncha
     aws-parameterstore:<region>:<parameter name or ARN>[:<json field>]   (read with decryption)
     file:<path>                          (a mounted Kubernetes Secret; one trailing newline dropped)
 
+and the stores of `proxy._secret_stores` (``aws-s3:``, ``aws-dynamodb:``, ``aws-lambda:``,
+``#http:``; ``vault:`` is refused with the reason).
+
 Parse rule for the optional JSON field: Secrets Manager and Parameter Store names cannot contain
 ``:``, so after a plain name the first ``:`` starts the field. An ARN does contain colons, so a
 value starting with ``arn:`` takes exactly the ARN's own segments (7 for a secret, 6 for a
@@ -29,13 +32,27 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from proxy._errors import ConfigError
+from proxy._secret_refs import (
+    ReferenceKind,
+    SecretReference,
+    SecretReferenceError,
+    parse_reference,
+)
+from proxy._secret_stores import (
+    StoreError,
+    StoreReference,
+    client_error_reason,
+    fetch_dynamodb,
+    fetch_http,
+    fetch_lambda,
+    fetch_s3,
+    http_call,
+    parse_store_reference,
+)
 
 if TYPE_CHECKING:
     import boto3.session
@@ -50,87 +67,10 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-ReferenceKind = Literal["aws-secretsmanager", "aws-parameterstore", "file"]
 
-_SECRETS_MANAGER: ReferenceKind = "aws-secretsmanager"
-_PARAMETER_STORE: ReferenceKind = "aws-parameterstore"
-_FILE: ReferenceKind = "file"
-# Colon-separated segments of an ARN: arn:aws:secretsmanager:region:account:secret:name-AbCdEf
-# and arn:aws:ssm:region:account:parameter/name.
-_ARN_SEGMENTS = {_SECRETS_MANAGER: 7, _PARAMETER_STORE: 6}
-# us-east-1, eu-central-2, us-gov-west-1, cn-north-1: strict, so a forgotten region
-# ("aws-secretsmanager:db:password") is a loud parse error rather than a lookup in region "db".
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
-# AWS error codes that mean "the credentials may not do this" and "there is no such thing".
-_DENIED_CODES = frozenset(
-    {"AccessDenied", "AccessDeniedException", "UnrecognizedClientException",
-     "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "SignatureDoesNotMatch"}
-)  # fmt: skip
-_MISSING_CODES = frozenset({"ResourceNotFoundException", "ParameterNotFound"})
-
-
-class SecretReferenceError(ConfigError):
-    """A configuration value is a secret reference that could not be resolved.
-
-    The message names the variable, the reference kind and why; never the secret's value.
-    """
-
-    def __init__(self, variable: str, kind: str, reason: str) -> None:
-        super().__init__(f"{variable}: cannot resolve {kind} reference: {reason}")
-        self.variable = variable
-        self.kind = kind
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class SecretReference:
-    """A parsed reference: where the secret lives, and which JSON field of it to take (if any)."""
-
-    kind: ReferenceKind
-    locator: str  # secret name/ARN, parameter name/ARN, or file path
-    region: str | None = None
-    field: str | None = None
-
-    def describe(self) -> str:
-        """The reference in words for error messages (names where the secret is, not what it is)."""
-        where = self.locator if self.region is None else f"{self.region}:{self.locator}"
-        return where if self.field is None else f"{where} field {self.field!r}"
-
-
-def parse_reference(variable: str, value: str) -> SecretReference | None:
-    """Parse ``value``; None when it is a literal. Raises SecretReferenceError when malformed."""
-    if value.startswith("file:"):
-        path = value[len("file:") :]
-        if not path:
-            raise SecretReferenceError(variable, _FILE, "malformed reference: expected file:<path>")
-        return SecretReference(_FILE, path)
-    for kind in (_SECRETS_MANAGER, _PARAMETER_STORE):
-        if value.startswith(kind + ":"):
-            return _parse_aws(variable, kind, value[len(kind) + 1 :])
-    return None
-
-
-def _parse_aws(variable: str, kind: ReferenceKind, rest: str) -> SecretReference:
-    def malformed(why: str) -> SecretReferenceError:
-        usage = f"{kind}:<region>:<name or ARN>[:<json field>]"
-        return SecretReferenceError(
-            variable, kind, f"malformed reference ({why}): expected {usage}"
-        )
-
-    region, sep, rest = rest.partition(":")
-    if not sep or not _REGION.fullmatch(region):
-        raise malformed("no valid region")
-    parts = rest.split(":")
-    n = _ARN_SEGMENTS[kind] if parts[0] == "arn" else 1
-    if len(parts) < n or not all(parts[:n]):
-        raise malformed("incomplete ARN" if n > 1 else "no name")
-    locator = ":".join(parts[:n])
-    field = ":".join(parts[n:]) if len(parts) > n else None
-    if field == "":
-        raise malformed("empty json field")
-    if n > 1 and parts[3] != region:
-        raise malformed(f"ARN region {parts[3]} differs from {region}")
-    return SecretReference(kind, locator, region, field)
+_FILE = "file"
+_SECRETS_MANAGER = "aws-secretsmanager"
+_STORE_SERVICES = {"aws-s3": "s3", "aws-dynamodb": "dynamodb", "aws-lambda": "lambda"}
 
 
 class SecretResolver:
@@ -159,13 +99,20 @@ class SecretResolver:
         self._base_session: Any = None  # made on the first AWS reference
         self._role_credentials: dict[str, str] | None = None  # AssumeRole runs once
         self._clients: dict[tuple[str, str], Any] = {}  # (service, region) -> boto3 client
-        self._fetched: dict[tuple[str, str | None, str], str] = {}  # (kind, region, locator) -> raw
+        # (kind, region, locator) -> raw value
+        self._fetched: dict[tuple[str, str | None, str], str] = {}
 
     def resolve(self, name: str, value: str) -> str:
         """The secret ``value`` references, or ``value`` itself when it is a literal.
 
         ``name`` is the setting's variable name; it is used only in error messages.
         """
+        try:
+            store = parse_store_reference(value)
+        except StoreError as exc:
+            raise SecretReferenceError(name, value.split(":", 1)[0], str(exc)) from None
+        if store is not None:
+            return self._resolve_store(name, store)
         ref = parse_reference(name, value)
         if ref is None:
             return value
@@ -177,6 +124,39 @@ class SecretResolver:
         result = raw if ref.field is None else _json_field(name, ref, raw)
         _log.debug("resolved %s from %s", name, ref.kind)
         return result
+
+    def _resolve_store(self, name: str, store: StoreReference) -> str:
+        key = (store.kind, store.region, ",".join(store.parts))
+        raw = self._fetched.get(key)
+        if raw is None:
+            raw = self._fetch_store(name, store)
+            self._fetched[key] = raw
+        _log.debug("resolved %s from %s", name, store.kind)
+        if store.field is None:
+            return raw
+        return _field_of(name, store.kind, store.describe(), store.field, raw)
+
+    def _fetch_store(self, variable: str, store: StoreReference) -> str:
+        try:
+            if store.kind == "#http":
+                return fetch_http(http_call, store)
+            aws = _import_boto3(variable, store.kind)
+            service = _STORE_SERVICES[store.kind]
+            try:
+                client = self._client(variable, store.kind, service, store.region or None)
+                if service == "s3":
+                    return fetch_s3(client, store)
+                if service == "dynamodb":
+                    return fetch_dynamodb(client, store)
+                return fetch_lambda(client, store)
+            except aws.ClientError as exc:
+                reason = f"{store.describe()}: {client_error_reason(exc)}"
+                raise SecretReferenceError(variable, store.kind, reason) from exc
+            except aws.BotoCoreError as exc:
+                reason = f"{store.describe()}: AWS call failed ({type(exc).__name__})"
+                raise SecretReferenceError(variable, store.kind, reason) from exc
+        except StoreError as exc:
+            raise SecretReferenceError(variable, store.kind, str(exc)) from None
 
     def resolve_all(self, env: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
         """Resolve each of ``names`` that is present in ``env``; absent names are left out."""
@@ -190,7 +170,7 @@ class SecretResolver:
         try:
             return self._fetch_aws(variable, ref, ref.region)
         except aws.ClientError as exc:
-            reason = _client_error_reason(exc)
+            reason = client_error_reason(exc)
             # botocore errors carry codes, ARNs and URLs, never a secret value: keep the chain.
             raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: {reason}") from exc
         except aws.BotoCoreError as exc:
@@ -199,7 +179,7 @@ class SecretResolver:
 
     def _fetch_aws(self, variable: str, ref: SecretReference, region: str) -> str:
         if ref.kind == _SECRETS_MANAGER:
-            reply = self._client(variable, ref, "secretsmanager", region).get_secret_value(
+            reply = self._client(variable, ref.kind, "secretsmanager", region).get_secret_value(
                 SecretId=ref.locator
             )
             text = reply.get("SecretString")
@@ -210,7 +190,7 @@ class SecretResolver:
             except (KeyError, TypeError, UnicodeDecodeError):
                 reason = f"{ref.describe()}: secret has no UTF-8 text value"
                 raise SecretReferenceError(variable, ref.kind, reason) from None
-        reply = self._client(variable, ref, "ssm", region).get_parameter(
+        reply = self._client(variable, ref.kind, "ssm", region).get_parameter(
             Name=ref.locator, WithDecryption=True
         )
         text = reply.get("Parameter", {}).get("Value")
@@ -219,27 +199,27 @@ class SecretResolver:
             raise SecretReferenceError(variable, ref.kind, reason)
         return text
 
-    def _client(self, variable: str, ref: SecretReference, service: str, region: str) -> Any:
-        client = self._clients.get((service, region))
+    def _client(self, variable: str, kind: str, service: str, region: str | None) -> Any:
+        client = self._clients.get((service, region or ""))
         if client is not None:
             return client
-        boto3 = _import_boto3(variable, ref.kind).boto3
+        boto3 = _import_boto3(variable, kind).boto3
         if self._base_session is None:
             factory = self._session_factory or boto3.session.Session
             self._base_session = factory()
         session = self._base_session
         if self._role_arn is not None:
-            creds = self._assume_role(variable, ref, region)
+            creds = self._assume_role(variable, kind, region)
             session = boto3.session.Session(
                 aws_access_key_id=creds["AccessKeyId"],
                 aws_secret_access_key=creds["SecretAccessKey"],
                 aws_session_token=creds["SessionToken"],
             )
         client = session.client(service, region_name=region, endpoint_url=self._endpoint_url)
-        self._clients[(service, region)] = client
+        self._clients[(service, region or "")] = client
         return client
 
-    def _assume_role(self, variable: str, ref: SecretReference, region: str) -> dict[str, str]:
+    def _assume_role(self, variable: str, kind: str, region: str | None) -> dict[str, str]:
         if self._role_credentials is None:
             # Regional STS in the first referenced region: it is reachable if the secret is.
             sts = self._base_session.client(
@@ -249,9 +229,9 @@ class SecretResolver:
                 reply = sts.assume_role(
                     RoleArn=self._role_arn, RoleSessionName=self._role_session_name
                 )
-            except _import_boto3(variable, ref.kind).ClientError as exc:
-                reason = f"assuming role {self._role_arn}: {_client_error_reason(exc)}"
-                raise SecretReferenceError(variable, ref.kind, reason) from exc
+            except _import_boto3(variable, kind).ClientError as exc:
+                reason = f"assuming role {self._role_arn}: {client_error_reason(exc)}"
+                raise SecretReferenceError(variable, kind, reason) from exc
             self._role_credentials = dict(reply["Credentials"])
         return self._role_credentials
 
@@ -277,18 +257,6 @@ def _import_boto3(variable: str, kind: str) -> _Aws:
         raise SecretReferenceError(variable, kind, reason) from None
 
 
-def _client_error_reason(exc: Any) -> str:
-    code = str(exc.response.get("Error", {}).get("Code", "unknown"))
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    # AWS answers 403 only for authentication and authorisation failures; a body botocore could
-    # not parse (some emulators and proxies) leaves "403" as the code, which means the same.
-    if code in _DENIED_CODES or status == 403:
-        return f"access denied ({code})"
-    if code in _MISSING_CODES:
-        return f"not found ({code})"
-    return f"AWS error {code}"
-
-
 def _read_file(variable: str, ref: SecretReference) -> str:
     path = Path(ref.locator)
     try:
@@ -311,19 +279,23 @@ def _read_file(variable: str, ref: SecretReference) -> str:
 
 
 def _json_field(variable: str, ref: SecretReference, raw: str) -> str:
+    assert ref.field is not None
+    return _field_of(variable, ref.kind, ref.describe(), ref.field, raw)
+
+
+def _field_of(variable: str, kind: str, where: str, field: str, raw: str) -> str:
     try:
         document = json.loads(raw)
     except ValueError:
         # JSONDecodeError.doc is the whole secret: never chain it.
-        reason = f"{ref.describe()}: value is not JSON"
-        raise SecretReferenceError(variable, ref.kind, reason) from None
+        raise SecretReferenceError(variable, kind, f"{where}: value is not JSON") from None
     if not isinstance(document, dict):
-        raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: not a JSON object")
-    if ref.field not in document:
-        raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: no such json field")
-    found = document[ref.field]
+        raise SecretReferenceError(variable, kind, f"{where}: not a JSON object")
+    if field not in document:
+        raise SecretReferenceError(variable, kind, f"{where}: no such json field")
+    found = document[field]
     if isinstance(found, str):
         return found
     if isinstance(found, bool | int | float):
         return json.dumps(found)  # 5432 -> "5432", true -> "true"
-    raise SecretReferenceError(variable, ref.kind, f"{ref.describe()}: json field is not a scalar")
+    raise SecretReferenceError(variable, kind, f"{where}: json field is not a scalar")

@@ -27,11 +27,12 @@ import asyncio
 import inspect
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
@@ -45,7 +46,8 @@ from ._health import AppServer, Readiness, build_app
 from ._http_request import ListenerLimits
 from ._logging import configure_logging
 from ._metrics import DEFAULT_BUCKETS, ProxyMetrics
-from ._tracing import build_tracer_provider
+from ._push_metrics import PushExporter
+from ._tracing import build_propagator, build_tracer_provider
 
 _log = logging.getLogger("proxy")
 PEER_TIMEOUT_MARGIN = 1.0  # seconds a peer's answer may take beyond BACKEND_TIMEOUT
@@ -80,6 +82,7 @@ class ProxyService:
         self.metrics = ProxyMetrics(
             namespace=settings.metrics_namespace,
             buckets=settings.metrics_buckets_latency_http or DEFAULT_BUCKETS,
+            uri_limit=settings.metrics_uri_limit,
         )
         self.registry = CollectorRegistry()
         self._install_tracer = install_tracer
@@ -90,6 +93,7 @@ class ProxyService:
         self._auth: ClientCredentialsAuth | None = None
         self._discovery: PeerSource | None = None
         self._servers: list[AppServer] = []
+        self._pushers: list[PushExporter] = []
         self._closed = False
 
     @property
@@ -109,8 +113,11 @@ class ProxyService:
     async def _start(self) -> None:
         s = self.settings
         self._provider = build_tracer_provider(s.trace, s.otel)
-        if self._provider is not None and self._install_tracer:
-            trace.set_tracer_provider(self._provider)
+        if self._install_tracer:
+            # Process-wide like kubecache's otel.SetTextMapPropagator; TRACE=false installs none.
+            propagate.set_global_textmap(build_propagator(s.trace, s.otel))
+            if self._provider is not None:
+                trace.set_tracer_provider(self._provider)
         single = s.peer_discovery == "none"
         ws = tokencache.Workspace(
             self_url="" if single else s.groupcache_self_url,
@@ -119,6 +126,11 @@ class ProxyService:
             # would make the caller give up on a slow backend and load the key a second time.
             peer_timeout=s.backend_timeout + PEER_TIMEOUT_MARGIN,
             tracer_provider=self._provider,
+            purge_interval=(
+                0.0
+                if s.groupcache_disable_purge_expired
+                else s.groupcache_expired_keys_eviction_interval
+            ),
         )
         self._ws = ws
         if single:
@@ -160,9 +172,11 @@ class ProxyService:
             limits=ListenerLimits(
                 max_body_bytes=s.max_request_body_bytes, write_timeout=s.write_timeout
             ),
+            group_name=s.groupcache_group_name,
         )
         await self._app.start(s.listen_addr.bind_host, s.listen_addr.port)
         self._register_metrics(ws)
+        self._start_pushers(ws)
         await self._start_side_servers()
         self.readiness.started = True
         _log.info(
@@ -182,7 +196,7 @@ class ProxyService:
         if s.peer_discovery == "static":
             ws.set_peers(list(s.groupcache_peers))
             self.readiness.peers_known = True
-        elif s.peer_discovery == "kubernetes":
+        elif s.peer_discovery in ("kubernetes", "ecs"):
 
             def on_peers(urls: Sequence[str]) -> None:
                 if self.readiness.draining:
@@ -190,8 +204,17 @@ class ProxyService:
                 ws.set_peers(list(urls))
                 self.readiness.peers_known = True
 
-            self._discovery = self._peer_source(on_peers)
-            await self._discovery.start()
+            if s.peer_discovery == "ecs":
+                from tokencache.discovery import DiscoveryError
+
+                self._discovery = self._ecs_source(on_peers)
+                try:
+                    await self._discovery.start()
+                except DiscoveryError as exc:
+                    raise ConfigError(f"COMPUTE: ecs discovery cannot start: {exc}") from None
+            else:
+                self._discovery = self._peer_source(on_peers)
+                await self._discovery.start()
         else:
             self.readiness.peers_known = True  # single node: the ring is just us
 
@@ -205,11 +228,44 @@ class ProxyService:
                 label_selector=s.kubegroup_label_selector,
                 peer_port=s.groupcache_port.port,
                 debounce=s.kubegroup_debounce,
-                registry=self.registry,
-                metrics_namespace=s.metrics_namespace,
+                registry=self.registry if s.prometheus_enable else None,
+                # kubegroup's own prefix, as in Go: METRICS_NAMESPACE does not apply.
+                metrics_namespace=s.kubegroup_metrics_namespace,
+                namespace="default" if s.kubegroup_force_namespace_default else None,
             )
         except DiscoveryConfigError as exc:
             raise ConfigError(f"PEER_DISCOVERY: kubernetes discovery cannot start: {exc}") from None
+        return source
+
+    def _ecs_source(self, on_peers: Callable[[list[str]], None]) -> PeerSource:
+        from tokencache.discovery import DiscoveryConfigError, EcsPeerSource
+
+        s = self.settings
+        endpoint = s.aws_endpoint_url or None
+
+        def client() -> Any:
+            try:
+                import boto3
+            except ImportError:
+                raise ConfigError(
+                    "COMPUTE: ecs needs boto3 (install the tokencache[aws] extra)"
+                ) from None
+            return boto3.client("ecs", endpoint_url=endpoint)
+
+        host = s.groupcache_self_url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        try:
+            source: PeerSource = EcsPeerSource(
+                on_peers,
+                service=s.ecs_task_discovery_service,
+                peer_port=s.groupcache_port.port,
+                metadata_uri=s.ecs_container_metadata_uri_v4,
+                client_factory=client,
+                force_single_task=host if s.force_single_task else "",
+                registry=self.registry if s.prometheus_enable else None,
+                metrics_namespace=s.metrics_namespace,
+            )
+        except DiscoveryConfigError as exc:
+            raise ConfigError(f"COMPUTE: ecs discovery cannot start: {exc}") from None
         return source
 
     def _register_metrics(self, ws: tokencache.Workspace) -> None:
@@ -219,8 +275,32 @@ class ProxyService:
         if self._auth is not None:
             caches = [self._auth.token_cache]
             self.registry.register(TokenMetricsCollector(caches, namespace=s.metrics_namespace))
-        ProcessCollector(namespace=s.metrics_namespace, registry=self.registry)
+        # Go's process collector has no namespace either: process_* keeps its standard names.
+        ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+
+    def _start_pushers(self, ws: tokencache.Workspace) -> None:
+        """kubecache's pushed metrics: DogStatsD (on by default there, and here) and EMF."""
+        s = self.settings
+
+        def groups() -> list[tokencache.Group]:
+            return sorted(ws.groups.values(), key=lambda g: g.name)
+
+        if s.dogstatsd_enable:
+            tags = (f"pod_name:{socket.gethostname()}", "service:kubecache", *s.dd_tags.split())
+            target = (s.dd_agent_host, s.dd_agent_port, s.dogstatsd_client_ttl, tags)
+            self._pushers.append(
+                PushExporter(
+                    groups,
+                    interval=s.dogstatsd_export_interval,
+                    dogstatsd=(*target, s.dogstatsd_debug),
+                )
+            )
+        if s.emf_enable:
+            # groupcache_awsemf's fixed 20 s; EMF lines go to stdout beside the JSON logs.
+            self._pushers.append(PushExporter(groups, interval=20.0, emf_out=sys.stdout))
+        for pusher in self._pushers:
+            pusher.start()
 
     async def _start_side_servers(self) -> None:
         s = self.settings
@@ -229,11 +309,11 @@ class ProxyService:
             self.readiness,
             health_path=s.health_path,
             ready_path=s.ready_path,
-            metrics_path=s.metrics_path if shared else None,
+            metrics_path=s.metrics_path if shared and s.prometheus_enable else None,
             registry=self.registry,
         )
         plan: list[tuple[Address, Any]] = [(s.health_addr, health)]
-        if not shared:
+        if not shared and s.prometheus_enable:
             metrics = build_app(self.readiness, metrics_path=s.metrics_path, registry=self.registry)
             plan.append((s.metrics_addr, metrics))
         for addr, app in plan:
@@ -270,6 +350,7 @@ class ProxyService:
             return
         self._closed = True
         steps: list[Callable[[], Any]] = [s.close for s in reversed(self._servers)]
+        steps.extend(p.stop for p in self._pushers)
         if self._discovery is not None:
             steps.append(self._discovery.stop)
         # The peer port goes before the data path: a peer asking this node for a key must get
@@ -328,9 +409,17 @@ def settings_help() -> str:
         shown = default if default else '""'
         lines.append(f"  {name:<{width}}  {text} (default: {shown})")
     lines.append("")
-    lines.append("Any URL or secret may be a reference resolved at start-up:")
+    lines.append("Any setting may be a reference resolved at start-up:")
     lines.append("  aws-secretsmanager:<region>:<name>[:<json field>]")
     lines.append("  aws-parameterstore:<region>:<name>[:<json field>]   file:<path>")
+    lines.append("  aws-s3:<region>:<bucket>,<key>[:<json field>]")
+    lines.append(
+        "  aws-dynamodb:<region>:<table>,<key name>,<key value>,<attribute>[:<json field>]"
+    )
+    lines.append("  aws-lambda:<region>:<function>,<key name>,<key value>,<field>[:<json field>]")
+    lines.append(
+        "  #http::<method>,<scheme>,<host>,<port>,<path>,<type>,<body b64>,<auth>[:<field>]"
+    )
     lines.append("Tracing also reads the standard OTEL_* variables (OTEL_TRACES_EXPORTER, ...).")
     return "\n".join(lines)
 
@@ -353,7 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tokencache-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(debug=settings.debug_log, secrets=settings.secret_values())
+    configure_logging(
+        debug=settings.debug_log,
+        secrets=settings.secret_values(),
+        # KUBEGROUP_DEBUG=false keeps discovery at INFO even with DEBUG_LOG=true (as in Go).
+        quiet=() if settings.kubegroup_debug else ("tokencache.discovery",),
+    )
     try:
         try:
             import uvloop

@@ -194,7 +194,7 @@ def _peer_loads(cluster: ProxyCluster) -> int:
     for node in cluster.nodes:
         with urllib.request.urlopen(node.metrics_url, timeout=IO_TIMEOUT) as resp:
             text = resp.read().decode()
-        for m in re.finditer(r'^\w*groupcache_peer_loads_total\{group="http"\} (\S+)$', text, re.M):
+        for m in re.finditer(r'^\w*groupcache_peer_loads_total\{group="path"\} (\S+)$', text, re.M):
             total += float(m.group(1))
     return int(total)
 

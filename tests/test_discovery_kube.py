@@ -318,7 +318,7 @@ async def test_metrics_follow_the_delivered_set(fake: FakeKube, make_source: Mak
     fake.add_pod("b", ip="10.0.0.2", labels=LABELS)
     await eventually(lambda: registry.get_sample_value("kubegroup_peers") == 2, "gauge")
     assert registry.get_sample_value("kubegroup_changes_total") == 2
-    assert (registry.get_sample_value("kubegroup_events_total") or 0) >= 1
+    assert (registry.get_sample_value("kubegroup_watch_events_total") or 0) >= 1
 
 
 async def test_stop_is_prompt_and_final(fake: FakeKube, make_source: MakeSource) -> None:

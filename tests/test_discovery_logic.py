@@ -299,7 +299,7 @@ def test_metrics_registered_only_with_a_registry_and_prefixed() -> None:
     recorder.failed("weird", "x")
     value = registry.get_sample_value
     assert value("proxy_kubegroup_peers") == 3
-    assert value("proxy_kubegroup_events_total") == 2
+    assert value("proxy_kubegroup_watch_events_total") == 2
     assert value("proxy_kubegroup_changes_total") == 1
     assert value("proxy_kubegroup_errors_total", {"reason": "unauthorized"}) == 1
     assert value("proxy_kubegroup_errors_total", {"reason": "other"}) == 1

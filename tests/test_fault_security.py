@@ -56,7 +56,7 @@ def test_peer_requests_need_a_fresh_valid_signature(
     target = f"/sec/{uuid.uuid4().hex}"
     cached = httpx.get(nodes.nodes[0].url + target, timeout=10)
     assert cached.status_code == 200
-    path = "/_tokencache/v1/http/get"
+    path = "/_tokencache/v1/path/get"  # the HTTP group, named "path" like kubecache's
     body = f"GET {target}".encode()
     refused: list[httpx.Response] = []
     with httpx.Client(timeout=10, trust_env=False) as client:
@@ -79,7 +79,7 @@ def test_peer_requests_need_a_fresh_valid_signature(
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-@pytest.mark.parametrize("group", ["http", "oauth2"])
+@pytest.mark.parametrize("group", ["path", "http", "oauth2"])
 def test_public_port_never_speaks_the_peer_protocol(
     cluster: tuple[ProxyCluster, BackendProcess], method: str, group: str
 ) -> None:

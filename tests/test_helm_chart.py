@@ -247,8 +247,10 @@ def test_service_pdb_and_networkpolicy_select_the_pods(docs: list[Doc]) -> None:
         "PodDisruptionBudget": one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
         "NetworkPolicy": one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
     }
+    ring = {**selector(docs), "tokencache.io/peer-protocol": "tokencache-v1"}
     for kind, sel in sels.items():
-        assert sel == selector(docs), kind
+        # The Service selects the ring label too: a kept kubecache Service never reaches Go pods.
+        assert sel == (ring if kind == "Service" else selector(docs)), kind
         assert matches(sel, pods), kind
 
 
@@ -256,7 +258,8 @@ def test_kubegroup_selector_selects_exactly_this_release(docs: list[Doc]) -> Non
     env = effective_env(docs)
     assert env["PEER_DISCOVERY"] == "kubernetes"
     sel = parse_selector(env["KUBEGROUP_LABEL_SELECTOR"])
-    assert sel == selector(docs)
+    # the release's selector plus the ring label kubecache's Go pods cannot carry
+    assert sel == {**selector(docs), "tokencache.io/peer-protocol": "tokencache-v1"}
     assert matches(sel, pod_labels(docs))
     assert sel["app.kubernetes.io/instance"] == "edge"
     test_pod = one(docs, "Pod", hook=True)

@@ -322,6 +322,7 @@ def test_secret_references_are_resolved_for_secrets_and_urls() -> None:
             "file:/run/secret": "peer-key\n",
             "aws-secretsmanager:us-east-1:backend:url": "http://10.1.2.3:80",
             "aws-parameterstore:eu-west-1:/oauth/secret": "oauth-secret",
+            "file:/x": "app=from-file",
         }
     )
     env = {
@@ -331,18 +332,19 @@ def test_secret_references_are_resolved_for_secrets_and_urls() -> None:
         "OAUTH2_TOKEN_URL": "http://as:4000/token",
         "OAUTH2_CLIENT_ID": "cid",
         "OAUTH2_CLIENT_SECRET": "aws-parameterstore:eu-west-1:/oauth/secret",
-        # Not a field where references make sense: stays literal, the resolver is not asked.
+        # kubecache resolved references on every variable: so does the proxy.
         "KUBEGROUP_LABEL_SELECTOR": "file:/x",
     }
     s = Settings.from_env(env, resolver=resolver)
     assert s.groupcache_peer_secret == "peer-key"
     assert s.backend_url == "http://10.1.2.3:80"
     assert s.oauth2_client_secret == "oauth-secret"
-    assert s.kubegroup_label_selector == "file:/x"
+    assert s.kubegroup_label_selector == "app=from-file"
     assert {n for n, _ in resolver.asked} == {
         "GROUPCACHE_PEER_SECRET",
         "BACKEND_URL",
         "OAUTH2_CLIENT_SECRET",
+        "KUBEGROUP_LABEL_SELECTOR",
     }
     assert "peer-key" in s.secret_values()
 
@@ -646,7 +648,7 @@ async def test_service_readiness_follows_discovery_and_drain_leaves_the_ring() -
             assert r.status_code == 200
             metrics = (await client.get(f"http://127.0.0.1:{health}/metrics")).text
             assert "requests_seconds_bucket{" in metrics
-            assert 'group="http"' in metrics
+            assert 'group="path"' in metrics
             assert "in-process-secret" not in metrics
             assert await service.shutdown() is True
     finally:

@@ -250,9 +250,14 @@ def test_metrics_names_present(cluster: ProxyCluster) -> None:
     assert status == 200
     text = body.decode()
     assert "requests_seconds_bucket{" in text
-    assert 'groupcache_gets_total{group="http"}' in text or 'groupcache_gets{group="http"}' in text
+    assert 'groupcache_gets_total{group="path"}' in text or 'groupcache_gets{group="path"}' in text
     assert "process_cpu_seconds_total" in text
-    assert "uri=" not in text
+    # kubecache's histogram carries a bounded uri label (the path, no query)
+    assert (
+        'requests_seconds_bucket{le="+Inf",method="GET",outcome="SUCCESS",status="200",uri="/'
+        in text
+    )
+    assert "?" not in "".join(line for line in text.splitlines() if "uri=" in line)
     assert SECRET not in text
 
 

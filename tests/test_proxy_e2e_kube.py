@@ -111,12 +111,12 @@ class KubeProxyNode(ProxyNode):
         }
 
     def kube_peers(self) -> float | None:
-        """The ``kubegroup_peers`` gauge (None while absent)."""
-        return self.metrics().get(("kubegroup_peers", ()))
+        """The ``kubegroup_ready_peers`` gauge, the ring's size (None while absent)."""
+        return self.metrics().get(("kubegroup_ready_peers", ()))
 
     def http_counter(self, name: str) -> float:
-        """``groupcache_<name>_total{group="http"}``."""
-        return self.metrics().get((f"groupcache_{name}_total", (("group", "http"),)), 0.0)
+        """``groupcache_<name>_total{group="path"}``."""
+        return self.metrics().get((f"groupcache_{name}_total", (("group", "path"),)), 0.0)
 
 
 def _shared_free_port(ips: tuple[str, ...]) -> int:
@@ -294,7 +294,9 @@ def test_proxies_discover_each_other_through_the_kubernetes_api(
     for node in nodes:
         c.wait(node.ready, f"proxy {node.index} ready")
     for node in nodes:
-        c.wait(functools.partial(_has_peers, node, 3), f"proxy {node.index}: kubegroup_peers 3")
+        c.wait(
+            functools.partial(_has_peers, node, 3), f"proxy {node.index}: kubegroup_ready_peers 3"
+        )
     for node in nodes:
         # unshare and sh exec'd: the PID teardown signals is the proxy itself.
         argv = Path(f"/proc/{node.pid}/cmdline").read_bytes().split(b"\0")
@@ -329,7 +331,9 @@ def test_proxies_discover_each_other_through_the_kubernetes_api(
     c.fake.set_ready(leaving.pod_name, False)
     survivors = nodes[:2]
     for node in survivors:
-        c.wait(functools.partial(_has_peers, node, 2), f"proxy {node.index}: kubegroup_peers 2")
+        c.wait(
+            functools.partial(_has_peers, node, 2), f"proxy {node.index}: kubegroup_ready_peers 2"
+        )
     # A fresh URL the three-pod ring gave to the leaving pod: it must now be loaded by a survivor,
     # once, and the leaving pod (still running) must not be asked.
     fresh = next(

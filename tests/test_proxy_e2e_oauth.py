@@ -71,7 +71,7 @@ async def test_one_token_request_for_the_whole_cluster(oauth: OAuthServer, tmp_p
     assert all(stats["by_target"][t] == 1 for t in targets)
     assert PROXY_SECRET not in logs
     for text in metrics:  # both groups and the plugin's token counters, on every node
-        assert 'group="http"' in text
+        assert 'group="path"' in text
         assert 'group="oauth2"' in text
         assert "oauth2_token_fetches" in text
         assert PROXY_SECRET not in text

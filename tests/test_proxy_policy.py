@@ -50,13 +50,17 @@ def test_other_methods_are_forwarded(method: str):
     assert bypass(policy(), method) == "method"
 
 
-def test_routes_are_searched_in_the_path_without_the_query():
+def test_routes_are_searched_in_path_and_query_like_kubecache():
+    # kubecache matched Go's URL.RequestURI(): the path and the query together.
     p = policy(routes=(re.compile("^/prod"), re.compile("/develop/?$")))
     assert bypass(p, target="/prod/app") is None
     assert bypass(p, target="/x/develop/") is None
-    assert bypass(p, target="/x/develop?y=1") is None
-    assert bypass(p, target="/other?/prod") == "route"
+    assert bypass(p, target="/x/develop?y=1") == "route"  # "$" is after the query
+    assert bypass(p, target="/other?/prod") == "route"  # "^/prod" anchors at the path
     assert bypass(p, target="/develop/x") == "route"
+    q = policy(routes=(re.compile(r"[?&]cache=yes"),))
+    assert bypass(q, target="/a?cache=yes") is None
+    assert bypass(q, target="/a?cache=no") == "route"
 
 
 def test_no_routes_means_every_route():

@@ -48,10 +48,14 @@ class Entry:
     """What a loader returns: the value and its lifetime in seconds.
 
     ``ttl=None`` never expires; ``ttl<=0`` is handed to the callers waiting now and stored nowhere.
+    ``failed=True`` says the value describes a failed load (a backend fault the caller answers
+    with): it is handed over like any other entry but counted in ``local_load_errs``, not
+    ``local_loads`` (groupcache's meaning of the two counters).
     """
 
     value: bytes
     ttl: float | None = None
+    failed: bool = False
 
 
 class Loader(Protocol):
@@ -244,7 +248,8 @@ class Group:
         found = self.main_cache.get(key, min_ttl)
         if found is not None:
             return Fetched(found[0], found[1])
-        self.stats.local_loads += 1
+        # groupcache's counters: local_loads counts loads that succeeded, local_load_errs those
+        # that failed (an exception, a broken promise of the loader, or an entry marked failed).
         with self._ws.tracer.start_as_current_span(
             "tokencache.load", attributes={"tokencache.group": self.name}
         ):
@@ -265,6 +270,10 @@ class Group:
         if len(entry.value) > self._ws.max_value_bytes:
             self.stats.local_load_errs += 1
             raise InvalidArgument(f"value over {self._ws.max_value_bytes} bytes in {self.name!r}")
+        if entry.failed:
+            self.stats.local_load_errs += 1
+        else:
+            self.stats.local_loads += 1
         ttl = entry.ttl
         if ttl is None or ttl > 0:
             self._store(self.main_cache, key, entry.value, ttl)

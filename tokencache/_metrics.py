@@ -19,8 +19,8 @@ _GROUP_COUNTERS = (
     ("peer_errors", "peer_errors", "Count of errors from peers"),
     ("loads", "loads", "Count of gets that missed both caches (before singleflight)"),
     ("loads_deduped", "loads_deduped", "Count of loads after singleflight"),
-    ("local_load", "local_loads", "Count of loads from the local loader (successful or not)"),
-    ("local_load_errs", "local_load_errs", "Count of loader errors"),
+    ("local_load", "local_loads", "Count of loads from the local loader that succeeded"),
+    ("local_load_errs", "local_load_errs", "Count of loads from the local loader that failed"),
     ("server_requests", "server_requests", "Count of gets received from peers"),
     (
         "crosstalk_refusals",

@@ -60,7 +60,7 @@ async def _sample_peer_errors(
                 text = await asyncio.to_thread(scrape, node.metrics_url, 2.0)
             except OSError:
                 continue
-            total += metric_value(text, _PEER_ERRORS, 'group="http"')
+            total += metric_value(text, _PEER_ERRORS, 'group="path"')
         samples.append((time.monotonic() - begin, total))
         try:
             await asyncio.wait_for(stop.wait(), 0.2)

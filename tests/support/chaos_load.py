@@ -162,7 +162,7 @@ def scrape(url: str, timeout: float = 5.0) -> str:
 
 
 def metric_value(text: str, name: str, labels: str = "") -> float:
-    """The sum of every sample of ``name`` whose label set contains ``labels`` (e.g. 'group="http"')."""
+    """The sum of every sample of ``name`` whose label set contains ``labels`` (e.g. 'group="path"')."""
     total = 0.0
     pattern = re.compile(
         rf"^{re.escape(name)}(?:_total)?(\{{[^}}]*\}})? ([-+0-9.eE]+|NaN)$", re.MULTILINE

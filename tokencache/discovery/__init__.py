@@ -1,4 +1,5 @@
-"""Kubernetes peer discovery for tokencache (optional; needs the ``kubernetes`` client).
+"""Peer discovery for tokencache: Kubernetes (list+watch of pods) and Amazon ECS (the tasks of a
+service, polled; needs boto3, the ``aws`` extra).
 
 Peers are the Ready, not-terminating pods with an IP that a label selector matches, found with
 list+watch and handed to a callback such as ``Workspace.set_peers``::
@@ -16,6 +17,12 @@ from __future__ import annotations
 
 from tokencache.discovery._backoff import Backoff
 from tokencache.discovery._debounce import Debouncer
+from tokencache.discovery._ecs import (
+    EcsPeerSource,
+    cluster_from_metadata,
+    list_task_addresses,
+    task_addresses,
+)
 from tokencache.discovery._errors import DiscoveryConfigError, DiscoveryError, WatchExpired
 from tokencache.discovery._kube import KubernetesPeerSource
 from tokencache.discovery._local import NAMESPACE_FILE, read_namespace, self_address
@@ -36,10 +43,13 @@ __all__ = [
     "DiscoveryConfigError",
     "DiscoveryError",
     "DiscoveryStats",
+    "EcsPeerSource",
     "KubernetesPeerSource",
     "NAMESPACE_FILE",
     "PodTable",
     "WatchExpired",
+    "cluster_from_metadata",
+    "list_task_addresses",
     "parse_port",
     "peer_url",
     "pod_is_ready",
@@ -48,4 +58,5 @@ __all__ = [
     "read_namespace",
     "resource_version",
     "self_address",
+    "task_addresses",
 ]

@@ -156,6 +156,7 @@ class PodWatcher:
         if version is None:
             raise DiscoveryError("pod list without metadata.resourceVersion")
         self._table.replace(body.get("items") or ())
+        self._recorder.seen(len(self._table))
         self._recorder.listed()
         self._backoff.reset()
         self._publish(self._table.peers(), True)
@@ -207,6 +208,8 @@ class PodWatcher:
         if kind == "BOOKMARK":
             return version
         self._recorder.event()
-        if self._table.apply(str(kind), obj):
+        changed = self._table.apply(str(kind), obj)
+        self._recorder.seen(len(self._table))
+        if changed:
             self._publish(self._table.peers(), False)
         return version

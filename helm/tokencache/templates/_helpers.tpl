@@ -32,6 +32,44 @@ app.kubernetes.io/name: {{ include "tokencache.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+Ring labels: the selector labels plus a label kubecache's pods cannot carry (its chart
+has no such key), so peer discovery and the Service never pick a Go pod, even with
+nameOverride=kubecache and kubecache's customLabels during an upgrade: the two peer
+protocols must never share a ring. Not part of the Deployment selector (immutable).
+*/}}
+{{- define "tokencache.ringLabels" -}}
+{{ include "tokencache.selectorLabels" . }}
+tokencache.io/peer-protocol: tokencache-v1
+{{- end }}
+
+{{/*
+A port value as kubecache's chart accepted it (8080 or "8080"); a named port fails
+the render naming the key.
+*/}}
+{{- define "tokencache.port" -}}
+{{- $v := toString (index . 1) }}
+{{- if not (regexMatch "^[0-9]+$" $v) }}
+{{- fail (printf "%s: %q is not a port number; named ports are not supported here, set the number the proxy listens on (e.g. 8080)" (index . 0) $v) }}
+{{- end }}
+{{- $v }}
+{{- end }}
+
+{{/*
+A configMapProperties value as text: templates rendered (kubecache did), and whole
+numbers written out (YAML reads 100000000 as a float, which toString gives as 1e+08).
+*/}}
+{{- define "tokencache.envValue" -}}
+{{- $v := index . 0 }}
+{{- if and (kindIs "float64" $v) (eq $v (floor $v)) }}
+{{- printf "%.0f" $v }}
+{{- else if kindIs "string" $v }}
+{{- tpl $v (index . 1) }}
+{{- else }}
+{{- toString $v }}
+{{- end }}
+{{- end }}
+
 {{- define "tokencache.labels" -}}
 helm.sh/chart: {{ include "tokencache.chart" . }}
 {{ include "tokencache.selectorLabels" . }}
@@ -44,7 +82,7 @@ The same selector as a Kubernetes label-selector string (KUBEGROUP_LABEL_SELECTO
 */}}
 {{- define "tokencache.selectorString" -}}
 {{- $pairs := list }}
-{{- range $k, $v := (include "tokencache.selectorLabels" . | fromYaml) }}
+{{- range $k, $v := (include "tokencache.ringLabels" . | fromYaml) }}
 {{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
 {{- end }}
 {{- join "," $pairs }}
@@ -78,6 +116,16 @@ names a key, otherwise the one this chart generates.
 {{- end }}
 {{- end }}
 
+{{/*
+The generated peer secret's value: derived from secrets.peerSecretSeed when given
+(stable under `helm template`, for GitOps), else random and kept from the cluster.
+*/}}
+{{- define "tokencache.peerSecretSeeded" -}}
+{{- with .Values.secrets.peerSecretSeed }}
+{{- printf "%s/%s/%s" . $.Release.Namespace $.Release.Name | sha256sum | b64enc }}
+{{- end }}
+{{- end }}
+
 {{- define "tokencache.generatePeerSecret" -}}
 {{- not (and .Values.secrets.existingSecret .Values.secrets.peerSecretKey) }}
 {{- end }}
@@ -88,9 +136,9 @@ declared container ports and probes, so they are derived from values and never
 taken from configMapProperties.
 */}}
 {{- define "tokencache.managedConfig" -}}
-LISTEN_ADDR: {{ printf ":%v" .Values.service.targetPort | quote }}
+LISTEN_ADDR: {{ printf ":%s" (include "tokencache.port" (list "service.targetPort" .Values.service.targetPort)) | quote }}
 GROUPCACHE_PORT: {{ printf ":%v" .Values.peer.port | quote }}
-HEALTH_ADDR: {{ printf ":%v" .Values.podHealthCheck.port | quote }}
+HEALTH_ADDR: {{ printf ":%s" (include "tokencache.port" (list "podHealthCheck.port" .Values.podHealthCheck.port)) | quote }}
 HEALTH_PATH: {{ .Values.podHealthCheck.path | quote }}
 READY_PATH: {{ .Values.podHealthCheck.readyPath | quote }}
 METRICS_ADDR: {{ printf ":%v" .Values.metrics.port | quote }}
@@ -133,4 +181,12 @@ The grace period: preStop sleep + drain + margin, or an explicit larger value.
 */}}
 {{- define "tokencache.gracePeriod" -}}
 {{- add .Values.shutdown.preStopSleepSeconds .Values.shutdown.timeoutSeconds .Values.shutdown.marginSeconds }}
+{{- end }}
+
+{{/*
+The Service name: service.name keeps a kubecache release's (e.g. r1-kubecache), the
+DNS name its clients use; default the chart's full name.
+*/}}
+{{- define "tokencache.serviceName" -}}
+{{- .Values.service.name | default (include "tokencache.fullname" .) }}
 {{- end }}
