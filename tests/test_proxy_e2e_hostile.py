@@ -290,7 +290,7 @@ def test_forty_bad_bodies_then_sigterm_exits_promptly(tmp_path: Path):
 def test_hostile_keys_on_the_peer_port_are_bad_requests(shared: Stack, key: bytes):
     before = shared.backend.stats()["requests"]
     refused = metric(shared.proxy, 'proxy_refused_requests_total{reason="key"}')
-    path = "/_tokencache/v1/http/get"
+    path = "/_tokencache/v1/path/get"  # GROUPCACHE_GROUP_NAME defaults to kubecache's "path"
     headers = Signer(PEER_SECRET).headers("POST", path, key)
     head = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items())
     raw = _peer_post(shared.proxy, path, head, key)
