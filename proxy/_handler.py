@@ -345,14 +345,14 @@ class CacheHandler:
         group = self.group
         assert group is not None
         try:
-            value, ttl, loaded = await group.get_fetched(key)
+            fetched = await group.get_fetched(key)
         except tokencache.InvalidArgument:
             return None
         except Exception:
             # A loader bug or an engine fault: never a crash of the connection, never cached.
             self._logger.exception("cache load failed")
             return encode_error(502, "other"), 0.0, True
-        return value, ttl, loaded
+        return fetched.value, fetched.ttl, fetched.loaded
 
 
 def _no_peek(key: str) -> tuple[bytes, float | None] | None:
