@@ -11,10 +11,12 @@ What it returns (`proxy._stored` records):
 * a storable response: ``TCR1`` with the policy's ttl, or, for a base key whose response names
   ``Vary`` headers, a ``TCV1`` record holding the names and this (header-less) variant;
 * a response the policy refuses to store (no-store, private, Set-Cookie, Vary: *, too large):
-  a ``TCP1`` pass record kept for ``cache_ttl``; every request for the URI is then forwarded as it
+  a ``TCP1`` pass record kept for ``cache_ttl`` as a ``Kind.MARKER`` (stored, not a value: the
+  engine never counts it as a load nor returns it from its value APIs); every request for the URI is then forwarded as it
   is — one client's private answer is never handed to another waiter of the same flight;
 * a backend fault: ``TCS1`` around the stale entry when stale-if-error has one, else ``TCE1``;
-  both with ttl 0, so they reach this flight's waiters and are stored nowhere.
+  both ``Kind.TRANSIENT``: they reach this flight's waiters, are stored nowhere (whatever the
+  TTL) and count as load errors.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class BackendLoader:
                     parts.append(chunk)
                     size += len(chunk)
                     if size > limit:
-                        return tokencache.Entry(encode_pass("too-large"), self._policy.cache_ttl)
+                        return _marker(encode_pass("too-large"), self._policy.cache_ttl)
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
@@ -107,7 +109,7 @@ class BackendLoader:
         if why_not == "ttl":  # caching switched off for this status: hand it to the waiters only
             ttl = 0.0
         elif why_not is not None:
-            return tokencache.Entry(encode_pass(why_not), policy.cache_ttl)
+            return _marker(encode_pass(why_not), policy.cache_ttl)
         reason = response.extensions.get("reason_phrase", b"")
         record = encode_response(
             response.status_code,
@@ -133,5 +135,13 @@ class BackendLoader:
             stale = self.group.peek_stale(key)
             if stale is not None and stale[0][:4] in (RESPONSE, VARY):
                 value, ago = stale
-                return tokencache.Entry(encode_stale(status, ago, value), 0)
-        return tokencache.Entry(encode_error(status, kind), 0)
+                return _transient(encode_stale(status, ago, value))
+        return _transient(encode_error(status, kind))
+
+
+def _marker(record: bytes, ttl: float) -> tokencache.Entry:
+    return tokencache.Entry(record, ttl, tokencache.Kind.MARKER)
+
+
+def _transient(record: bytes) -> tokencache.Entry:
+    return tokencache.Entry(record, 0, tokencache.Kind.TRANSIENT)

@@ -113,6 +113,7 @@ class Workspace:
         self._checker: asyncio.Task[None] | None = None
         self.health: HealthChecker | None = None
         self.leaving = False
+        self._ready = True
         self.last_handoff: HandoffReport | None = None
         self._warned_insecure = False
 
@@ -240,9 +241,15 @@ class Workspace:
         self.membership.exclude(member, LEFT)
 
     def serve_ping(self) -> None:
-        """Answer a health check; refused while this process is leaving."""
-        if self.leaving:
-            raise Declined("leaving")
+        """Answer a health check; refused while this process is leaving or not ready."""
+        if self.leaving or not self._ready:
+            raise Declined("leaving" if self.leaving else "not ready")
+
+    def set_ready(self, ready: bool) -> None:
+        """Whether this process answers health pings (default True). A process whose peer port
+        is up before its groups exist says False until they do, so static peers put it back on
+        their rings only when it can answer for every group."""
+        self._ready = ready
 
     # -- groups ------------------------------------------------------------------------------
 
