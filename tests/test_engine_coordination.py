@@ -450,3 +450,17 @@ async def test_a_cancelled_load_is_not_a_load_error() -> None:
         await task
     assert group.stats.local_loads == 1
     assert group.stats.local_load_errs == 0
+
+
+async def test_a_hand_off_racing_a_remove_does_not_bring_the_old_value_back() -> None:
+    cluster = Cluster()
+    key = cluster.key_owned_by(A)
+    await cluster.group(A).get(key)
+    old = cluster.group(A).peek(key)
+    assert old is not None
+    await cluster.group(B).remove(key)  # reaches A (and C) ...
+    cluster.ws[A].serve_put("g", key, old, 50.0)  # ... before a put that was already on its way
+    assert cluster.group(A).peek(key) is None
+    cluster.clock.advance(11)
+    cluster.ws[A].serve_put("g", key, b"later hand-off", 50.0)
+    assert cluster.group(A).peek(key) == b"later hand-off"

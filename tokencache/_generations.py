@@ -7,22 +7,27 @@ its key was not removed after the ticket was taken. Invariants:
   ticket taken before it is False.
 - Memory is bounded by the loads in flight: a removal record is needed only while some load holds
   an older ticket, so the records are dropped once no such load is left.
+- Entries handed over by a leaving peer carry no ticket; for them a short list of recent removes
+  (*tombstones*, at most ``max_tombstones``, oldest dropped first) says "removed at time t", so
+  a put that was on its way while the key was removed does not bring the old value back.
 
-Pure logic: no clock, no I/O; one per cache group.
+Pure logic: no clock reads (callers pass the time), no I/O; one per cache group.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 
 
 class Generations:
     """Removal generations of one group's keys."""
 
-    __slots__ = ("_open", "_removed", "_seq")
+    __slots__ = ("_max_tombstones", "_open", "_removed", "_seq", "_tombstones")
 
-    def __init__(self) -> None:
+    def __init__(self, max_tombstones: int = 4096) -> None:
         self._seq = 0
+        self._max_tombstones = max_tombstones
+        self._tombstones: OrderedDict[str, float] = OrderedDict()  # key -> time of its remove
         self._removed: dict[str, int] = {}  # key -> generation of its last remove
         self._open: Counter[int] = Counter()  # ticket -> loads holding it
 
@@ -46,11 +51,20 @@ class Generations:
             oldest = min(self._open)
             self._removed = {k: g for k, g in self._removed.items() if g > oldest}
 
-    def removed(self, key: str) -> None:
-        """``key`` was removed now: loads that began earlier must not store it."""
+    def removed(self, key: str, now: float) -> None:
+        """``key`` was removed at ``now``: loads that began earlier must not store it."""
         self._seq += 1
         if self._open:
             self._removed[key] = self._seq
+        self._tombstones.pop(key, None)
+        self._tombstones[key] = now
+        if len(self._tombstones) > self._max_tombstones:
+            self._tombstones.popitem(last=False)
+
+    def removed_since(self, key: str, since: float) -> bool:
+        """Whether ``key`` was removed at or after ``since`` (as far as the tombstones remember)."""
+        at = self._tombstones.get(key)
+        return at is not None and at >= since
 
     def may_store(self, key: str, ticket: int) -> bool:
         """Whether a load that took ``ticket`` may store its result for ``key``."""

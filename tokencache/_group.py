@@ -52,6 +52,9 @@ from ._singleflight import SingleFlight
 from ._stats import GroupStats
 
 _HOT_COPY_FANOUT = 4  # peers asked for a hot copy when the previous owners had none
+# A handed-over entry for a key removed this recently is refused: the put may have been on its
+# way while the remove ran (a leave's hand-off is bounded to a few seconds).
+_PUT_TOMBSTONE_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,7 @@ class Group:
         max_key_bytes: int,
         max_value_bytes: int,
         control_timeout: float,
+        lookup_timeout: float,
         hot_fraction: float,
         hot_probability: float,
         stale_window: float,
@@ -128,6 +132,7 @@ class Group:
         self._max_key_bytes = max_key_bytes
         self._max_value_bytes = max_value_bytes
         self._control_timeout = control_timeout
+        self._lookup_timeout = lookup_timeout
         self._hot_fraction = hot_fraction
         self._hot_probability = hot_probability
         self._rng = rng
@@ -356,44 +361,45 @@ class Group:
         return entry
 
     async def _ask_others(self, key: str, min_ttl: float) -> Fetched | None:
-        """A copy of a key whose owner changed recently: the previous owners' caches first, then
-        a few other peers' hot copies. Never loads; a failed or slow peer only costs the
-        control timeout."""
+        """A copy of a key whose owner changed recently: the previous owners' caches first; only
+        when none of them answered (gone, say), a few other peers' hot copies. Never loads; the
+        whole search is bounded by one ``lookup_timeout`` so it never outlasts a caller's wait."""
         previous = [p for p in self._peers.previous_owners(key) if self._peers.peer_reachable(p)]
         if not previous:
             return None
-        found = await self._ask(previous, key, min_ttl)
-        if found is None:
-            asked = {*previous, self._peers.self_url}
-            rest = [p for p in self._peers.peers if p not in asked][:_HOT_COPY_FANOUT]
-            found = await self._ask(rest, key, min_ttl)
+        found: Fetched | None = None
+        try:
+            async with asyncio.timeout(self._lookup_timeout):
+                found, answered = await self._ask(previous, key, min_ttl)
+                if found is None and not answered:
+                    asked = {*previous, self._peers.self_url}
+                    rest = [p for p in self._peers.peers if p not in asked][:_HOT_COPY_FANOUT]
+                    found, _ = await self._ask(rest, key, min_ttl)
+        except TimeoutError:
+            self.stats.peer_errors += 1
         if found is not None:
             self.stats.handoff_hits += 1
         return found
 
-    async def _ask(self, peers: list[str], key: str, min_ttl: float) -> Fetched | None:
-        if not peers:
-            return None
+    async def _ask(self, peers: list[str], key: str, min_ttl: float) -> tuple[Fetched | None, bool]:
+        """The first usable copy among ``peers`` (asked in parallel), and whether any answered."""
         transport = self._peers.transport
         tasks = [asyncio.ensure_future(transport.lookup(p, self.name, key)) for p in peers]
-        found: Fetched | None = None
+        answered = False
         try:
-            async with asyncio.timeout(self._control_timeout):
-                for next_done in asyncio.as_completed(tasks):
-                    try:
-                        copy = await next_done
-                    except PeerError:
-                        self.stats.peer_errors += 1
-                        continue
-                    if copy is not None and (copy.ttl is None or copy.ttl >= max(min_ttl, 1e-9)):
-                        found = copy._replace(loaded=False)
-                        break
-        except TimeoutError:
-            self.stats.peer_errors += 1
+            for next_done in asyncio.as_completed(tasks):
+                try:
+                    copy = await next_done
+                except PeerError:
+                    self.stats.peer_errors += 1
+                    continue
+                answered = True
+                if copy is not None and (copy.ttl is None or copy.ttl > max(min_ttl, 0.0)):
+                    return copy._replace(loaded=False), True
         finally:
             for task in tasks:
                 task.cancel()
-        return found
+        return None, answered
 
     async def serve_peer(self, key: str, min_ttl: float, context: bytes | None = None) -> Fetched:
         """Answer a peer's get: from this process's caches or its own loader, never forwarded."""
@@ -414,12 +420,14 @@ class Group:
     def accept(self, key: str, value: bytes, ttl: float | None, kind: Kind) -> bool:
         """Store an entry handed over by a leaving peer; True when it was stored.
 
-        A live copy already held here wins (it is at least as new); transient records and values
-        over the size limit are refused.
+        A live copy already held here wins (it is at least as new); transient records, values
+        over the size limit and keys removed here moments ago are refused.
         """
         if not _stores(ttl, kind) or len(value) > self._max_value_bytes:
             return False
         if self.main_cache.lookup(key) is not None:
+            return False
+        if self._generations.removed_since(key, self._clock.now() - _PUT_TOMBSTONE_SECONDS):
             return False
         self._store(self.main_cache, key, value, ttl, kind is Kind.MARKER)
         self.stats.handoffs_received += 1
@@ -464,7 +472,7 @@ class Group:
             else:
                 newer = True
         if not newer:
-            self._generations.removed(key)
+            self._generations.removed(key, self._clock.now())
             self._gets.forget(lambda k: k[0] == key)
             self._loads.forget(lambda k: k[0] == key)
         return removed

@@ -79,6 +79,7 @@ class Workspace:
         purge_interval: float = 30.0,
         unreachable_backoff: float = 2.0,
         control_timeout: float = 2.0,
+        lookup_timeout: float = 0.5,
         handoff_window: float = 60.0,
     ) -> None:
         self.clock: Clock = clock or MonotonicClock()
@@ -97,6 +98,7 @@ class Workspace:
         self.max_value_bytes = max_value_bytes
         self.purge_interval = purge_interval
         self.control_timeout = control_timeout
+        self.lookup_timeout = lookup_timeout
         self.peer_timeout = peer_timeout
         self._transport: PeerTransport = transport or HttpTransport(
             timeout=peer_timeout,
@@ -282,6 +284,7 @@ class Workspace:
             max_key_bytes=self.max_key_bytes,
             max_value_bytes=self.max_value_bytes,
             control_timeout=self.control_timeout,
+            lookup_timeout=self.lookup_timeout,
             hot_fraction=hot_fraction,
             hot_probability=hot_probability,
             stale_window=stale_window,
