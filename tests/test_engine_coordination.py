@@ -464,3 +464,28 @@ async def test_a_hand_off_racing_a_remove_does_not_bring_the_old_value_back() ->
     cluster.clock.advance(11)
     cluster.ws[A].serve_put("g", key, b"later hand-off", 50.0)
     assert cluster.group(A).peek(key) == b"later hand-off"
+
+
+async def test_a_silent_peer_does_not_hold_up_the_hand_off_to_the_others() -> None:
+    cluster = Cluster()
+    keys = [f"h{i}" for i in range(60)]
+    await asyncio.gather(*(cluster.group(A).get(k) for k in keys))
+    without_c = cluster.ws[C].membership.ring_without(C)
+    to_a = [k for k in keys if cluster.ws[A].owner(k) == C and without_c.owner(k) == A]
+    to_b = [k for k in keys if cluster.ws[A].owner(k) == C and without_c.owner(k) == B]
+    assert to_a and to_b
+    cluster.transport.black_hole(B)  # B froze
+    leaving = asyncio.create_task(cluster.ws[C].leave(within=30))
+    await settle()
+    assert cluster.group(A).stats.handoffs_received == len(to_a)  # A got its keys meanwhile
+    assert not leaving.done()
+    for _ in range(10):
+        cluster.transport.expire_liveness(B)
+        await settle()
+        if leaving.done():
+            break
+    report = await leaving
+    assert report.peers_told == 1
+    assert report.entries_sent == len(to_a)
+    assert report.entries_failed == len(to_b)
+    assert C not in cluster.ws[A].peers

@@ -385,6 +385,8 @@ class Group:
         """The first usable copy among ``peers`` (asked in parallel), and whether any answered."""
         transport = self._peers.transport
         tasks = [asyncio.ensure_future(transport.lookup(p, self.name, key)) for p in peers]
+        for task in tasks:
+            task.add_done_callback(_retrieve)  # answers that arrive after the first hit
         answered = False
         try:
             for next_done in asyncio.as_completed(tasks):
@@ -508,6 +510,11 @@ class Group:
     def purge_expired(self) -> int:
         """Drop expired entries (past the stale window) from both caches; return how many."""
         return self.main_cache.purge_expired() + self.hot_cache.purge_expired()
+
+
+def _retrieve(task: asyncio.Future[Fetched | None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _value_of(fetched: Fetched) -> Fetched:

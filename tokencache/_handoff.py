@@ -1,13 +1,14 @@
 """Leaving: announce it to the peers, then hand the main-cache entries to their new owners.
 
 A process that stops on purpose (SIGTERM in a rollout) owns keys that were loaded at a cost. It
-tells every peer it is leaving (they take it off their rings at once, static peers included), then
-sends each live main-cache entry, hottest first, to the key's owner in the ring without it
+tells every peer it is leaving (they take it off their rings at once, static peers included) and
+meanwhile sends each live main-cache entry, hottest first, to the key's owner in the ring without it
 (``put`` with the remaining TTL). The new owners then answer from their main caches instead of
 loading again.
 
 Invariants: bounded in time (``within`` seconds for the whole hand-off, the leave announcements
-included) and in bytes (``max_bytes`` of values sent); at most ``concurrency`` puts in flight;
+included; ``each`` seconds per request, so a silent peer holds one slot that long, not all of
+them) and in bytes (``max_bytes`` of values sent); at most ``concurrency`` puts in flight;
 transient records never travel (they are never stored); a failed put is counted and skipped,
 never retried. Pure orchestration over the injected transport.
 """
@@ -38,14 +39,15 @@ class HandoffReport:
 
 
 async def announce_leave(
-    transport: PeerTransport, peers: list[str], me: str, report: HandoffReport
+    transport: PeerTransport, peers: list[str], me: str, report: HandoffReport, *, each: float
 ) -> None:
-    """Tell ``peers`` that ``me`` is leaving (in parallel); count who heard it."""
+    """Tell ``peers`` that ``me`` is leaving (in parallel, ``each`` seconds at most per peer)."""
 
     async def tell(peer: str) -> bool:
         try:
-            await transport.leave(peer, me)
-        except PeerError:
+            async with asyncio.timeout(each):
+                await transport.leave(peer, me)
+        except (PeerError, TimeoutError):
             return False
         return True
 
@@ -60,9 +62,11 @@ async def hand_off(
     *,
     max_bytes: int,
     concurrency: int,
+    each: float,
     report: HandoffReport,
 ) -> None:
-    """Put every live main-cache entry to its owner in ``ring`` until done or ``max_bytes``."""
+    """Put every live main-cache entry to its owner in ``ring`` until done or ``max_bytes``
+    (``each`` seconds at most per put, so one silent owner cannot hold every worker)."""
     work = _plan(groups, ring, me)
     budget = [max_bytes]
 
@@ -72,8 +76,9 @@ async def hand_off(
                 continue
             budget[0] -= len(value)
             try:
-                await transport.put(peer, group, key, value, ttl, kind=kind)
-            except PeerError:
+                async with asyncio.timeout(each):
+                    await transport.put(peer, group, key, value, ttl, kind=kind)
+            except (PeerError, TimeoutError):
                 report.entries_failed += 1
                 continue
             report.entries_sent += 1
@@ -102,22 +107,28 @@ async def leave(
     *,
     within: float,
     max_bytes: int,
+    each: float,
     concurrency: int = 16,
 ) -> HandoffReport:
-    """Announce the leave, then hand off, all within ``within`` seconds."""
+    """Announce the leave and hand off (at the same time), all within ``within`` seconds."""
     report = HandoffReport()
     total = sum(1 for _ in _plan(groups, ring, me))
     try:
         async with asyncio.timeout(within):
-            await announce_leave(transport, peers, me, report)
-            await hand_off(
-                transport,
-                groups,
-                ring,
-                me,
-                max_bytes=max_bytes,
-                concurrency=concurrency,
-                report=report,
+            # Together: a silent peer must not delay the hand-off to the others (a put that
+            # arrives before the leave is stored all the same).
+            await asyncio.gather(
+                announce_leave(transport, peers, me, report, each=each),
+                hand_off(
+                    transport,
+                    groups,
+                    ring,
+                    me,
+                    max_bytes=max_bytes,
+                    concurrency=concurrency,
+                    each=each,
+                    report=report,
+                ),
             )
     except TimeoutError:
         report.timed_out = True

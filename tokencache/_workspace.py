@@ -196,7 +196,14 @@ class Workspace:
         if self._checker is not None:
             self._checker.cancel()
         report = await leave_ring(
-            self._transport, self._groups, others, ring, me, within=within, max_bytes=max_bytes
+            self._transport,
+            self._groups,
+            others,
+            ring,
+            me,
+            within=within,
+            max_bytes=max_bytes,
+            each=self.control_timeout,
         )
         self.last_handoff = report
         log.info(
