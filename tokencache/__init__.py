@@ -12,9 +12,10 @@ anywhere is loaded once, by the owner, and shared; values carry a TTL::
 from ._bridge import BackgroundLoop
 from ._clock import Clock, MonotonicClock
 from ._context import load_context
+from ._entry import Entry, Loader
 from ._errors import Declined, InvalidArgument, NotAValue, NotFound, PeerError, TokenCacheError
 from ._fetched import Fetched, Kind
-from ._group import Entry, Group, Loader
+from ._group import Group
 from ._handoff import HandoffReport
 from ._health import HealthChecker
 from ._lru import CacheStats, LRUCache

@@ -32,17 +32,16 @@ current waiters and is stored nowhere.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
 
 from opentelemetry import propagate, trace
 
 from ._clock import Clock
 from ._context import MAX_CONTEXT_BYTES, _current
+from ._copies import find_moved_copy
+from ._entry import Entry, Loader, Result, check_key, value_digest
 from ._errors import Declined, InvalidArgument, NotAValue, NotFound, PeerError
 from ._fetched import Fetched, Kind
 from ._generations import Generations
@@ -51,52 +50,9 @@ from ._membership import PeerPicker
 from ._singleflight import SingleFlight
 from ._stats import GroupStats
 
-_HOT_COPY_FANOUT = 4  # peers asked for a hot copy when the previous owners had none
 # A handed-over entry for a key removed this recently is refused: the put may have been on its
 # way while the remove ran (a leave's hand-off is bounded to a few seconds).
 _PUT_TOMBSTONE_SECONDS = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What a loader returns: the value, its lifetime in seconds, and its kind.
-
-    ``ttl=None`` never expires; ``ttl<=0`` or ``kind=Kind.TRANSIENT`` is handed to the callers
-    waiting now and stored nowhere; ``kind=Kind.MARKER`` is stored but is not a value (see
-    :class:`tokencache.Kind`).
-    """
-
-    value: bytes
-    ttl: float | None = None
-    kind: Kind = Kind.VALUE
-
-
-class Loader(Protocol):
-    """Loads the value of a key when no cache in the cluster has it. A plain ``async def``."""
-
-    def __call__(self, key: str, /) -> Awaitable[Entry]:
-        """Return the entry for ``key``; raise ``NotFound`` or ``Declined`` to steer the caller."""
-        ...
-
-
-Result = tuple[bytes, float | None]
-
-
-def value_digest(value: bytes) -> str:
-    """The digest compare-and-remove sends instead of the value itself."""
-    return hashlib.sha256(value).hexdigest()
-
-
-def check_key(key: str, max_key_bytes: int) -> None:
-    """Refuse keys the peer protocol cannot carry."""
-    if not isinstance(key, str):
-        raise InvalidArgument("keys are str")
-    try:
-        size = len(key.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidArgument("keys must be encodable as UTF-8") from None
-    if size > max_key_bytes:
-        raise InvalidArgument(f"key longer than {max_key_bytes} bytes")
 
 
 def _stores(ttl: float | None, kind: Kind) -> bool:
@@ -361,47 +317,12 @@ class Group:
         return entry
 
     async def _ask_others(self, key: str, min_ttl: float) -> Fetched | None:
-        """A copy of a key whose owner changed recently: the previous owners' caches first; only
-        when none of them answered (gone, say), a few other peers' hot copies. Never loads; the
-        whole search is bounded by one ``lookup_timeout`` so it never outlasts a caller's wait."""
-        previous = [p for p in self._peers.previous_owners(key) if self._peers.peer_reachable(p)]
-        if not previous:
-            return None
-        found: Fetched | None = None
-        try:
-            async with asyncio.timeout(self._lookup_timeout):
-                found, answered = await self._ask(previous, key, min_ttl)
-                if found is None and not answered:
-                    asked = {*previous, self._peers.self_url}
-                    rest = [p for p in self._peers.peers if p not in asked][:_HOT_COPY_FANOUT]
-                    found, _ = await self._ask(rest, key, min_ttl)
-        except TimeoutError:
-            self.stats.peer_errors += 1
+        found = await find_moved_copy(
+            self._peers, self.name, key, min_ttl, self._lookup_timeout, self.stats
+        )
         if found is not None:
             self.stats.handoff_hits += 1
         return found
-
-    async def _ask(self, peers: list[str], key: str, min_ttl: float) -> tuple[Fetched | None, bool]:
-        """The first usable copy among ``peers`` (asked in parallel), and whether any answered."""
-        transport = self._peers.transport
-        tasks = [asyncio.ensure_future(transport.lookup(p, self.name, key)) for p in peers]
-        for task in tasks:
-            task.add_done_callback(_retrieve)  # answers that arrive after the first hit
-        answered = False
-        try:
-            for next_done in asyncio.as_completed(tasks):
-                try:
-                    copy = await next_done
-                except PeerError:
-                    self.stats.peer_errors += 1
-                    continue
-                answered = True
-                if copy is not None and (copy.ttl is None or copy.ttl > max(min_ttl, 0.0)):
-                    return copy._replace(loaded=False), True
-        finally:
-            for task in tasks:
-                task.cancel()
-        return None, answered
 
     async def serve_peer(self, key: str, min_ttl: float, context: bytes | None = None) -> Fetched:
         """Answer a peer's get: from this process's caches or its own loader, never forwarded."""
@@ -510,11 +431,6 @@ class Group:
     def purge_expired(self) -> int:
         """Drop expired entries (past the stale window) from both caches; return how many."""
         return self.main_cache.purge_expired() + self.hot_cache.purge_expired()
-
-
-def _retrieve(task: asyncio.Future[Fetched | None]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 def _value_of(fetched: Fetched) -> Fetched:

@@ -19,9 +19,10 @@ from opentelemetry import trace
 
 from . import _protocol as wire
 from ._clock import Clock, MonotonicClock
+from ._entry import Entry, Loader, check_key
 from ._errors import Declined, InvalidArgument
 from ._fetched import Fetched, Kind
-from ._group import Entry, Group, Loader, check_key
+from ._group import Group
 from ._handoff import HandoffReport
 from ._handoff import leave as leave_ring
 from ._health import HealthChecker
