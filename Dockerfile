@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY tokencache ./tokencache
 COPY plugin ./plugin
 COPY proxy ./proxy
-RUN python -m pip wheel --wheel-dir /wheels ".[aws,otlp]"
+RUN python -m pip wheel --wheel-dir /wheels ".[aws,kubernetes,otlp]"
 
 # Runtime: a virtualenv with the wheels installed, run as an unprivileged user.
 FROM python:3.11-slim AS runtime
@@ -28,7 +28,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-index --find-links /wheels "tokencache[aws,otlp]" \
+    && /opt/venv/bin/pip install --no-index --find-links /wheels "tokencache[aws,kubernetes,otlp]" \
     && groupadd --system --gid 10001 tokencache \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin tokencache

@@ -32,9 +32,12 @@ What it returns (`proxy._stored` records):
   pass record with ttl 0 holding the response for the triggering request only; every other
   waiter forwards its own request (Varnish's hit-for-pass);
 * a body above ``CACHE_MAX_BODY_BYTES``: a ``TCP1`` record without a response, kept
-  ``pass_seconds`` cluster-wide (nothing private in it), so the URL is forwarded at once;
+  ``pass_seconds`` cluster-wide (nothing private in it) as a ``Kind.MARKER`` (stored, not a
+  value: the engine counts it apart from loads and never returns it from its value APIs), so the
+  URL is forwarded at once;
 * a backend fault or a 5xx: ``TCS1`` around the stale entry when stale-if-error allows it, else
-  ``TCE1`` (a fault) or the 5xx itself with ttl 0.
+  ``TCE1`` for a fault, both ``Kind.TRANSIENT`` (they reach this flight's waiters, are stored
+  nowhere and count as load errors); else the 5xx itself with ttl 0 (the backend did answer).
 """
 
 from __future__ import annotations
@@ -188,7 +191,7 @@ class BackendLoader:
                     parts.append(chunk)
                     size += len(chunk)
                     if size > limit:
-                        return tokencache.Entry(encode_pass("too-large"), self._policy.pass_seconds)
+                        return _marker(encode_pass("too-large"), self._policy.pass_seconds)
             finally:
                 await self._sender.release(response)
         except httpx.HTTPError as exc:
@@ -219,7 +222,7 @@ class BackendLoader:
             targeted=self._policy.targeted_field,
         )
         if a.why_not is None and len(body) > limit:
-            return tokencache.Entry(encode_pass("too-large"), self._policy.pass_seconds)
+            return _marker(encode_pass("too-large"), self._policy.pass_seconds)
         head_only = method == "HEAD"
         if a.why_not is not None:
             record = encode_response(status, raw, body, ttl=0.0, reason=reason, head_only=head_only)
@@ -289,7 +292,7 @@ class BackendLoader:
             window=self._policy.stale_if_error,
         ):
             return None
-        return tokencache.Entry(encode_stale(status, staleness, value), 0, failed=True)
+        return _transient(encode_stale(status, staleness, value))
 
     def _fault(
         self,
@@ -309,7 +312,7 @@ class BackendLoader:
             stale = self._stale(existing, status)
             if stale is not None:
                 return stale
-        return tokencache.Entry(encode_error(status, kind), 0, failed=True)
+        return _transient(encode_error(status, kind))
 
 
 def _updated(
@@ -338,3 +341,11 @@ def _vary_names(
     if encoded and any(n.lower() == b"accept-encoding" for n, _ in request):
         names.add("accept-encoding")
     return sorted(names)
+
+
+def _marker(record: bytes, ttl: float) -> tokencache.Entry:
+    return tokencache.Entry(record, ttl, tokencache.Kind.MARKER)
+
+
+def _transient(record: bytes) -> tokencache.Entry:
+    return tokencache.Entry(record, 0, tokencache.Kind.TRANSIENT)

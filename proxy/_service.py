@@ -6,14 +6,17 @@ Start-up order (each step only after the previous one succeeded; a failure stops
    the engine, the plugin and httpx instrumentation all report into one trace;
 2. the `tokencache.Workspace` (self URL, peer secret) and its peer server on GROUPCACHE_PORT
    (not in single-node mode: there is no one to talk to);
-3. peer selection: static list, Kubernetes discovery, or single node;
+3. peer selection: static list (with health checks: a peer that stops answering pings leaves the
+   ring and rejoins when it answers), Kubernetes discovery, or single node;
 4. the OAuth2 `httpx.Auth` when OAUTH2_TOKEN_URL is set (its ``oauth2`` group lives in the same
    Workspace, so the cluster fetches one token per TTL);
 5. `ProxyApp` on LISTEN_ADDR, then the health and metrics servers; readiness turns true last.
 
 Shutdown (SIGTERM/SIGINT) is the reverse and keeps invariant "no new work lands on a leaving node":
-readiness goes false at once (the load balancer stops sending), the node leaves its own ring (keys
-it owned are loaded elsewhere), discovery stops, the data path drains for SHUTDOWN_TIMEOUT. Only
+readiness goes false at once (the load balancer stops sending), the node leaves the ring: it
+tells every peer (they drop it from their rings at once, static peers too) and hands its main-cache
+entries to their new owners (bounded by HANDOFF_SECONDS and the group size), so a rollout does not
+reload what the cluster already had. Discovery stops, the data path drains for SHUTDOWN_TIMEOUT. Only
 then do the health/metrics servers, the peer server and the data path close, in that order. Peers
 may ask this node for keys until they see it leave; the peer server stays up through the drain and
 closes before the backend client does, so a peer gets either a real answer or a refused connection
@@ -51,6 +54,9 @@ from ._tracing import build_propagator, build_tracer_provider
 
 _log = logging.getLogger("proxy")
 PEER_TIMEOUT_MARGIN = 1.0  # seconds a peer's answer may take beyond BACKEND_TIMEOUT
+HEALTH_INTERVAL = 1.0  # seconds between health pings of static peers
+HEALTH_FAILURES = 2  # failed pings in a row before a static peer leaves the ring
+HANDOFF_SECONDS = 5.0  # at most this long (and SHUTDOWN_TIMEOUT) for leave + hand-off
 
 
 class PeerSource(Protocol):
@@ -133,6 +139,7 @@ class ProxyService:
             ),
         )
         self._ws = ws
+        ws.set_ready(False)  # peers put us on their rings once the groups below exist
         if single:
             await ws.start()  # background purge of expired entries; no peer port to serve
         else:
@@ -175,6 +182,7 @@ class ProxyService:
             group_name=s.groupcache_group_name,
         )
         await self._app.start(s.listen_addr.bind_host, s.listen_addr.port)
+        ws.set_ready(True)
         self._register_metrics(ws)
         self._start_pushers(ws)
         await self._start_side_servers()
@@ -195,6 +203,9 @@ class ProxyService:
         s = self.settings
         if s.peer_discovery == "static":
             ws.set_peers(list(s.groupcache_peers))
+            ws.start_health_checks(
+                interval=HEALTH_INTERVAL, timeout=HEALTH_INTERVAL, failures=HEALTH_FAILURES
+            )
             self.readiness.peers_known = True
         elif s.peer_discovery in ("kubernetes", "ecs"):
 
@@ -328,7 +339,13 @@ class ProxyService:
         _log.info("shutting down: draining", extra={"timeout_s": s.shutdown_timeout})
         ws = self._ws
         if ws is not None and s.peer_discovery != "none":
-            ws.set_peers([p for p in ws.peers if p != s.groupcache_self_url])
+            try:
+                await ws.leave(
+                    within=min(HANDOFF_SECONDS, s.shutdown_timeout),
+                    max_bytes=s.groupcache_size_bytes,
+                )
+            except Exception:  # noqa: BLE001 - a failed hand-off must not stop the drain
+                _log.exception("leave failed")
         if self._discovery is not None:
             await self._discovery.stop()
         idle = True

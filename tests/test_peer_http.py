@@ -52,7 +52,7 @@ async def test_fetch_round_trips_value_and_remaining_ttl(server: tuple[Workspace
     _, url = server
     transport = HttpTransport(secret=SECRET)
     try:
-        value, ttl, loaded = await transport.fetch(url, "echo", "a b+c/d%2F?é✓")
+        value, ttl, loaded, _ = await transport.fetch(url, "echo", "a b+c/d%2F?é✓")
         assert value == "a b+c/d%2F?é✓".encode()
         assert ttl is not None and 29 < ttl <= 30
         assert loaded  # the owner ran its loader for this request
@@ -78,7 +78,7 @@ async def test_any_key_round_trips_exactly(server: tuple[Workspace, str], key: s
     _, url = server
     transport = HttpTransport(secret=SECRET)
     try:
-        value, _, _ = await transport.fetch(url, "echo", key)
+        value = (await transport.fetch(url, "echo", key)).value
         assert value.decode("utf-8") == key
     finally:
         await transport.close()
@@ -288,7 +288,7 @@ async def test_load_context_crosses_the_wire_byte_for_byte(server: tuple[Workspa
     transport = HttpTransport(secret=SECRET)
     try:
         context = bytes(range(256))
-        value, _, loaded = await transport.fetch(url, "echo", "context", context=context)
+        value, _, loaded, _ = await transport.fetch(url, "echo", "context", context=context)
         assert (value, loaded) == (context, True)
         assert (await transport.fetch(url, "echo", "context"))[0] == b"none"
     finally:

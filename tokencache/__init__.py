@@ -12,15 +12,20 @@ anywhere is loaded once, by the owner, and shared; values carry a TTL::
 from ._bridge import BackgroundLoop
 from ._clock import Clock, MonotonicClock
 from ._context import load_context
-from ._errors import Declined, InvalidArgument, NotFound, PeerError, TokenCacheError
-from ._fetched import Fetched
-from ._group import Entry, Group, Loader
+from ._entry import Entry, Loader
+from ._errors import Declined, InvalidArgument, NotAValue, NotFound, PeerError, TokenCacheError
+from ._fetched import Fetched, Kind
+from ._group import Group
+from ._handoff import HandoffReport
+from ._health import HealthChecker
 from ._lru import CacheStats, LRUCache
+from ._membership import Membership, PeerPicker
 from ._metrics import GroupcacheCollector
+from ._peering import PeerService, PeerTransport
 from ._ring import Ring
 from ._singleflight import SingleFlight
 from ._stats import GroupStats, ServerStats
-from ._transport import HttpTransport, PeerTransport
+from ._transport import HttpTransport
 from ._workspace import Workspace
 
 __all__ = [
@@ -33,13 +38,20 @@ __all__ = [
     "Group",
     "GroupStats",
     "GroupcacheCollector",
+    "HandoffReport",
+    "HealthChecker",
     "HttpTransport",
     "InvalidArgument",
+    "Kind",
     "LRUCache",
     "Loader",
+    "Membership",
     "MonotonicClock",
+    "NotAValue",
     "NotFound",
     "PeerError",
+    "PeerPicker",
+    "PeerService",
     "PeerTransport",
     "Ring",
     "ServerStats",

@@ -3,75 +3,60 @@
 The load path of ``get`` (the engine's invariants are numbered):
 
 1. main cache, then hot cache: a live value is a hit, served without I/O or a span;
-2. a per-key singleflight (``_gets``) so concurrent misses in this process make one attempt;
-3. the ring names the owner. Someone else → fetch from it over the transport. If the fetch fails,
-   times out or the owner declines, load locally and count a peer error (invariant 3: a peer never
-   fails the caller). The owner's ``NotFound`` is final and reaches the caller.
+2. a per-key singleflight (``_gets``) so concurrent misses in this process make one attempt; only
+   callers with the same ``min_ttl`` share a flight (a flight for ``min_ttl=0`` may answer with a
+   value a ``min_ttl=60`` caller must not accept);
+3. the ring names the owner. Someone else → fetch from it over the transport. If the fetch fails
+   or the owner declines, load locally and count a peer error (invariant 3: a peer never fails the
+   caller). Only ``PeerError(unreachable=True)`` (the transport could not reach the peer or its
+   liveness timeout passed) makes the engine skip the owner for a back-off; a slow owner that is
+   still loading is waited for, so one slow load never becomes N. The owner's ``NotFound`` is final.
 4. This process owns the key (or could not reach the owner) → ``_load_local``: a second singleflight
    (``_loads``) shared with requests that arrive *from peers*. Peer requests only ever take this step:
    they are never forwarded again (invariant 2), so two processes whose rings disagree cannot wait
    on each other (mailgun/groupcache #72).
+5. Before running the loader, a key whose owner changed recently is asked of its previous owners
+   (``lookup``: their caches only, never a load), then of a few other peers' hot copies; a found
+   copy is stored with its remaining TTL. This is how a ring change costs no loads.
 
-Why two singleflights: if peer requests joined ``_gets`` they could wait on a flight that is itself
-forwarding to the asking peer, A→B→A. ``_loads`` never forwards, so waiting on it is always safe.
+Removes stick: every load takes a generation ticket when it starts, and stores its result (main
+or hot) only if the key was not removed since (:mod:`tokencache._generations`); a remove also
+detaches the key's flights so callers after it start a fresh load.
 
 Values loaded here go to the main cache; values fetched from the owner may go to the hot cache
-(``hot_probability``) until the owner's remaining TTL ends (the wire carries remaining seconds, not
-a timestamp, so clocks need not agree). A loader's ``Entry(ttl<=0)`` reaches the current waiters and
-is stored nowhere.
+(``_keep_hot``) until the owner's remaining TTL ends (the wire carries remaining seconds, not
+a timestamp, so clocks need not agree). A ``Kind.TRANSIENT`` result, or a TTL <= 0, reaches the
+current waiters and is stored nowhere.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable, Iterator
 
 from opentelemetry import propagate, trace
 
+from ._clock import Clock
 from ._context import MAX_CONTEXT_BYTES, _current
-from ._errors import Declined, InvalidArgument, NotFound, PeerError
-from ._fetched import Fetched
+from ._copies import find_moved_copy
+from ._entry import Entry, Loader, Result, check_key, value_digest
+from ._errors import Declined, InvalidArgument, NotAValue, NotFound, PeerError
+from ._fetched import Fetched, Kind
+from ._generations import Generations
 from ._lru import LRUCache
+from ._membership import PeerPicker
 from ._singleflight import SingleFlight
 from ._stats import GroupStats
 
-if TYPE_CHECKING:
-    from ._workspace import Workspace
+# A handed-over entry for a key removed this recently is refused: the put may have been on its
+# way while the remove ran (a leave's hand-off is bounded to a few seconds).
+_PUT_TOMBSTONE_SECONDS = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What a loader returns: the value and its lifetime in seconds.
-
-    ``ttl=None`` never expires; ``ttl<=0`` is handed to the callers waiting now and stored nowhere.
-    ``failed=True`` says the value describes a failed load (a backend fault the caller answers
-    with): it is handed over like any other entry but counted in ``local_load_errs``, not
-    ``local_loads`` (groupcache's meaning of the two counters).
-    """
-
-    value: bytes
-    ttl: float | None = None
-    failed: bool = False
-
-
-class Loader(Protocol):
-    """Loads the value of a key when no cache in the cluster has it. A plain ``async def``."""
-
-    def __call__(self, key: str, /) -> Awaitable[Entry]:
-        """Return the entry for ``key``; raise ``NotFound`` or ``Declined`` to steer the caller."""
-        ...
-
-
-Result = tuple[bytes, float | None]
-
-
-def value_digest(value: bytes) -> str:
-    """The digest compare-and-remove sends instead of the value itself."""
-    return hashlib.sha256(value).hexdigest()
+def _stores(ttl: float | None, kind: Kind) -> bool:
+    return kind is not Kind.TRANSIENT and (ttl is None or ttl > 0)
 
 
 class Group:
@@ -79,30 +64,41 @@ class Group:
 
     def __init__(
         self,
-        workspace: Workspace,
+        peers: PeerPicker,
         name: str,
         max_bytes: int,
         loader: Loader | Callable[[str], Awaitable[Entry]],
         *,
+        clock: Clock,
+        tracer: trace.Tracer,
+        max_key_bytes: int,
+        max_value_bytes: int,
+        control_timeout: float,
+        lookup_timeout: float,
         hot_fraction: float,
         hot_probability: float,
         stale_window: float,
         rng: random.Random,
     ) -> None:
-        self._ws = workspace
+        self._peers = peers
         self.name = name
         self.max_bytes = max_bytes
         self.loader = loader  # public: integrations find their own groups by it
+        self._tracer = tracer
+        self._max_key_bytes = max_key_bytes
+        self._max_value_bytes = max_value_bytes
+        self._control_timeout = control_timeout
+        self._lookup_timeout = lookup_timeout
         self._hot_fraction = hot_fraction
         self._hot_probability = hot_probability
         self._rng = rng
-        clock = workspace.clock
         self._clock = clock
         self.main_cache = LRUCache(clock, stale_window)
         self.hot_cache = LRUCache(clock, stale_window)
         self.stats = GroupStats()
-        self._gets: SingleFlight[tuple[str, bool], Fetched] = SingleFlight()
-        self._loads: SingleFlight[tuple[str, bool], Fetched] = SingleFlight()
+        self._generations = Generations()
+        self._gets: SingleFlight[tuple[str, float], Fetched] = SingleFlight()
+        self._loads: SingleFlight[tuple[str, float], Fetched] = SingleFlight()
 
     # -- synchronous lookups -------------------------------------------------------------------
 
@@ -110,6 +106,7 @@ class Group:
         """The value of ``key`` if this process holds it live (main or hot); no I/O, no await.
 
         A hit counts as a get and a hit; a miss counts nothing (the ``get`` that follows counts it).
+        Markers are not values: they are never returned here.
         """
         value = self.main_cache.get_value(key)
         if value is None:
@@ -137,8 +134,12 @@ class Group:
         """An expired value still within ``stale_window``, and how many seconds ago it expired."""
         return self.main_cache.peek_stale(key) or self.hot_cache.peek_stale(key)
 
-    def _lookup(self, key: str, min_ttl: float) -> Result | None:
-        return self.main_cache.get(key, min_ttl) or self.hot_cache.get(key, min_ttl)
+    def _lookup(self, key: str, min_ttl: float) -> Fetched | None:
+        found = self.main_cache.lookup(key, min_ttl) or self.hot_cache.lookup(key, min_ttl)
+        if found is None:
+            return None
+        value, ttl, marker = found
+        return Fetched(value, ttl, False, Kind.MARKER if marker else Kind.VALUE)
 
     # -- the load path -------------------------------------------------------------------------
 
@@ -147,8 +148,9 @@ class Group:
 
         With ``min_ttl`` > 0 a cached value with less life left is reloaded by the owner and
         replaced (refresh-ahead). ``context`` reaches the loader that runs for this get, on
-        whichever process owns the key (see :func:`tokencache.load_context`). Raises ``NotFound``
-        or the loader's own error.
+        whichever process owns the key (see :func:`tokencache.load_context`). Raises ``NotFound``,
+        ``NotAValue`` (the loader produced a marker or transient record: use ``get_fetched``) or
+        the loader's own error.
         """
         if min_ttl:
             return (await self.get_with_ttl(key, min_ttl=min_ttl, context=context))[0]
@@ -157,36 +159,37 @@ class Group:
         if value is not None:
             return value
         self.stats.gets += 1  # peek counts hits only
-        return (await self._miss(key, 0.0, context)).value
+        return _value_of(await self._miss(key, 0.0, context)).value
 
     async def get_with_ttl(
         self, key: str, *, min_ttl: float = 0.0, context: bytes | None = None
     ) -> Result:
         """Like :meth:`get`, returning ``(value, remaining ttl or None)``."""
-        fetched = await self.get_fetched(key, min_ttl=min_ttl, context=context)
+        fetched = _value_of(await self.get_fetched(key, min_ttl=min_ttl, context=context))
         return fetched.value, fetched.ttl
 
     async def get_fetched(
         self, key: str, *, min_ttl: float = 0.0, context: bytes | None = None
     ) -> Fetched:
-        """Like :meth:`get_with_ttl`, also saying whether a loader ran for this call."""
+        """Like :meth:`get_with_ttl`, also saying whether a loader ran for this call and what kind
+        of result it is (markers and transient records come back here, never from ``get``)."""
         self.stats.gets += 1
         found = self._lookup(key, min_ttl)
         if found is not None:
             self.stats.cache_hits += 1
-            return Fetched(found[0], found[1])
+            return found
         return await self._miss(key, min_ttl, context)
 
     async def _miss(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
-        self._ws.check_key(key)
+        check_key(key, self._max_key_bytes)
         if context is not None and len(context) > MAX_CONTEXT_BYTES:
             raise InvalidArgument(f"load context longer than {MAX_CONTEXT_BYTES} bytes")
         self.stats.loads += 1
-        with self._ws.tracer.start_as_current_span(
+        with self._tracer.start_as_current_span(
             "tokencache.get", attributes={"tokencache.group": self.name}
         ):
             fetched, _ = await self._gets.do(
-                (key, min_ttl > 0), lambda: self._load(key, min_ttl, context)
+                (key, min_ttl), lambda: self._load(key, min_ttl, context)
             )
             return fetched
 
@@ -195,13 +198,13 @@ class Group:
         # (groupcache's double-check): look again before going anywhere.
         found = self._lookup(key, min_ttl)
         if found is not None:
-            return Fetched(found[0], found[1])
+            return found
         self.stats.loads_deduped += 1
-        owner = self._ws.owner(key)
+        owner = self._peers.owner(key)
         if owner is not None:
-            if not self._ws.peer_reachable(owner):
-                # The owner was unreachable moments ago: load here at once instead of paying
-                # the connect timeout again for every key it owns.
+            if not self._peers.peer_reachable(owner):
+                # The owner could not be reached moments ago: load here at once instead of
+                # paying the connect timeout again for every key it owns.
                 self.stats.peer_errors += 1
                 return await self._load_local(key, min_ttl, context)
             try:
@@ -212,45 +215,80 @@ class Group:
                 pass  # the owner cannot load it (e.g. no credentials there): load here
             except PeerError as exc:
                 self.stats.peer_errors += 1
+                # Only a peer that could not be reached (or went silent past the transport's
+                # liveness timeout) is skipped; a slow or failing answer is not "dead".
                 if exc.unreachable:
-                    self._ws.mark_unreachable(owner)
+                    self._peers.mark_unreachable(owner)
         return await self._load_local(key, min_ttl, context)
 
     async def _fetch_from_peer(
         self, owner: str, key: str, min_ttl: float, context: bytes | None
     ) -> Fetched:
         headers: dict[str, str] = {}
-        with self._ws.tracer.start_as_current_span(
-            "tokencache.peer.fetch",
-            kind=trace.SpanKind.CLIENT,
-            attributes={"tokencache.group": self.name, "tokencache.peer": owner},
-        ):
-            propagate.inject(headers)
-            started = time.perf_counter()
-            value, ttl, loaded = await self._ws.transport.fetch(
-                owner, self.name, key, min_ttl=min_ttl, context=context, trace=headers
-            )
-            elapsed_ms = (time.perf_counter() - started) * 1000
-        self.stats.peer_loads += 1
-        if elapsed_ms > self.stats.get_from_peers_latency_slowest_ms:
-            self.stats.get_from_peers_latency_slowest_ms = elapsed_ms
-        if (ttl is None or ttl > 0) and self._rng.random() < self._hot_probability:
-            self._store(self.hot_cache, key, value, ttl)
-        return Fetched(value, ttl, loaded)
+        ticket = self._generations.begin()
+        try:
+            with self._tracer.start_as_current_span(
+                "tokencache.peer.fetch",
+                kind=trace.SpanKind.CLIENT,
+                attributes={"tokencache.group": self.name, "tokencache.peer": owner},
+            ):
+                propagate.inject(headers)
+                started = time.perf_counter()
+                fetched = await self._peers.transport.fetch(
+                    owner, self.name, key, min_ttl=min_ttl, context=context, trace=headers
+                )
+                elapsed_ms = (time.perf_counter() - started) * 1000
+            if fetched.kind is Kind.VALUE:
+                self.stats.peer_loads += 1
+            if elapsed_ms > self.stats.get_from_peers_latency_slowest_ms:
+                self.stats.get_from_peers_latency_slowest_ms = elapsed_ms
+            if (
+                _stores(fetched.ttl, fetched.kind)
+                and self._keep_hot(key, fetched)
+                and self._generations.may_store(key, ticket)
+            ):
+                self._store(
+                    self.hot_cache, key, fetched.value, fetched.ttl, fetched.kind is Kind.MARKER
+                )
+            return fetched
+        finally:
+            self._generations.end(ticket)
+
+    def _keep_hot(self, key: str, fetched: Fetched) -> bool:
+        """Whether a copy fetched from its owner is kept in the hot cache (the admission policy)."""
+        return self._rng.random() < self._hot_probability
 
     async def _load_local(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
         fetched, _ = await self._loads.do(
-            (key, min_ttl > 0), lambda: self._run_loader(key, min_ttl, context)
+            (key, min_ttl), lambda: self._run_loader(key, min_ttl, context)
         )
         return fetched
 
     async def _run_loader(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
-        found = self.main_cache.get(key, min_ttl)
+        found = self.main_cache.lookup(key, min_ttl)
         if found is not None:
-            return Fetched(found[0], found[1])
-        # groupcache's counters: local_loads counts loads that succeeded, local_load_errs those
-        # that failed (an exception, a broken promise of the loader, or an entry marked failed).
-        with self._ws.tracer.start_as_current_span(
+            return Fetched(found[0], found[1], False, Kind.MARKER if found[2] else Kind.VALUE)
+        ticket = self._generations.begin()
+        try:
+            copy = await self._ask_others(key, min_ttl)
+            if copy is not None:
+                if self._generations.may_store(key, ticket):
+                    self._store(
+                        self.main_cache, key, copy.value, copy.ttl, copy.kind is Kind.MARKER
+                    )
+                return copy
+            entry = await self._call_loader(key, context)
+            if _stores(entry.ttl, entry.kind) and self._generations.may_store(key, ticket):
+                self._store(self.main_cache, key, entry.value, entry.ttl, entry.kind is Kind.MARKER)
+            return Fetched(entry.value, entry.ttl, True, entry.kind)
+        finally:
+            self._generations.end(ticket)
+
+    async def _call_loader(self, key: str, context: bytes | None) -> Entry:
+        # groupcache's counters: local_loads counts loads that succeeded (markers included),
+        # local_load_errs those that failed (an exception, a broken promise of the loader, or a
+        # transient answer describing a failed load). Cancellation is neither.
+        with self._tracer.start_as_current_span(
             "tokencache.load", attributes={"tokencache.group": self.name}
         ):
             token = _current.set(context)
@@ -258,45 +296,84 @@ class Group:
                 entry = await self.loader(key)
             except NotFound:
                 raise
-            except BaseException:
+            except Exception:  # cancellation is not a load error: it is not counted
                 self.stats.local_load_errs += 1
                 raise
             finally:
                 _current.reset(token)
         checked: object = entry  # loaders are user code: check what the types promise
-        if not isinstance(checked, Entry) or not isinstance(checked.value, bytes):
+        if (
+            not isinstance(checked, Entry)
+            or not isinstance(checked.value, bytes)
+            or not isinstance(checked.kind, Kind)
+        ):
             self.stats.local_load_errs += 1
             raise InvalidArgument(f"loader of group {self.name!r} must return Entry(bytes, ttl)")
-        if len(entry.value) > self._ws.max_value_bytes:
+        if len(entry.value) > self._max_value_bytes:
             self.stats.local_load_errs += 1
-            raise InvalidArgument(f"value over {self._ws.max_value_bytes} bytes in {self.name!r}")
-        if entry.failed:
-            self.stats.local_load_errs += 1
-        else:
-            self.stats.local_loads += 1
-        ttl = entry.ttl
-        if ttl is None or ttl > 0:
-            self._store(self.main_cache, key, entry.value, ttl)
-        return Fetched(entry.value, ttl, loaded=True)
+            raise InvalidArgument(f"value over {self._max_value_bytes} bytes in {self.name!r}")
+        if entry.kind is Kind.TRANSIENT:
+            self.stats.local_load_errs += 1  # a control answer for a failed load, not a value
+            return entry
+        self.stats.local_loads += 1
+        if entry.kind is Kind.MARKER:
+            self.stats.local_load_markers += 1  # of which stored records that are not values
+        return entry
+
+    async def _ask_others(self, key: str, min_ttl: float) -> Fetched | None:
+        found = await find_moved_copy(
+            self._peers, self.name, key, min_ttl, self._lookup_timeout, self.stats
+        )
+        if found is not None:
+            self.stats.handoff_hits += 1
+        return found
 
     async def serve_peer(self, key: str, min_ttl: float, context: bytes | None = None) -> Fetched:
         """Answer a peer's get: from this process's caches or its own loader, never forwarded."""
         self.stats.server_requests += 1
         found = self._lookup(key, min_ttl)
         if found is not None:
-            return Fetched(found[0], found[1])
-        owner = self._ws.owner(key)
-        if owner is not None:
+            return found
+        if self._peers.owner(key) is not None:
             # Our ring says someone else owns it (rings out of sync during a rollout).
             self.stats.crosstalk_refusals += 1
         return await self._load_local(key, min_ttl, context)
 
+    def serve_lookup(self, key: str) -> Fetched | None:
+        """This process's cached copy of ``key`` (main, then hot), if any; never loads."""
+        self.stats.lookups_served += 1
+        return self._lookup(key, 0.0)
+
+    def accept(self, key: str, value: bytes, ttl: float | None, kind: Kind) -> bool:
+        """Store an entry handed over by a leaving peer; True when it was stored.
+
+        A live copy already held here wins (it is at least as new); transient records, values
+        over the size limit and keys removed here moments ago are refused.
+        """
+        if not _stores(ttl, kind) or len(value) > self._max_value_bytes:
+            return False
+        if self.main_cache.lookup(key) is not None:
+            return False
+        if self._generations.removed_since(key, self._clock.now() - _PUT_TOMBSTONE_SECONDS):
+            return False
+        self._store(self.main_cache, key, value, ttl, kind is Kind.MARKER)
+        self.stats.handoffs_received += 1
+        return True
+
+    def handoff_entries(self) -> Iterator[tuple[str, bytes, float | None, Kind]]:
+        """The main cache's live entries, most recently used first (what a leaving process hands
+        to the keys' new owners)."""
+        for key, value, ttl, marker in self.main_cache.live_entries():
+            yield key, value, ttl, Kind.MARKER if marker else Kind.VALUE
+
     # -- storing and removing ------------------------------------------------------------------
 
-    def _store(self, cache: LRUCache, key: str, value: bytes, ttl: float | None) -> None:
+    def _store(
+        self, cache: LRUCache, key: str, value: bytes, ttl: float | None, marker: bool = False
+    ) -> None:
         if self.max_bytes <= 0:
             return
-        cache.add(key, value, ttl)
+        cache.add(key, value, ttl, marker=marker)
         main, hot = self.main_cache, self.hot_cache
         # Evict until both fit: from hot while it holds more than its share of main (groupcache).
         while main.bytes + hot.bytes > self.max_bytes:
@@ -305,40 +382,62 @@ class Group:
                 break
 
     def remove_local(self, key: str, if_digest: str | None = None) -> bool:
-        """Drop ``key`` from this process's caches (where the value matches ``if_digest``)."""
+        """Drop ``key`` from this process's caches (where the value matches ``if_digest``).
+
+        Loads of ``key`` in flight here may no longer store their result, and later callers do
+        not join them: unless a newer value than ``if_digest`` is held (compare-and-invalidate
+        leaves a newer value and the loads that may produce it alone).
+        """
         removed = False
+        newer = False
         for cache in (self.main_cache, self.hot_cache):
             current = cache.value_of(key)
             if current is None:
                 continue
             if if_digest is None or value_digest(current) == if_digest:
                 removed = cache.remove(key) or removed
+            else:
+                newer = True
+        if not newer:
+            self._generations.removed(key, self._clock.now())
+            self._gets.forget(lambda k: k[0] == key)
+            self._loads.forget(lambda k: k[0] == key)
         return removed
 
     async def remove(self, key: str, *, if_value: bytes | None = None) -> None:
-        """Remove ``key`` cluster-wide: the owner's copy first, then every peer's hot copy.
+        """Remove ``key`` cluster-wide: the owner's copy first, then every other copy in parallel.
 
         With ``if_value``, only copies whose value still equals it are removed (compare-and-
-        invalidate: a newer value someone already loaded survives). A peer that cannot be reached is
-        counted as a peer error and skipped; its hot copy ends with its TTL.
+        invalidate: a newer value someone already loaded survives). After ``remove`` returns, no
+        load that began before it stores its result on a process it reached. A peer that cannot
+        be reached within the control timeout is counted as a peer error and skipped; its hot copy
+        ends with its TTL.
         """
-        self._ws.check_key(key)
+        check_key(key, self._max_key_bytes)
         digest = None if if_value is None else value_digest(if_value)
-        owner = self._ws.owner(key)
-        transport = self._ws.transport
-        if owner is not None:
-            try:
-                await transport.remove(owner, self.name, key, if_digest=digest)
-            except PeerError:
-                self.stats.peer_errors += 1
-        others = [p for p in self._ws.peers if p not in (owner, self._ws.self_url)]
-        for peer in others:
-            try:
-                await transport.remove(peer, self.name, key, if_digest=digest)
-            except PeerError:
-                self.stats.peer_errors += 1
-        self.remove_local(key, digest)
+        owner = self._peers.owner(key)
+        if owner is None:
+            self.remove_local(key, digest)
+        else:
+            await self._remove_at(owner, key, digest)
+            self.remove_local(key, digest)
+        others = [p for p in self._peers.peers if p not in (owner, self._peers.self_url)]
+        if others:
+            await asyncio.gather(*(self._remove_at(p, key, digest) for p in others))
+
+    async def _remove_at(self, peer: str, key: str, digest: str | None) -> None:
+        try:
+            async with asyncio.timeout(self._control_timeout):
+                await self._peers.transport.remove(peer, self.name, key, if_digest=digest)
+        except (PeerError, TimeoutError):
+            self.stats.peer_errors += 1
 
     def purge_expired(self) -> int:
         """Drop expired entries (past the stale window) from both caches; return how many."""
         return self.main_cache.purge_expired() + self.hot_cache.purge_expired()
+
+
+def _value_of(fetched: Fetched) -> Fetched:
+    if fetched.kind is not Kind.VALUE:
+        raise NotAValue(fetched.kind)
+    return fetched

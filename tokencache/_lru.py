@@ -8,6 +8,8 @@ House rules:
 - Size is counted in bytes close to what the entry really costs the process (key and value objects
   plus a fixed per-entry overhead measured for CPython), so a byte budget bounds RSS.
 - When room is needed, expired entries go first, then the least recently used.
+- An entry may be a *marker* (stored, not a value: see ``tokencache.Kind``): ``get``,
+  ``get_value`` and ``peek_stale`` never return one; ``lookup`` returns it with its flag.
 - Expiries sit in a min-heap with lazy deletion: a heap record is valid only while its ``seq`` still
   matches the entry's. The heap is rebuilt when dead records outnumber live ones.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import heapq
 import sys
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ._clock import Clock
@@ -29,13 +32,16 @@ ENTRY_OVERHEAD = 232
 
 
 class _Item:
-    __slots__ = ("expires_at", "seq", "size", "value")
+    __slots__ = ("expires_at", "marker", "seq", "size", "value")
 
-    def __init__(self, value: bytes, expires_at: float | None, size: int, seq: int) -> None:
+    def __init__(
+        self, value: bytes, expires_at: float | None, size: int, seq: int, marker: bool
+    ) -> None:
         self.value = value
         self.expires_at = expires_at
         self.size = size
         self.seq = seq
+        self.marker = marker
 
 
 def entry_size(key: str, value: bytes) -> int:
@@ -80,7 +86,7 @@ class LRUCache:
         stats = self.stats
         stats.gets += 1
         item = self._items.get(key)
-        if item is None:
+        if item is None or item.marker:
             return None
         expires_at = item.expires_at
         if expires_at is None:
@@ -97,7 +103,7 @@ class LRUCache:
         """The hot-path form of :meth:`get`: the value of a live entry, or ``None``."""
         self.stats.gets += 1
         item = self._items.get(key)
-        if item is None:
+        if item is None or item.marker:
             return None
         expires_at = item.expires_at
         if expires_at is not None and expires_at <= self._now():
@@ -109,26 +115,51 @@ class LRUCache:
     def peek_stale(self, key: str) -> tuple[bytes, float] | None:
         """Return ``(value, seconds since expiry)`` for an expired entry still in the stale window."""
         item = self._items.get(key)
-        if item is None or item.expires_at is None:
+        if item is None or item.expires_at is None or item.marker:
             return None
         age = self._clock.now() - item.expires_at
         if 0 <= age <= self._stale_window:
             return item.value, age
         return None
 
+    def lookup(self, key: str, min_ttl: float = 0.0) -> tuple[bytes, float | None, bool] | None:
+        """Like :meth:`get`, markers included: ``(value, remaining ttl or None, is marker)``."""
+        self.stats.gets += 1
+        item = self._items.get(key)
+        if item is None:
+            return None
+        ttl = None if item.expires_at is None else item.expires_at - self._now()
+        if ttl is not None and (ttl <= 0 or ttl < min_ttl):
+            return None
+        self._items.move_to_end(key)
+        self.stats.hits += 1
+        return item.value, ttl, item.marker
+
+    def live_entries(self) -> Iterator[tuple[str, bytes, float | None, bool]]:
+        """``(key, value, remaining ttl or None, is marker)`` of every live entry, most recently
+        used first, without counting or reordering (a leaving process hands them over)."""
+        now = self._now()
+        for key in reversed(list(self._items)):
+            item = self._items.get(key)
+            if item is None:
+                continue
+            ttl = None if item.expires_at is None else item.expires_at - now
+            if ttl is None or ttl > 0:
+                yield key, item.value, ttl, item.marker
+
     def value_of(self, key: str) -> bytes | None:
         """The stored value whatever its expiry, without counting or reordering (for comparisons)."""
         item = self._items.get(key)
         return None if item is None else item.value
 
-    def add(self, key: str, value: bytes, ttl: float | None) -> int:
+    def add(self, key: str, value: bytes, ttl: float | None, *, marker: bool = False) -> int:
         """Store ``value`` under ``key`` for ``ttl`` seconds (``None``: no expiry); return its size."""
         self._remove(key)
         self._seq += 1
         now = self._clock.now()
         expires_at = None if ttl is None else now + ttl
         size = entry_size(key, value)
-        self._items[key] = _Item(value, expires_at, size, self._seq)
+        self._items[key] = _Item(value, expires_at, size, self._seq, marker)
         self.bytes += size
         if expires_at is not None:
             heapq.heappush(self._heap, (expires_at, self._seq, key))

@@ -27,6 +27,18 @@ _GROUP_COUNTERS = (
         "crosstalk_refusals",
         "Count of peer requests for keys this process does not own, loaded here, not forwarded",
     ),
+    (
+        "local_load_markers",
+        "local_load_markers",
+        "Count of loads that produced a marker record (stored, not a value)",
+    ),
+    (
+        "handoff_hits",
+        "handoff_hits",
+        "Count of loads avoided after a ring change: a previous owner or hot copy had the key",
+    ),
+    ("handoffs_received", "handoffs_received", "Count of entries handed over by leaving peers"),
+    ("lookups_served", "lookups_served", "Count of peers' cache lookups answered here"),
 )
 
 _CACHE_COUNTERS = (
@@ -89,3 +101,42 @@ class GroupcacheCollector(Collector):
         refused.add_metric(["unauthorized"], self._ws.server_stats.unauthorized)
         refused.add_metric(["bad_request"], self._ws.server_stats.bad_requests)
         yield refused
+        yield from self._membership()
+
+    def _membership(self) -> Iterator[Metric]:
+        own = self._own_prefix
+        membership = self._ws.membership
+        ring = GaugeMetricFamily(own + "ring_peers", "Peers on this process's ring")
+        ring.add_metric([], len(membership.peers))
+        yield ring
+        excluded = GaugeMetricFamily(
+            own + "peers_excluded", "Members kept off the ring now", labels=["reason"]
+        )
+        exclusions = CounterMetricFamily(
+            own + "peer_exclusions",
+            "Times a member was taken off the ring (left: it announced leaving; unhealthy: "
+            "failed health checks)",
+            labels=["reason"],
+        )
+        now = membership.excluded
+        for reason, count in sorted(membership.stats.exclusions.items()):
+            excluded.add_metric([reason], sum(1 for r in now.values() if r == reason))
+            exclusions.add_metric([reason], count)
+        yield excluded
+        yield exclusions
+        rejoins = CounterMetricFamily(
+            own + "peer_rejoins", "Times an excluded member was put back on the ring"
+        )
+        rejoins.add_metric([], membership.stats.rejoins)
+        yield rejoins
+        report = self._ws.last_handoff
+        if report is not None:
+            handed = CounterMetricFamily(
+                own + "handoff_entries",
+                "Main-cache entries of this process's leave, by result",
+                labels=["result"],
+            )
+            handed.add_metric(["sent"], report.entries_sent)
+            handed.add_metric(["failed"], report.entries_failed)
+            handed.add_metric(["left"], report.entries_left)
+            yield handed

@@ -8,6 +8,9 @@ Server side, :class:`PeerService`: whatever listens on the peer port authenticat
 hands it to a ``PeerService`` (the ``Workspace`` is one). The listener knows the wire; the service
 knows the cache. Neither reaches into the other's attributes.
 
+Every answer that carries a value (``fetch``, ``lookup``) and every ``put`` also carries its
+``Kind`` (``value``, ``marker``, ``transient``): a small field on the wire.
+
 Errors a ``PeerService`` method raises and their meaning on the wire: ``NotFound`` (final, the
 caller raises it too), ``Declined`` (the caller loads with its own loader), ``InvalidArgument``
 (unknown group, key the protocol cannot carry: a bad request), anything else (the load failed: the
@@ -19,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from ._fetched import Fetched
+from ._fetched import Fetched, Kind
 
 
 class PeerTransport(Protocol):
@@ -44,7 +47,10 @@ class PeerTransport(Protocol):
         ...
 
     async def lookup(self, peer: str, group: str, key: str) -> Fetched | None:
-        """``peer``'s cached copy of ``key`` (main or hot), or ``None``; never runs a loader."""
+        """``peer``'s cached copy of ``key`` (main or hot), or ``None``; never runs a loader.
+
+        The answer carries the copy's remaining TTL and its ``kind`` (``Fetched.kind``).
+        """
         ...
 
     async def remove(
@@ -53,8 +59,20 @@ class PeerTransport(Protocol):
         """Ask ``peer`` to drop ``key`` (only where its value has ``if_digest``, when given)."""
         ...
 
-    async def put(self, peer: str, group: str, key: str, value: bytes, ttl: float | None) -> None:
-        """Hand ``key`` to ``peer`` (its new owner) with its remaining TTL, e.g. when leaving."""
+    async def put(
+        self,
+        peer: str,
+        group: str,
+        key: str,
+        value: bytes,
+        ttl: float | None,
+        *,
+        kind: Kind = Kind.VALUE,
+    ) -> None:
+        """Hand ``key`` to ``peer`` (its new owner) with its remaining TTL, e.g. when leaving.
+
+        ``kind`` travels with it (``value`` or ``marker``; transient records are never put).
+        """
         ...
 
     async def leave(self, peer: str, member: str) -> None:
@@ -87,10 +105,17 @@ class PeerService(Protocol):
         """Drop ``key`` here (where the value has ``if_digest``, when given)."""
         ...
 
-    def serve_put(self, group: str, key: str, value: bytes, ttl: float | None) -> None:
+    def serve_put(
+        self, group: str, key: str, value: bytes, ttl: float | None, kind: Kind = Kind.VALUE
+    ) -> None:
         """Accept a handed-over entry."""
         ...
 
     def serve_leave(self, member: str) -> None:
         """``member`` says it is leaving: drop it from the ring now."""
+        ...
+
+    def serve_ping(self) -> None:
+        """Answer a health check; raises ``Declined`` while this process is leaving (a peer
+        must not put a draining process back on its ring)."""
         ...

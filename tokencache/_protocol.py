@@ -16,6 +16,10 @@ import re
 PREFIX = "/_tokencache/v1"
 GET_OP = "get"
 REMOVE_OP = "remove"
+LOOKUP_OP = "lookup"  # the cached copy only (404 not-found when none); never loads
+PUT_OP = "put"  # body = key then value; KEY_LENGTH_HEADER says where the key ends
+MEMBER_OPS = ("leave", "ping")  # POST {PREFIX}/_members/{op}; leave's body = the leaving URL
+MEMBERS = "_members"
 
 TTL_HEADER = "X-Tokencache-Ttl"
 MIN_TTL_HEADER = "X-Tokencache-Min-Ttl"
@@ -23,6 +27,8 @@ IF_DIGEST_HEADER = "X-Tokencache-If-Digest"
 ERROR_HEADER = "X-Tokencache-Error"
 LOADED_HEADER = "X-Tokencache-Loaded"  # "1": a loader ran on the owner for this request
 CONTEXT_HEADER = "X-Tokencache-Context"  # base64 of the caller's opaque load context
+KIND_HEADER = "X-Tokencache-Kind"  # "marker" | "transient"; absent = "value"
+KEY_LENGTH_HEADER = "X-Tokencache-Key-Length"  # put: body = key bytes, then the value
 
 GROUP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -36,6 +42,7 @@ ERRORS = {
     "too-large": 413,
     "unauthorized": 401,
     "load-failed": 502,
+    "leaving": 503,
 }
 
 
@@ -110,4 +117,13 @@ def parse_digest(raw: str | None) -> str | None:
         return None
     if not _DIGEST_RE.fullmatch(raw):
         raise ProtocolError("bad-request", f"{IF_DIGEST_HEADER} must be 64 lowercase hex digits")
+    return raw
+
+
+def parse_kind(raw: str | None) -> str:
+    """The record kind of an answer or put (``value`` when absent)."""
+    if raw is None:
+        return "value"
+    if raw not in ("value", "marker", "transient"):
+        raise ProtocolError("bad-request", f"{KIND_HEADER} is not a known kind")
     return raw

@@ -4,9 +4,12 @@ Invariants:
 
 - The shared work runs in its own task, so a caller that is cancelled or times out stops waiting
   but never cancels the work the other waiters depend on (``asyncio.shield``).
-- An exception reaches every waiter of that flight and is not remembered: the next call starts over.
-- The flight is forgotten only when its task is done, after the work itself stored its result in
-  the cache; a caller arriving in between joins the finished task and gets its result.
+- An exception reaches the waiters of that flight only and is never remembered: a caller that
+  arrives after the work failed (even before the done-callback forgot the flight) starts a new one.
+- A caller arriving after the work succeeded but before the done-callback joins the finished task
+  and gets its result (the work stored it in the cache before finishing: it is as fresh as a hit).
+- :meth:`forget` detaches the flights of a key (after a remove): later callers start a new flight,
+  the detached one still answers its own waiters.
 """
 
 from __future__ import annotations
@@ -34,12 +37,21 @@ class SingleFlight(Generic[K, T]):
         ``shared`` is True for callers that joined a flight another caller started.
         """
         task = self._calls.get(key)
+        if task is not None and task.done() and (task.cancelled() or task.exception()):
+            task = None  # a failed flight is over: its error belongs to its own waiters
         shared = task is not None
         if task is None:
             task = asyncio.ensure_future(fn())
             self._calls[key] = task
             task.add_done_callback(lambda done, key=key: self._finish(key, done))  # type: ignore[misc]
         return await asyncio.shield(task), shared
+
+    def forget(self, match: Callable[[K], bool]) -> int:
+        """Detach every flight whose key ``match``es; return how many."""
+        gone = [key for key in self._calls if match(key)]
+        for key in gone:
+            del self._calls[key]
+        return len(gone)
 
     def _finish(self, key: K, task: asyncio.Task[T]) -> None:
         if self._calls.get(key) is task:

@@ -13,6 +13,10 @@ class GroupStats:
     the loads that actually ran after singleflight (groupcache's meaning of the two names).
     ``crosstalk_refusals`` counts peer requests for keys this process does not own, which it loads
     itself instead of forwarding again (a request from a peer is never forwarded).
+    ``local_load_markers`` counts loads that produced a marker (stored, not a value); transient
+    results count in ``local_load_errs``. ``handoff_hits`` counts loads avoided because a previous
+    owner or a hot copy still held the key after a ring change; ``handoffs_received`` counts
+    entries a leaving peer handed over; ``lookups_served`` counts peers' lookups answered here.
     """
 
     gets: int = 0
@@ -25,6 +29,10 @@ class GroupStats:
     local_load_errs: int = 0
     server_requests: int = 0
     crosstalk_refusals: int = 0
+    local_load_markers: int = 0
+    handoff_hits: int = 0
+    handoffs_received: int = 0
+    lookups_served: int = 0
     get_from_peers_latency_slowest_ms: float = 0.0
 
 

@@ -1,4 +1,4 @@
-"""How a process talks to its peers: the transport protocol and its HTTP implementation.
+"""How a process talks to its peers over HTTP (the interface is :mod:`tokencache._peering`).
 
 The core never imports the HTTP client; a :class:`PeerTransport` is injected (galaxycache's
 ``FetchProtocol``). The default is :class:`HttpTransport`: one pooled aiohttp session, a timeout per
@@ -9,51 +9,16 @@ request, requests signed when a peer secret is set, and every failure turned int
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
 
 import aiohttp
 
 from . import _protocol as wire
 from ._errors import Declined, NotFound, PeerError
-from ._fetched import Fetched
+from ._fetched import Fetched, Kind
+from ._peering import PeerTransport
+
+__all__ = ["HttpTransport", "PeerTransport"]
 from ._signing import Signer
-
-
-class PeerTransport(Protocol):
-    """Carries get and remove requests to one peer, named by its base URL."""
-
-    async def fetch(
-        self,
-        peer: str,
-        group: str,
-        key: str,
-        *,
-        min_ttl: float = 0.0,
-        context: bytes | None = None,
-        trace: Mapping[str, str] | None = None,
-    ) -> Fetched:
-        """Ask ``peer`` for ``key``: the value, its remaining TTL (``None``: no expiry) and whether
-        the owner ran its loader for this request (``context`` goes to that loader).
-
-        Raises ``NotFound`` or ``Declined`` when the owner answered so, ``PeerError`` otherwise.
-        """
-        ...
-
-    async def remove(
-        self,
-        peer: str,
-        group: str,
-        key: str,
-        *,
-        if_digest: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        """Ask ``peer`` to drop ``key`` (only where its value has ``if_digest``, when given)."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections."""
-        ...
 
 
 class HttpTransport:
@@ -106,8 +71,18 @@ class HttpTransport:
                 if len(data) > self._max_value_bytes:
                     raise PeerError(peer, "answer larger than the value limit")
                 return resp.status, resp.headers, data
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (
+            aiohttp.ClientConnectorError,
+            aiohttp.ConnectionTimeoutError,
+            aiohttp.ServerDisconnectedError,
+            ConnectionError,
+        ) as exc:
+            # Could not connect, or the connection died: the peer is unreachable.
             raise PeerError(peer, type(exc).__name__, unreachable=True) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # A read timeout of a live peer (a slow load) is not "dead": the caller loads locally
+            # for this key but keeps asking the peer for its others.
+            raise PeerError(peer, type(exc).__name__) from exc
 
     async def fetch(
         self,
@@ -135,7 +110,11 @@ class HttpTransport:
                 ttl = wire.parse_seconds(resp_headers.get(wire.TTL_HEADER), wire.TTL_HEADER)
             except wire.ProtocolError as exc:
                 raise PeerError(peer, str(exc)) from exc
-            return Fetched(data, ttl, resp_headers.get(wire.LOADED_HEADER) == "1")
+            try:
+                kind = Kind(wire.parse_kind(resp_headers.get(wire.KIND_HEADER)))
+            except wire.ProtocolError as exc:
+                raise PeerError(peer, str(exc)) from exc
+            return Fetched(data, ttl, resp_headers.get(wire.LOADED_HEADER) == "1", kind)
         code = resp_headers.get(wire.ERROR_HEADER, "")
         if code == "not-found":
             raise NotFound(key)
@@ -150,14 +129,70 @@ class HttpTransport:
         key: str,
         *,
         if_digest: str | None = None,
-        headers: Mapping[str, str] | None = None,
     ) -> None:
         """See :meth:`PeerTransport.remove`."""
         path = wire.path(group, wire.REMOVE_OP)
         body = wire.encode_key(key)
-        extra = dict(headers or {})
+        extra: dict[str, str] = {}
         if if_digest is not None:
             extra[wire.IF_DIGEST_HEADER] = if_digest
+        status, resp_headers, _ = await self._post(
+            peer, path, body, self._headers(path, body, extra)
+        )
+        if status != 200:
+            code = resp_headers.get(wire.ERROR_HEADER, "")
+            raise PeerError(peer, f"HTTP {status} {code}".strip())
+
+    async def lookup(self, peer: str, group: str, key: str) -> Fetched | None:
+        """See :meth:`PeerTransport.lookup`."""
+        path = wire.path(group, wire.LOOKUP_OP)
+        body = wire.encode_key(key)
+        status, resp_headers, data = await self._post(
+            peer, path, body, self._headers(path, body, None)
+        )
+        if status == 404 and resp_headers.get(wire.ERROR_HEADER) == "not-found":
+            return None
+        if status != 200:
+            raise PeerError(peer, f"HTTP {status}")
+        try:
+            ttl = wire.parse_seconds(resp_headers.get(wire.TTL_HEADER), wire.TTL_HEADER)
+            kind = Kind(wire.parse_kind(resp_headers.get(wire.KIND_HEADER)))
+        except wire.ProtocolError as exc:
+            raise PeerError(peer, str(exc)) from exc
+        return Fetched(data, ttl, False, kind)
+
+    async def put(
+        self,
+        peer: str,
+        group: str,
+        key: str,
+        value: bytes,
+        ttl: float | None,
+        *,
+        kind: Kind = Kind.VALUE,
+    ) -> None:
+        """See :meth:`PeerTransport.put`."""
+        path = wire.path(group, wire.PUT_OP)
+        raw_key = wire.encode_key(key)
+        body = raw_key + value
+        extra = {wire.KEY_LENGTH_HEADER: str(len(raw_key)), wire.KIND_HEADER: str(kind)}
+        ttl_text = wire.format_ttl(ttl)
+        if ttl_text is not None:
+            extra[wire.TTL_HEADER] = ttl_text
+        await self._simple(peer, path, body, extra)
+
+    async def leave(self, peer: str, member: str) -> None:
+        """See :meth:`PeerTransport.leave`."""
+        path = f"{wire.PREFIX}/{wire.MEMBERS}/leave"
+        await self._simple(peer, path, member.encode("utf-8"), None)
+
+    async def ping(self, peer: str) -> None:
+        """See :meth:`PeerTransport.ping`."""
+        await self._simple(peer, f"{wire.PREFIX}/{wire.MEMBERS}/ping", b"", None)
+
+    async def _simple(
+        self, peer: str, path: str, body: bytes, extra: Mapping[str, str] | None
+    ) -> None:
         status, resp_headers, _ = await self._post(
             peer, path, body, self._headers(path, body, extra)
         )

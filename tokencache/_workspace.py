@@ -19,13 +19,19 @@ from opentelemetry import trace
 
 from . import _protocol as wire
 from ._clock import Clock, MonotonicClock
-from ._errors import InvalidArgument
-from ._group import Entry, Group, Loader
-from ._ring import Ring
+from ._entry import Entry, Loader, check_key
+from ._errors import Declined, InvalidArgument
+from ._fetched import Fetched, Kind
+from ._group import Group
+from ._handoff import HandoffReport
+from ._handoff import leave as leave_ring
+from ._health import HealthChecker
+from ._membership import LEFT, Membership
+from ._peering import PeerTransport
 from ._server import PeerServer
 from ._signing import Verifier
 from ._stats import ServerStats
-from ._transport import HttpTransport, PeerTransport
+from ._transport import HttpTransport
 
 log = logging.getLogger("tokencache")
 
@@ -49,12 +55,12 @@ _http_log = logging.getLogger("tokencache.server.http")
 _http_log.addFilter(_QuietBadRequests())
 
 
-def _normalise_url(url: str) -> str:
-    return url.strip().rstrip("/")
-
-
 class Workspace:
-    """A process's view of the cluster: its own URL, the peers, and its groups."""
+    """A process's view of the cluster: its own URL, the peers, and its groups.
+
+    It is the :class:`~tokencache._peering.PeerService` the peer port calls, and the
+    :class:`~tokencache._membership.PeerPicker` its groups reach peers through.
+    """
 
     def __init__(
         self,
@@ -73,19 +79,29 @@ class Workspace:
         max_value_bytes: int = 64 << 20,
         purge_interval: float = 30.0,
         unreachable_backoff: float = 2.0,
+        control_timeout: float = 2.0,
+        lookup_timeout: float = 0.5,
+        handoff_window: float = 60.0,
     ) -> None:
-        self.self_url = _normalise_url(self_url)
+        self.clock: Clock = clock or MonotonicClock()
+        self.membership = Membership(
+            self_url,
+            self.clock,
+            replicas=replicas,
+            probes=probes,
+            unreachable_backoff=unreachable_backoff,
+            handoff_window=handoff_window,
+        )
         self.replicas = replicas
         self.probes = probes
-        self.clock: Clock = clock or MonotonicClock()
         self._rng = rng or random.Random()
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
         self.purge_interval = purge_interval
-        self.unreachable_backoff = unreachable_backoff
-        self._unreachable_until: dict[str, float] = {}  # peer -> clock time it may be tried again
+        self.control_timeout = control_timeout
+        self.lookup_timeout = lookup_timeout
         self.peer_timeout = peer_timeout
-        self.transport: PeerTransport = transport or HttpTransport(
+        self._transport: PeerTransport = transport or HttpTransport(
             timeout=peer_timeout,
             connect_timeout=peer_connect_timeout,
             secret=peer_secret,
@@ -95,49 +111,155 @@ class Workspace:
         self.tracer = trace.get_tracer("tokencache", tracer_provider=tracer_provider)
         self.server_stats = ServerStats()
         self._groups: dict[str, Group] = {}
-        self._ring = Ring((), replicas, probes)
         self._runner: web.AppRunner | None = None
         self._purger: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self.health: HealthChecker | None = None
+        self.leaving = False
+        self._ready = True
+        self.last_handoff: HandoffReport | None = None
         self._warned_insecure = False
 
-    # -- membership --------------------------------------------------------------------------
+    # -- membership (the PeerPicker side) ----------------------------------------------------
+
+    @property
+    def self_url(self) -> str:
+        """This process's own peer URL ("" when alone)."""
+        return self.membership.self_url
+
+    @property
+    def transport(self) -> PeerTransport:
+        """The client side of the peer protocol."""
+        return self._transport
+
+    @property
+    def unreachable_backoff(self) -> float:
+        """Seconds a peer that could not be reached is skipped."""
+        return self.membership.unreachable_backoff
 
     def set_peers(self, urls: Iterable[str]) -> None:
-        """Replace the peer list; the ring is exactly this list (include ``self_url`` to own keys)."""
-        peers = {_normalise_url(u) for u in urls if u and u.strip()}
-        if peers == set(self._ring.peers):
-            return
-        self._ring = Ring(peers, self.replicas, self.probes)
-        self._unreachable_until = {p: t for p, t in self._unreachable_until.items() if p in peers}
-        log.info("peers set: %d peers, self included: %s", len(peers), self.self_url in peers)
+        """Replace the peer list (include ``self_url`` to own keys). The ring is this list minus
+        the peers that announced they are leaving or fail health checks."""
+        urls = list(urls)
+        if self.membership.set_members(urls):
+            peers = self.membership.peers
+            log.info("peers set: %d peers, self included: %s", len(peers), self.self_url in peers)
 
     @property
     def peers(self) -> tuple[str, ...]:
-        """The current peers, sorted."""
-        return self._ring.peers
+        """The peers on the ring now, sorted."""
+        return self.membership.peers
 
     def peer_reachable(self, peer: str) -> bool:
         """False while ``peer`` is in its back-off after failing to answer at all."""
-        until = self._unreachable_until.get(peer)
-        if until is None:
-            return True
-        if self.clock.now() >= until:
-            # Half-open: the next request tries the peer again; failing re-arms the back-off.
-            del self._unreachable_until[peer]
-            return True
-        return False
+        return self.membership.peer_reachable(peer)
 
     def mark_unreachable(self, peer: str) -> None:
         """Skip ``peer`` for ``unreachable_backoff`` seconds (its keys are loaded locally)."""
-        if self.unreachable_backoff > 0:
-            self._unreachable_until[peer] = self.clock.now() + self.unreachable_backoff
+        self.membership.mark_unreachable(peer)
 
     def owner(self, key: str) -> str | None:
         """The peer that owns ``key``, or ``None`` when this process does (or there are no peers)."""
-        peer = self._ring.owner(key)
-        if peer is None or peer == self.self_url:
-            return None
-        return peer
+        return self.membership.owner(key)
+
+    def previous_owners(self, key: str) -> list[str]:
+        """Recent owners of ``key`` other than this process and its current owner, newest first."""
+        return self.membership.previous_owners(key)
+
+    def start_health_checks(
+        self, *, interval: float = 1.0, timeout: float = 1.0, failures: int = 2
+    ) -> HealthChecker:
+        """Ping the static peers every ``interval`` seconds: one that fails ``failures`` checks in
+        a row leaves the ring, and rejoins when it answers (call from the event loop)."""
+        if self.health is None:
+            self.health = HealthChecker(
+                self.membership,
+                self._transport,
+                interval=interval,
+                timeout=timeout,
+                failures=failures,
+            )
+            self._checker = asyncio.get_running_loop().create_task(self.health.run())
+        return self.health
+
+    async def leave(self, *, within: float = 5.0, max_bytes: int = 256 << 20) -> HandoffReport:
+        """Leave the ring now: tell the peers, then hand the main caches to the new owners.
+
+        Bounded by ``within`` seconds and ``max_bytes`` of values. Afterwards this process
+        refuses health pings and routes its own requests by the ring without itself; its peer
+        port keeps answering (lookups, gets) until :meth:`close`.
+        """
+        me = self.self_url
+        self.leaving = True
+        others = [p for p in self.membership.members if p != me]
+        ring = self.membership.ring_without(me)
+        self.membership.exclude(me, LEFT)
+        if self._checker is not None:
+            self._checker.cancel()
+        report = await leave_ring(
+            self._transport,
+            self._groups,
+            others,
+            ring,
+            me,
+            within=within,
+            max_bytes=max_bytes,
+            each=self.control_timeout,
+        )
+        self.last_handoff = report
+        log.info(
+            "left the ring: %d peers told, %d entries (%d bytes) handed over, %d failed, "
+            "%d left behind",
+            report.peers_told,
+            report.entries_sent,
+            report.bytes_sent,
+            report.entries_failed,
+            report.entries_left,
+        )
+        return report
+
+    # -- the PeerService side ----------------------------------------------------------------
+
+    def _group_or_error(self, name: str) -> Group:
+        group = self._groups.get(name)
+        if group is None:
+            raise InvalidArgument("no such group")
+        return group
+
+    async def serve_get(
+        self, group: str, key: str, *, min_ttl: float = 0.0, context: bytes | None = None
+    ) -> Fetched:
+        """Answer a peer's get from this process's caches or loader, never forwarding it."""
+        return await self._group_or_error(group).serve_peer(key, min_ttl, context)
+
+    def serve_lookup(self, group: str, key: str) -> Fetched | None:
+        """This process's cached copy of ``key``, if any; never loads."""
+        return self._group_or_error(group).serve_lookup(key)
+
+    def serve_remove(self, group: str, key: str, if_digest: str | None) -> None:
+        """Drop ``key`` here (where the value has ``if_digest``, when given)."""
+        self._group_or_error(group).remove_local(key, if_digest)
+
+    def serve_put(
+        self, group: str, key: str, value: bytes, ttl: float | None, kind: Kind = Kind.VALUE
+    ) -> None:
+        """Accept an entry a leaving peer hands over (kept unless a live copy is held here)."""
+        self._group_or_error(group).accept(key, value, ttl, kind)
+
+    def serve_leave(self, member: str) -> None:
+        """``member`` says it is leaving: drop it from the ring now (static peers too)."""
+        self.membership.exclude(member, LEFT)
+
+    def serve_ping(self) -> None:
+        """Answer a health check; refused while this process is leaving or not ready."""
+        if self.leaving or not self._ready:
+            raise Declined("leaving" if self.leaving else "not ready")
+
+    def set_ready(self, ready: bool) -> None:
+        """Whether this process answers health pings (default True). A process whose peer port
+        is up before its groups exist says False until they do, so static peers put it back on
+        their rings only when it can answer for every group."""
+        self._ready = ready
 
     # -- groups ------------------------------------------------------------------------------
 
@@ -165,6 +287,12 @@ class Workspace:
             name,
             max_bytes,
             loader,
+            clock=self.clock,
+            tracer=self.tracer,
+            max_key_bytes=self.max_key_bytes,
+            max_value_bytes=self.max_value_bytes,
+            control_timeout=self.control_timeout,
+            lookup_timeout=self.lookup_timeout,
             hot_fraction=hot_fraction,
             hot_probability=hot_probability,
             stale_window=stale_window,
@@ -184,14 +312,7 @@ class Workspace:
 
     def check_key(self, key: str) -> None:
         """Refuse keys the peer protocol cannot carry."""
-        if not isinstance(key, str):
-            raise InvalidArgument("keys are str")
-        try:
-            size = len(key.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise InvalidArgument("keys must be encodable as UTF-8") from None
-        if size > self.max_key_bytes:
-            raise InvalidArgument(f"key longer than {self.max_key_bytes} bytes")
+        check_key(key, self.max_key_bytes)
 
     def purge_expired(self) -> int:
         """Drop expired entries from every group now; return how many."""
@@ -241,6 +362,11 @@ class Workspace:
 
     async def close(self) -> None:
         """Stop the peer server and background work; close peer connections."""
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+            self._checker = None
         if self._purger is not None:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -19,10 +19,9 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING
 
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from prometheus_client import CollectorRegistry
 
 from tokencache._clock import Clock, MonotonicClock
@@ -32,9 +31,28 @@ from tokencache.discovery._errors import DiscoveryConfigError
 from tokencache.discovery._local import NAMESPACE_FILE, read_namespace
 from tokencache.discovery._metrics import DiscoveryStats, Recorder
 from tokencache.discovery._peerset import PodTable, parse_port
-from tokencache.discovery._watch import PodWatcher
+
+if TYPE_CHECKING:
+    from kubernetes import client as k8s_client
+
+    from tokencache.discovery._watch import PodWatcher
 
 logger = logging.getLogger("tokencache.discovery")
+
+MISSING_CLIENT = (
+    "kubernetes discovery needs the kubernetes client: install tokencache[kubernetes] "
+    "(pip install 'tokencache[kubernetes]')"
+)
+
+
+def kubernetes_client() -> tuple[ModuleType, ModuleType]:
+    """The ``kubernetes`` client and config modules, imported on first use (an optional extra:
+    the engine and the rest of discovery import without it)."""
+    try:
+        from kubernetes import client, config
+    except ImportError as exc:
+        raise DiscoveryConfigError(MISSING_CLIENT) from exc
+    return client, config
 
 
 class KubernetesPeerSource:
@@ -85,6 +103,7 @@ class KubernetesPeerSource:
     ) -> None:
         if not label_selector.strip():
             raise DiscoveryConfigError("label_selector is required (it names the peer pods)")
+        kubernetes_client()  # fail at construction, with the fix, when the extra is missing
         if read_timeout <= 0 or watch_timeout <= 0 or debounce < 0:
             raise DiscoveryConfigError("timeouts must be > 0 and debounce >= 0")
         self._on_peers = on_peers
@@ -128,15 +147,18 @@ class KubernetesPeerSource:
             raise RuntimeError("KubernetesPeerSource already started (make a new one to restart)")
         self._loop = asyncio.get_running_loop()
         self._synced = asyncio.Event()
+        client, config = kubernetes_client()
+        from tokencache.discovery._watch import PodWatcher  # imports the client too
+
         if self._api_client is None:
-            configuration = k8s_client.Configuration()
+            configuration = client.Configuration()
             try:
-                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except k8s_config.ConfigException as exc:
+                config.load_incluster_config(client_configuration=configuration)
+            except config.ConfigException as exc:
                 raise DiscoveryConfigError("not running in a Kubernetes pod") from exc
-            self._api_client = k8s_client.ApiClient(configuration)
+            self._api_client = client.ApiClient(configuration)
         self._watcher = PodWatcher(
-            k8s_client.CoreV1Api(self._api_client),
+            client.CoreV1Api(self._api_client),
             namespace=self._namespace,
             label_selector=self._selector,
             table=self._table,
