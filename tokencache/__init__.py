@@ -17,10 +17,12 @@ from ._fetched import Fetched
 from ._group import Entry, Group, Loader
 from ._lru import CacheStats, LRUCache
 from ._metrics import GroupcacheCollector
+from ._peering import PeerService, PeerTransport
 from ._ring import Ring
+from ._server import PeerServer
 from ._singleflight import SingleFlight
 from ._stats import GroupStats, ServerStats
-from ._transport import HttpTransport, PeerTransport
+from ._transport import WireTransport
 from ._workspace import Workspace
 
 __all__ = [
@@ -33,18 +35,20 @@ __all__ = [
     "Group",
     "GroupStats",
     "GroupcacheCollector",
-    "HttpTransport",
     "InvalidArgument",
     "LRUCache",
     "Loader",
     "MonotonicClock",
     "NotFound",
     "PeerError",
+    "PeerServer",
+    "PeerService",
     "PeerTransport",
     "Ring",
     "ServerStats",
     "SingleFlight",
     "TokenCacheError",
+    "WireTransport",
     "Workspace",
     "load_context",
 ]
