@@ -22,6 +22,7 @@ from ._ring import Ring
 from ._server import PeerServer
 from ._singleflight import SingleFlight
 from ._stats import GroupStats, ServerStats
+from ._tls import peer_tls_contexts
 from ._transport import WireTransport
 from ._workspace import Workspace
 
@@ -51,4 +52,5 @@ __all__ = [
     "WireTransport",
     "Workspace",
     "load_context",
+    "peer_tls_contexts",
 ]
