@@ -29,6 +29,7 @@ from ._errors import Declined, InvalidArgument, NotFound
 from ._ratelog import RateLimitedLog
 from ._signing import as_key
 from ._stats import ServerStats
+from ._writer import BatchWriter
 
 if TYPE_CHECKING:
     from ._peering import PeerService
@@ -130,6 +131,7 @@ class _ServerConnection(asyncio.Protocol):
         self._service = server.service
         self._channel = Channel(client=False, secret=server.secret, limits=server.limits)
         self._transport: asyncio.Transport | None = None
+        self._writer: BatchWriter | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._remote = "?"
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -138,6 +140,7 @@ class _ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._writer = BatchWriter(self._transport, asyncio.get_running_loop())
         peer = transport.get_extra_info("peername")
         self._remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         self._server._connections.add(self)
@@ -173,13 +176,15 @@ class _ServerConnection(asyncio.Protocol):
         self._server.refuse(self._remote, exc)
         transport = self._transport
         if transport is not None:
+            if self._writer is not None:
+                self._writer.flush()  # answers already sealed go first: the sequence is strict
             transport.write(self._channel.refusal(exc.code, str(exc)))
             transport.close()  # flushes the refusal, then closes
             self._transport = None
 
     def _send(self, kind: int, rid: int, payload: bytes = b"") -> None:
-        if self._transport is not None:
-            self._transport.write(self._channel.frame(kind, rid, payload))
+        if self._transport is not None and self._writer is not None:
+            self._writer.write(self._channel.frame(kind, rid, payload))
 
     def data_received(self, data: bytes) -> None:
         channel = self._channel

@@ -28,6 +28,7 @@ from ._errors import Declined, NotFound, PeerError
 from ._fetched import Fetched
 from ._liveness import InFlight
 from ._signing import as_key
+from ._writer import BatchWriter
 
 Answer = tuple[int, bytes]  # (frame type, payload)
 _Waiter = asyncio.Future[Answer]
@@ -62,6 +63,7 @@ class _Connection(asyncio.Protocol):
         self.open = False
         self._clock = clock
         self._transport: asyncio.Transport | None = None
+        self._writer: BatchWriter | None = None
         self._next_rid = 0
         self._timer: asyncio.TimerHandle | None = None
         self._on_close = on_close
@@ -72,6 +74,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._writer = BatchWriter(self._transport, asyncio.get_running_loop())
         self._transport.write(self.channel.start())
 
     def data_received(self, data: bytes) -> None:
@@ -112,8 +115,8 @@ class _Connection(asyncio.Protocol):
         self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1  # 0 is the connection's own id
         waiter: _Waiter = asyncio.get_running_loop().create_future()
         self.inflight.add(rid, waiter, self._clock.now(), max_wait)
-        assert self._transport is not None
-        self._transport.write(self.channel.frame(kind, rid, payload))
+        assert self._writer is not None
+        self._writer.write(self.channel.frame(kind, rid, payload))
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._tick, self._check)
         return waiter

@@ -97,4 +97,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:  # the loop a deployed peer runs on (the proxy uses uvloop too)
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
