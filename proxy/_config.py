@@ -548,8 +548,27 @@ class Settings:
         "GROUPCACHE_PEER_SECRET",
         "",
         parse_text,
-        "HMAC key for peer requests",
+        "shared secret of the peer protocol (required with more than one peer)",
         secret=True,
+        value="",
+    )
+    groupcache_liveness_timeout: float = _setting(
+        "GROUPCACHE_LIVENESS_TIMEOUT",
+        "3s",
+        _positive_duration,
+        "a peer silent this long (no answer, no heartbeat) counts as gone",
+    )
+    groupcache_tls_cert: str = _setting(
+        "GROUPCACHE_TLS_CERT", "", parse_text, "peer port TLS certificate file (PEM)", value=""
+    )
+    groupcache_tls_key: str = _setting(
+        "GROUPCACHE_TLS_KEY", "", parse_text, "peer port TLS private key file (PEM)", value=""
+    )
+    groupcache_tls_ca: str = _setting(
+        "GROUPCACHE_TLS_CA",
+        "",
+        parse_text,
+        "CA file peers' certificates must chain to (mutual TLS)",
         value="",
     )
     cache_max_body_bytes: int = _setting(
@@ -966,6 +985,24 @@ def _finish(s: Settings) -> Settings:
         raise ConfigError(
             f"GROUPCACHE_SELF_URL: {self_url} is not one of GROUPCACHE_PEERS "
             "(each node must list itself)"
+        )
+    several = (
+        mode == "kubernetes"
+        or (mode == "ecs" and not s.force_single_task)
+        or (mode == "static" and len(s.groupcache_peers) > 1)
+    )
+    if several and not s.groupcache_peer_secret:
+        # Without a secret anyone who reaches the peer port could ask for cached values (and
+        # make the loader call the backend with this proxy's credentials) or answer for a peer.
+        raise ConfigError(
+            "GROUPCACHE_PEER_SECRET: required when the cluster has more than one peer "
+            f"(PEER_DISCOVERY={mode})"
+        )
+    tls = (s.groupcache_tls_cert, s.groupcache_tls_key, s.groupcache_tls_ca)
+    if any(tls) and not all(tls):
+        raise ConfigError(
+            "GROUPCACHE_TLS_CERT: GROUPCACHE_TLS_CERT, GROUPCACHE_TLS_KEY and GROUPCACHE_TLS_CA "
+            "go together (mutual TLS on the peer port)"
         )
     if s.oauth2_token_url and not (s.oauth2_client_id and s.oauth2_client_secret):
         raise ConfigError(

@@ -31,6 +31,7 @@ import inspect
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -125,12 +126,17 @@ class ProxyService:
             if self._provider is not None:
                 trace.set_tracer_provider(self._provider)
         single = s.peer_discovery == "none"
+        ssl_server, ssl_client = _peer_tls(s)
         ws = tokencache.Workspace(
             self_url="" if single else s.groupcache_self_url,
             peer_secret=s.groupcache_peer_secret or None,
-            # The owner answers a peer only after its backend request: a shorter peer timeout
-            # would make the caller give up on a slow backend and load the key a second time.
+            # Two clocks: a peer silent for the liveness timeout is gone (seconds); an owner that
+            # keeps sending heartbeats may take as long as its backend request (max load time),
+            # so a slow backend is never loaded a second time by an impatient caller.
             peer_timeout=s.backend_timeout + PEER_TIMEOUT_MARGIN,
+            peer_liveness_timeout=s.groupcache_liveness_timeout,
+            ssl_server=ssl_server,
+            ssl_client=ssl_client,
             tracer_provider=self._provider,
             purge_interval=(
                 0.0
@@ -403,6 +409,21 @@ async def run(settings: Settings) -> int:
     await stop.wait()
     await service.shutdown()
     return 0
+
+
+def _peer_tls(s: Settings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """Mutual-TLS contexts for the peer port from GROUPCACHE_TLS_*, or none."""
+    if not s.groupcache_tls_cert:
+        return None, None
+    try:
+        return tokencache.peer_tls_contexts(
+            s.groupcache_tls_cert, s.groupcache_tls_key, s.groupcache_tls_ca
+        )
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(
+            f"GROUPCACHE_TLS_CERT: cannot load the peer TLS files: {reason}"
+        ) from None
 
 
 def _safe_url(url: str) -> str:

@@ -1,8 +1,8 @@
 """Scenario 6: no one gets in — the peer port, the public port and the token group.
 
-Against real proxy processes (peer secret set) and the real authorization server: unsigned, badly
-signed, stale and replayed peer requests get 401 and never a value; the public port never answers
-from the peer protocol; a token cached for one secret never reaches a caller with another.
+Against real proxy processes (peer secret set) and the real authorization server: peer connections
+without the secret, with another secret, with replayed or reordered frames are refused and never
+get a value; the public port never answers from the peer protocol; a token cached for one secret never reaches a caller with another.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 
 import tokencache
 from plugin import ClientCredentialsAuth, InvalidClientError
+from tests.support import peer_wire as pw
 from tests.support.net import free_port
 from tests.support.oauth_server import OAuthClient, OAuthServer
 from tests.support.proxy_cluster import PEER_SECRET, BackendProcess, ProxyCluster
@@ -49,33 +50,55 @@ def cluster(
         yield nodes, backend
 
 
-def test_peer_requests_need_a_fresh_valid_signature(
+def test_peer_requests_need_the_secret_and_a_fresh_sequence(
     cluster: tuple[ProxyCluster, BackendProcess],
 ) -> None:
     nodes, _ = cluster
     target = f"/sec/{uuid.uuid4().hex}"
     cached = httpx.get(nodes.nodes[0].url + target, timeout=10)
     assert cached.status_code == 200
-    path = "/_tokencache/v1/path/get"  # the HTTP group, named "path" like kubecache's
-    body = f"GET {target}".encode()
-    refused: list[httpx.Response] = []
-    with httpx.Client(timeout=10, trust_env=False) as client:
-        for node in nodes.nodes:
-            url = node.peer_url + path
-            good = signed(path, body, PEER_SECRET)
-            answer = client.post(url, content=body, headers=good)
+    # The HTTP group is named "path", like kubecache's.
+    payload = pw.get_payload("path", f"GET {target}".encode())
+    refused: list[str] = []
+    for node in nodes.nodes:
+        with pw.WireClient(node.peer_port, PEER_SECRET.encode(), timeout=10) as c:
+            c.handshake()
+            frame = c.frame(pw.GET, 1, payload)
+            kind, answer = c.request_frame(frame, 1)
             # A well-signed request is served (a non-owner loads it itself: never forwarded).
-            assert answer.status_code == 200 and target.encode() in answer.content
-            refused.append(client.post(url, content=body, headers=good))  # replayed
-            refused.append(client.post(url, content=body))  # unsigned
-            refused.append(client.post(url, content=body, headers=signed(path, body, "wrong")))
-            stale = signed(path, body, PEER_SECRET, at=time.time() - 3600)
-            refused.append(client.post(url, content=body, headers=stale))
-            other_body = signed(path, b"GET /else", PEER_SECRET)  # signature for another key
-            refused.append(client.post(url, content=body, headers=other_body))
-    assert [r.status_code for r in refused] == [401] * len(refused)
-    assert all(r.headers.get("X-Tokencache-Error") == "unauthorized" for r in refused)
-    assert all(target.encode() not in r.content for r in refused)
+            assert kind == pw.VALUE and target.encode() in answer
+            c.send(frame)  # replayed: same bytes, same sequence number
+            refused.append(_refusal(c))
+        with pw.WireClient(node.peer_port, None, timeout=10) as c:  # no secret at all
+            refused.append(_refusal(c, handshake=True))
+        with pw.WireClient(node.peer_port, PEER_SECRET.encode(), timeout=10) as c:
+            c.handshake(proof_secret=b"wrong")  # proves another secret
+            c.send(c.frame(pw.GET, 1, payload))
+            refused.append(_refusal(c))
+        with pw.WireClient(node.peer_port, PEER_SECRET.encode(), timeout=10) as c:
+            c.handshake()
+            c.send(c.frame(pw.PING, 2, b"") + c.frame(pw.GET, 1, payload, seq=0))  # reordered
+            refused.append(_refusal(c))
+    assert refused == ["error 6", "status 3", "closed", "error 6"] * len(nodes.nodes)
+
+
+def _refusal(c: pw.WireClient, *, handshake: bool = False) -> str:
+    """How the server refused: an ERROR frame's code, a refusal hello, or closing."""
+    if handshake:
+        try:
+            c.handshake()
+        except pw.WireError as exc:
+            return "status 3" if "status 3" in str(exc) else str(exc)
+        raise AssertionError("handshake accepted")
+    for _ in range(100):
+        try:
+            kind, rid, payload = c.read_frame()
+        except pw.WireError:
+            return "closed"
+        if kind == pw.ERROR and rid == 0:
+            return f"error {payload[0]}"
+        assert kind not in (pw.VALUE, pw.OK), "answered a refused frame"
+    raise AssertionError("no refusal")
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])

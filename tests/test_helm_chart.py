@@ -400,6 +400,26 @@ def test_generated_peer_secret_when_none_given(render: Callable[..., list[Doc]])
     assert again != secret["data"][ref["key"]]
 
 
+def test_peer_tls_mounts_a_cert_manager_secret(render: Callable[..., list[Doc]]) -> None:
+    import kubernetes_validate
+
+    assert "GROUPCACHE_TLS_CERT" not in effective_env(render("edge"))
+    docs = render("edge", "--set", "peer.tls.secretName=edge-peer-tls")
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v.get("secret"))
+    assert volume["secret"]["secretName"] == "edge-peer-tls"
+    mount = next(m for m in container(docs)["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["readOnly"] is True
+    env = effective_env(docs)
+    # cert-manager's key names, under the mount path
+    assert env["GROUPCACHE_TLS_CERT"] == mount["mountPath"] + "/tls.crt"
+    assert env["GROUPCACHE_TLS_KEY"] == mount["mountPath"] + "/tls.key"
+    assert env["GROUPCACHE_TLS_CA"] == mount["mountPath"] + "/ca.crt"
+    assert "GROUPCACHE_PEER_SECRET" in env  # TLS does not replace the peer secret
+
+
 def test_role_grants_only_pod_reads_to_the_pods_account(docs: list[Doc]) -> None:
     role, binding = one(docs, "Role"), one(docs, "RoleBinding")
     assert role["rules"] == [

@@ -372,6 +372,7 @@ def test_discovery_auto_and_self_url() -> None:
         "PEER_DISCOVERY": "auto",
         "KUBERNETES_SERVICE_HOST": "10.0.0.1",
         "POD_IP": "10.9.8.7",
+        "GROUPCACHE_PEER_SECRET": "s",  # required with kubernetes discovery
     }
     s = Settings.from_env(k8s, resolver=FakeResolver({}))
     assert s.peer_discovery == "kubernetes"
@@ -659,3 +660,25 @@ async def test_service_readiness_follows_discovery_and_drain_leaves_the_ring() -
     # A late discovery event does not put the leaving node back into its ring.
     source.on_peers([self_url])
     assert self_url not in service.workspace.peers
+
+
+# --- the peer port: secret, liveness, TLS -----------------------------------------------------
+
+
+def test_peer_settings_defaults_and_rules() -> None:
+    s = Settings.from_env(BASE)
+    assert s.groupcache_liveness_timeout == 3.0
+    assert (s.groupcache_tls_cert, s.groupcache_tls_key, s.groupcache_tls_ca) == ("", "", "")
+    alone = {**BASE, "PEER_DISCOVERY": "static", "GROUPCACHE_PEERS": "http://me:5000"}
+    assert Settings.from_env({**alone, "GROUPCACHE_SELF_URL": "http://me:5000"})  # one peer: ok
+    two = {**alone, "GROUPCACHE_PEERS": "http://me:5000,http://you:5000"}
+    two["GROUPCACHE_SELF_URL"] = "http://me:5000"
+    with pytest.raises(ConfigError, match=r"^GROUPCACHE_PEER_SECRET: required"):
+        Settings.from_env(two)
+    assert Settings.from_env({**two, "GROUPCACHE_PEER_SECRET": "x"}).peer_discovery == "static"
+    with pytest.raises(ConfigError, match=r"^GROUPCACHE_LIVENESS_TIMEOUT"):
+        Settings.from_env({**BASE, "GROUPCACHE_LIVENESS_TIMEOUT": "0s"})
+    with pytest.raises(ConfigError, match=r"^GROUPCACHE_TLS_CERT: .* go together"):
+        Settings.from_env({**BASE, "GROUPCACHE_TLS_CERT": "/tls/tls.crt"})
+    tls = {"GROUPCACHE_TLS_CERT": "/c", "GROUPCACHE_TLS_KEY": "/k", "GROUPCACHE_TLS_CA": "/ca"}
+    assert Settings.from_env({**BASE, **tls}).groupcache_tls_ca == "/ca"

@@ -78,6 +78,22 @@ def test_bad_value_exits_2_naming_the_variable(env: dict[str, str], variable: st
     assert variable in lines[0]
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"GROUPCACHE_PEERS": "http://127.0.0.1:15000,http://127.0.0.1:15001"},
+        {"PEER_DISCOVERY": "kubernetes", "POD_IP": "127.0.0.1"},
+    ],
+)
+def test_more_than_one_peer_without_a_peer_secret_refuses_to_start(env: dict[str, str]) -> None:
+    base = {"BACKEND_URL": "http://127.0.0.1:1", "GROUPCACHE_PORT": "127.0.0.1:15000"}
+    done = run_proxy({**base, **env})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "GROUPCACHE_PEER_SECRET" in lines[0] and "required" in lines[0]
+
+
 def test_unresolvable_secret_reference_exits_2_without_the_value(tmp_path: Path) -> None:
     secret_file = tmp_path / "oauth-secret"
     secret_file.write_text("hunter2-very-secret")

@@ -23,9 +23,11 @@ from ._membership import Membership, PeerPicker
 from ._metrics import GroupcacheCollector
 from ._peering import PeerService, PeerTransport
 from ._ring import Ring
+from ._server import PeerServer
 from ._singleflight import SingleFlight
 from ._stats import GroupStats, ServerStats
-from ._transport import HttpTransport
+from ._tls import peer_tls_contexts
+from ._transport import WireTransport
 from ._workspace import Workspace
 
 __all__ = [
@@ -40,7 +42,6 @@ __all__ = [
     "GroupcacheCollector",
     "HandoffReport",
     "HealthChecker",
-    "HttpTransport",
     "InvalidArgument",
     "Kind",
     "LRUCache",
@@ -51,12 +52,15 @@ __all__ = [
     "NotFound",
     "PeerError",
     "PeerPicker",
+    "PeerServer",
     "PeerService",
     "PeerTransport",
     "Ring",
     "ServerStats",
     "SingleFlight",
     "TokenCacheError",
+    "WireTransport",
     "Workspace",
     "load_context",
+    "peer_tls_contexts",
 ]

@@ -328,6 +328,14 @@ class Group:
             self.stats.handoff_hits += 1
         return found
 
+    def serve_cached(self, key: str, min_ttl: float) -> Fetched | None:
+        """Answer a peer's get from this process's caches only (the peer port's no-task path);
+        ``None`` means the caller goes on with :meth:`serve_peer`, which counts the request."""
+        found = self._lookup(key, min_ttl)
+        if found is not None:
+            self.stats.server_requests += 1
+        return found
+
     async def serve_peer(self, key: str, min_ttl: float, context: bytes | None = None) -> Fetched:
         """Answer a peer's get: from this process's caches or its own loader, never forwarded."""
         self.stats.server_requests += 1

@@ -97,6 +97,10 @@ class PeerService(Protocol):
         """Answer a peer's get from this process's caches or loader, never forwarding it."""
         ...
 
+    def serve_cached(self, group: str, key: str, min_ttl: float = 0.0) -> Fetched | None:
+        """A get answered from this process's caches alone, or ``None`` (then ``serve_get``)."""
+        ...
+
     def serve_lookup(self, group: str, key: str) -> Fetched | None:
         """This process's cached copy of ``key``, if any; never loads."""
         ...

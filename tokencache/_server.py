@@ -1,179 +1,297 @@
-"""The peer port: aiohttp handlers that answer other processes' get and remove requests.
+"""The peer port: a raw asyncio server speaking the binary peer protocol to a :class:`PeerService`.
 
 House rules: a request that arrives here is answered from this process (its caches or its own
-loader) and never forwarded; malformed input gets a clear 4xx and changes nothing; a loader's error
-text never crosses the wire (only the error class's code), since it may name things the asking
-process should not learn.
+loader) and never forwarded; a loader's error text never crosses the wire (only an error code),
+since it may name things the asking process should not learn. Input that breaks the protocol —
+bad hello, wrong secret, bad MAC, oversized or malformed frame — is counted (``unauthorized`` or
+``bad_requests``), logged at most once per interval, answered with a refusal where the protocol
+state allows and closes that connection only; every other connection keeps being served.
+
+A GET that the cache can answer is answered inside ``data_received`` (no task, no span); only a
+miss starts a task, and while tasks run the connection sends a heartbeat frame per running request
+at the interval the client asked for in its hello, so the client can tell a slow owner from a
+frozen one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+import ssl as ssl_module
+from typing import TYPE_CHECKING, cast
 
-from aiohttp import web
 from opentelemetry import propagate, trace
 
-from . import _protocol as wire
+from . import _protocol as p
+from ._channel import Channel, Limits
 from ._context import MAX_CONTEXT_BYTES
 from ._errors import Declined, InvalidArgument, NotFound
-from ._fetched import Fetched, Kind
+from ._ratelog import RateLimitedLog
+from ._signing import as_key
+from ._stats import ServerStats
+from ._writer import BatchWriter
 
 if TYPE_CHECKING:
-    from ._workspace import Workspace
+    from ._peering import PeerService
 
 log = logging.getLogger("tokencache.server")
 
 
-def _error(code: str, message: str) -> web.Response:
-    return web.Response(
-        status=wire.ERRORS[code],
-        text=message + "\n",
-        headers={wire.ERROR_HEADER: code},
-    )
+def _request_limits(max_key_bytes: int, max_value_bytes: int) -> Limits:
+    # Room for the group name, lengths, flags, TTLs and the trace context around key and value.
+    overhead = 1 << 10
+    get = max_key_bytes + MAX_CONTEXT_BYTES + p.MAX_TRACE_BYTES + overhead
+    put = max_key_bytes + max_value_bytes + overhead
+    small = max_key_bytes + overhead
+
+    def limit(kind: int) -> int | None:
+        if kind == p.GET:
+            return get
+        if kind == p.PUT:
+            return put
+        if kind in p.REQUESTS:
+            return small
+        return None
+
+    return limit
 
 
 class PeerServer:
-    """Handlers for the peer routes of one workspace."""
+    """Listens on the peer port and answers peers' requests from ``service``."""
 
-    def __init__(self, workspace: Workspace) -> None:
-        self._ws = workspace
-
-    def add_routes(self, app: web.Application) -> None:
-        """Mount the peer routes on ``app``."""
-        app.router.add_post(wire.PREFIX + "/{group}/{op}", self.handle)
-
-    async def _read_body(self, request: web.Request) -> bytes:
-        limit = self._ws.max_key_bytes
-        if request.match_info["op"] == wire.PUT_OP:
-            limit += self._ws.max_value_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise wire.ProtocolError("too-large", f"body longer than {limit} bytes")
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            raise wire.ProtocolError("too-large", f"body longer than {limit} bytes")
-        return body
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Answer one peer request."""
-        ws = self._ws
-        try:
-            body = await self._read_body(request)
-        except wire.ProtocolError as exc:
-            ws.server_stats.bad_requests += 1
-            return _error(exc.code, str(exc))
-        verifier = ws.verifier
-        if verifier is not None:
-            reason = verifier.verify(request.method, request.path, request.headers, body)
-            if reason is not None:
-                ws.server_stats.unauthorized += 1
-                log.warning("refused peer request from %s: %s", request.remote, reason)
-                return _error("unauthorized", "peer request not authenticated")
-        op = request.match_info["op"]
-        if request.match_info["group"] == wire.MEMBERS:
-            return self._members(op, body)
-        group = ws.get_group(request.match_info["group"])
-        if group is None:
-            return _error("unknown-group", "no such group")
-        try:
-            if op == wire.PUT_OP:
-                return self._put(group.name, request, body)
-            key = wire.decode_key(body, ws.max_key_bytes)
-            if op == wire.GET_OP:
-                min_ttl = wire.parse_seconds(
-                    request.headers.get(wire.MIN_TTL_HEADER), wire.MIN_TTL_HEADER
-                )
-                context = wire.decode_context(
-                    request.headers.get(wire.CONTEXT_HEADER), MAX_CONTEXT_BYTES
-                )
-                return await self._get(request, group.name, key, min_ttl or 0.0, context)
-            if op == wire.REMOVE_OP:
-                digest = wire.parse_digest(request.headers.get(wire.IF_DIGEST_HEADER))
-                ws.serve_remove(group.name, key, digest)
-                return web.Response(status=200)
-            if op == wire.LOOKUP_OP:
-                found = ws.serve_lookup(group.name, key)
-                if found is None:
-                    return _error("not-found", "not cached here")
-                return _value_response(found)
-        except wire.ProtocolError as exc:
-            ws.server_stats.bad_requests += 1
-            return _error(exc.code, str(exc))
-        ws.server_stats.bad_requests += 1
-        return _error("bad-request", "unknown operation")
-
-    def _members(self, op: str, body: bytes) -> web.Response:
-        ws = self._ws
-        if op == "ping":
-            try:
-                ws.serve_ping()
-            except Declined:
-                return _error("leaving", "leaving the ring")
-            return web.Response(status=200)
-        if op == "leave":
-            try:
-                member = body.decode("utf-8")
-            except UnicodeDecodeError:
-                member = ""
-            if not member or len(body) > 2048:
-                ws.server_stats.bad_requests += 1
-                return _error("bad-request", "leave names the leaving member's URL")
-            ws.serve_leave(member)
-            return web.Response(status=200)
-        ws.server_stats.bad_requests += 1
-        return _error("bad-request", "unknown operation")
-
-    def _put(self, group_name: str, request: web.Request, body: bytes) -> web.Response:
-        ws = self._ws
-        raw_len = request.headers.get(wire.KEY_LENGTH_HEADER, "")
-        if not raw_len.isdigit() or int(raw_len) > min(len(body), ws.max_key_bytes):
-            raise wire.ProtocolError("bad-request", f"{wire.KEY_LENGTH_HEADER} is missing or wrong")
-        key = wire.decode_key(body[: int(raw_len)], ws.max_key_bytes)
-        ttl = wire.parse_seconds(request.headers.get(wire.TTL_HEADER), wire.TTL_HEADER)
-        kind = Kind(wire.parse_kind(request.headers.get(wire.KIND_HEADER)))
-        ws.serve_put(group_name, key, body[int(raw_len) :], ttl, kind)
-        return web.Response(status=200)
-
-    async def _get(
+    def __init__(
         self,
-        request: web.Request,
-        group_name: str,
-        key: str,
-        min_ttl: float,
-        context: bytes | None,
-    ) -> web.Response:
-        parent = propagate.extract(request.headers)
-        with self._ws.tracer.start_as_current_span(
-            "tokencache.peer.serve",
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            attributes={"tokencache.group": group_name},
-        ):
-            try:
-                fetched = await self._ws.serve_get(
-                    group_name, key, min_ttl=min_ttl, context=context
+        service: PeerService,
+        *,
+        secret: bytes | str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        stats: ServerStats | None = None,
+        tracer: trace.Tracer | None = None,
+        max_key_bytes: int = 32 << 10,
+        max_value_bytes: int = 64 << 20,
+        handshake_timeout: float = 10.0,
+        refusals: RateLimitedLog | None = None,
+    ) -> None:
+        self.service = service
+        self.secret = as_key(secret) if secret else None
+        self.ssl = ssl
+        self.stats = stats or ServerStats()
+        self.tracer = tracer or trace.get_tracer("tokencache")
+        self.max_key_bytes = max_key_bytes
+        self.max_value_bytes = max_value_bytes
+        self.limits = _request_limits(max_key_bytes, max_value_bytes)
+        self.handshake_timeout = handshake_timeout
+        self.refusals = refusals or RateLimitedLog(log)
+        self._server: asyncio.Server | None = None
+        self._connections: set[_ServerConnection] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (returns once listening)."""
+        if self.secret is None:
+            log.warning(
+                "no peer secret configured: the peer port accepts unauthenticated requests; "
+                "set a shared peer secret in production"
+            )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ServerConnection(self), host, port, ssl=self.ssl, reuse_address=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful after binding port 0)."""
+        assert self._server is not None
+        assert self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening and close every connection (their in-flight requests are dropped)."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def refuse(self, remote: str, exc: p.ProtocolError) -> None:
+        """Count and (rate-limited) log one refused connection."""
+        if exc.code == p.UNAUTHORIZED:
+            self.stats.unauthorized += 1
+        else:
+            self.stats.bad_requests += 1
+        self.refusals.refused(remote, f"{p.error_name(exc.code)}: {exc}")
+
+
+class _ServerConnection(asyncio.Protocol):
+    """One peer connection on the server side."""
+
+    def __init__(self, server: PeerServer) -> None:
+        self._server = server
+        self._service = server.service
+        self._channel = Channel(client=False, secret=server.secret, limits=server.limits)
+        self._transport: asyncio.Transport | None = None
+        self._writer: BatchWriter | None = None
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._remote = "?"
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._writer = BatchWriter(self._transport, asyncio.get_running_loop())
+        peer = transport.get_extra_info("peername")
+        self._remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        self._server._connections.add(self)
+        self._deadline = asyncio.get_running_loop().call_later(
+            self._server.handshake_timeout, self._handshake_too_slow
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        self._stop_timers()
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+        self._transport = None
+
+    def abort(self) -> None:
+        """Close at once."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _stop_timers(self) -> None:
+        for timer in (self._heartbeat, self._deadline):
+            if timer is not None:
+                timer.cancel()
+        self._heartbeat = self._deadline = None
+
+    def _handshake_too_slow(self) -> None:
+        self._deadline = None
+        if self._channel.state != "open":
+            self._refuse(p.ProtocolError(p.BAD_REQUEST, "no handshake within the timeout"))
+
+    def _refuse(self, exc: p.ProtocolError) -> None:
+        self._server.refuse(self._remote, exc)
+        transport = self._transport
+        if transport is not None:
+            if self._writer is not None:
+                self._writer.flush()  # answers already sealed go first: the sequence is strict
+            transport.write(self._channel.refusal(exc.code, str(exc)))
+            transport.close()  # flushes the refusal, then closes
+            self._transport = None
+
+    def _send(self, kind: int, rid: int, payload: bytes = b"") -> None:
+        if self._transport is not None and self._writer is not None:
+            self._writer.write(self._channel.frame(kind, rid, payload))
+
+    def data_received(self, data: bytes) -> None:
+        channel = self._channel
+        try:
+            frames = channel.receive(data)
+            out = channel.data_to_send()
+            if out and self._transport is not None:
+                self._transport.write(out)
+            if channel.state == "open" and self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            for kind, rid, payload in frames:
+                self._dispatch(kind, rid, payload)
+        except p.ProtocolError as exc:
+            self._refuse(exc)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _dispatch(self, kind: int, rid: int, payload: bytes) -> None:
+        if rid == 0 or rid in self._tasks:
+            raise p.ProtocolError(p.BAD_REQUEST, "request id 0 or already in use")
+        server = self._server
+        service = self._service
+        try:
+            if kind == p.GET:
+                req = p.decode_get(payload, server.max_key_bytes, MAX_CONTEXT_BYTES)
+                found = service.serve_cached(req.group, req.key, req.min_ttl)
+                if found is not None:
+                    self._send(p.VALUE, rid, p.encode_value(found))
+                    return
+                self._start(rid, req)
+            elif kind == p.LOOKUP:
+                req_k = p.decode_lookup(payload, server.max_key_bytes)
+                found = service.serve_lookup(req_k.group, req_k.key)
+                if found is None:
+                    self._send(p.MISS, rid)
+                else:
+                    self._send(p.VALUE, rid, p.encode_value(found._replace(loaded=False)))
+            elif kind == p.REMOVE:
+                req_k = p.decode_remove(payload, server.max_key_bytes)
+                service.serve_remove(req_k.group, req_k.key, req_k.if_digest)
+                self._send(p.OK, rid)
+            elif kind == p.PUT:
+                put = p.decode_put(payload, server.max_key_bytes, server.max_value_bytes)
+                service.serve_put(put.group, put.key, put.value, put.ttl, put.kind)
+                self._send(p.OK, rid)
+            elif kind == p.LEAVE:
+                service.serve_leave(p.decode_leave(payload))
+                self._send(p.OK, rid)
+            else:  # PING; the channel lets only request types through
+                service.serve_ping()
+                self._send(p.OK, rid)
+        except Declined as exc:
+            # A leaving or not-ready process refuses pings (a peer must not put it back on its
+            # ring), and a hand-off it must not keep.
+            self._send(p.ERROR, rid, p.encode_error(p.DECLINED, str(exc)[: p.MAX_MESSAGE_BYTES]))
+        except InvalidArgument as exc:
+            # The service refused the arguments (unknown group, unusable key): this request
+            # fails, the connection and the peer behind it are fine.
+            self._send(p.ERROR, rid, p.encode_error(p.BAD_REQUEST, _public(exc)))
+
+    def _start(self, rid: int, req: p.GetRequest) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve_get(rid, req))
+        self._tasks[rid] = task
+        if self._heartbeat is None and self._channel.heartbeat_ms:
+            self._arm_heartbeat()
+
+    def _arm_heartbeat(self) -> None:
+        delay = self._channel.heartbeat_ms / 1000
+        self._heartbeat = asyncio.get_running_loop().call_later(delay, self._beat)
+
+    def _beat(self) -> None:
+        self._heartbeat = None
+        if not self._tasks or self._transport is None:
+            return
+        for rid in self._tasks:
+            self._send(p.HEARTBEAT, rid)
+        self._arm_heartbeat()
+
+    async def _serve_get(self, rid: int, req: p.GetRequest) -> None:
+        server = self._server
+        try:
+            parent = propagate.extract(req.trace) if req.trace else None
+            with server.tracer.start_as_current_span(
+                "tokencache.peer.serve",
+                context=parent,
+                kind=trace.SpanKind.SERVER,
+                attributes={"tokencache.group": req.group},
+            ):
+                fetched = await self._service.serve_get(
+                    req.group, req.key, min_ttl=req.min_ttl, context=req.context
                 )
-            except NotFound:
-                return _error("not-found", "not found")
-            except Declined:
-                return _error("declined", "this peer cannot load the key")
-            except InvalidArgument:
-                # The loader refused the key itself (the PeerService contract: a bad request).
-                self._ws.server_stats.bad_requests += 1
-                return _error("bad-request", "key refused")
-            except Exception as exc:  # noqa: BLE001 - any loader failure: the caller loads locally
-                log.info("peer load failed in group %s: %s", group_name, type(exc).__name__)
-                return _error("load-failed", "load failed")
-        return _value_response(fetched)
+            answer, payload = p.VALUE, p.encode_value(fetched)
+        except NotFound:
+            answer, payload = p.ERROR, p.encode_error(p.NOT_FOUND, "not found")
+        except Declined:
+            answer, payload = p.ERROR, p.encode_error(p.DECLINED, "declined")
+        except InvalidArgument as exc:
+            answer, payload = p.ERROR, p.encode_error(p.BAD_REQUEST, _public(exc))
+        except Exception as exc:  # noqa: BLE001 - any loader failure: the caller loads locally
+            log.info("peer load failed in group %s: %s", req.group, type(exc).__name__)
+            answer, payload = p.ERROR, p.encode_error(p.LOAD_FAILED, "load failed")
+        finally:
+            self._tasks.pop(rid, None)
+        self._send(answer, rid, payload)
 
 
-def _value_response(fetched: Fetched) -> web.Response:
-    headers = {"Content-Type": "application/octet-stream"}
-    ttl_text = wire.format_ttl(fetched.ttl)
-    if ttl_text is not None:
-        headers[wire.TTL_HEADER] = ttl_text
-    if fetched.loaded:
-        headers[wire.LOADED_HEADER] = "1"
-    if fetched.kind is not Kind.VALUE:
-        headers[wire.KIND_HEADER] = str(fetched.kind)
-    return web.Response(body=fetched.value, headers=headers)
+def _public(exc: InvalidArgument) -> str:
+    # The engine's InvalidArgument texts name limits and group names, never keys or values.
+    return str(exc)[: p.MAX_MESSAGE_BYTES]

@@ -1,107 +1,66 @@
-"""Peer request authentication: HMAC-SHA256 over method, path, timestamp, nonce and body.
+"""Peer authentication, without I/O: the handshake's proofs, the session keys and frame MACs.
 
-Tokens travel on the peer port, which every Go anchor left unauthenticated. With a shared secret
-every peer request is signed; the receiver refuses (401) anything unsigned, badly signed, outside
-the time window, or replayed (a nonce seen before within the window). The window compares wall
-clocks, so peers need clocks within ``window`` seconds of each other (NTP gives far better).
+Each connection starts with a challenge/response in which both sides contribute a fresh random
+nonce and each proves it knows the shared peer secret (HMAC-SHA256 over the whole handshake
+transcript, with a different label per role, so one side's proof is never valid as the other's).
+Both sides then derive two session keys from the secret and the transcript, one per direction.
+
+Every frame after the handshake carries ``HMAC-SHA256(direction key, seq || frame)`` truncated to
+16 bytes, where ``seq`` is the 64-bit count of frames sent so far in that direction. The sequence
+number is not transmitted (SSH does the same): both sides count, so a replayed, dropped, reordered
+or cross-connection frame fails its MAC. That is the whole replay defence: no nonce store, no
+wall clock, no throughput cap.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+import struct
 
-TIMESTAMP_HEADER = "X-Tokencache-Timestamp"
-NONCE_HEADER = "X-Tokencache-Nonce"
-SIGNATURE_HEADER = "X-Tokencache-Signature"
+MAC_BYTES = 16
+NONCE_BYTES = 32
+PROOF_BYTES = 32
 
-
-def _message(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
-    body_digest = hashlib.sha256(body).hexdigest()
-    return "\n".join((method.upper(), path, timestamp, nonce, body_digest)).encode()
+_SEQ = struct.Struct("!Q")
+_SERVER_LABEL = b"tokencache/1 server proof\x00"
+_CLIENT_LABEL = b"tokencache/1 client proof\x00"
+_KEYS_LABEL = b"tokencache/1 session keys\x00"
 
 
-def _as_key(secret: bytes | str) -> bytes:
+def as_key(secret: bytes | str) -> bytes:
+    """The secret as bytes; an empty secret is refused (it would authenticate nothing)."""
     key = secret.encode() if isinstance(secret, str) else bytes(secret)
     if not key:
         raise ValueError("peer secret must not be empty")
     return key
 
 
-class Signer:
-    """Adds signature headers to outgoing peer requests."""
-
-    def __init__(self, secret: bytes | str, *, wall_clock: Callable[[], float] = time.time) -> None:
-        self._key = _as_key(secret)
-        self._wall_clock = wall_clock
-
-    def headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        """The headers that authenticate this request."""
-        timestamp = f"{self._wall_clock():.3f}"
-        nonce = secrets.token_hex(16)
-        mac = hmac.new(self._key, _message(method, path, timestamp, nonce, body), hashlib.sha256)
-        return {
-            TIMESTAMP_HEADER: timestamp,
-            NONCE_HEADER: nonce,
-            SIGNATURE_HEADER: mac.hexdigest(),
-        }
+def server_proof(secret: bytes, transcript: bytes) -> bytes:
+    """What the server sends to prove it holds ``secret`` for this handshake."""
+    return hmac.digest(secret, _SERVER_LABEL + transcript, "sha256")
 
 
-class Verifier:
-    """Checks incoming peer requests; remembers nonces for the window to refuse replays."""
+def client_proof(secret: bytes, transcript: bytes) -> bytes:
+    """What the client sends to prove it holds ``secret`` for this handshake."""
+    return hmac.digest(secret, _CLIENT_LABEL + transcript, "sha256")
 
-    def __init__(
-        self,
-        secret: bytes | str,
-        *,
-        window: float = 30.0,
-        max_nonces: int = 200_000,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._key = _as_key(secret)
-        self._window = window
-        self._max_nonces = max_nonces
-        self._wall_clock = wall_clock
-        self._seen: OrderedDict[str, float] = OrderedDict()  # nonce -> when it stops mattering
 
-    def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> str | None:
-        """Return ``None`` when the request is authentic, else a short reason (never secret)."""
-        timestamp = headers.get(TIMESTAMP_HEADER)
-        nonce = headers.get(NONCE_HEADER)
-        signature = headers.get(SIGNATURE_HEADER)
-        if not timestamp or not nonce or not signature:
-            return "unsigned"
-        if len(nonce) > 64 or len(signature) > 128:
-            return "malformed signature"
-        try:
-            sent_at = float(timestamp)
-        except ValueError:
-            return "malformed timestamp"
-        now = self._wall_clock()
-        if not abs(now - sent_at) <= self._window:  # also refuses NaN
-            return "timestamp outside window"
-        expected = hmac.new(
-            self._key, _message(method, path, timestamp, nonce, body), hashlib.sha256
-        )
-        if not hmac.compare_digest(expected.hexdigest(), signature):
-            return "bad signature"
-        self._forget(now)
-        if nonce in self._seen:
-            return "replayed"
-        if len(self._seen) >= self._max_nonces:
-            # Full: refuse rather than forget a nonce that is still inside its window.
-            return "too many requests in window"
-        self._seen[nonce] = now + 2 * self._window
-        return None
+def proof_matches(expected: bytes, received: bytes) -> bool:
+    """Constant-time comparison of a proof."""
+    return hmac.compare_digest(expected, received)
 
-    def _forget(self, now: float) -> None:
-        seen = self._seen
-        while seen:
-            nonce, until = next(iter(seen.items()))
-            if until > now:
-                break
-            del seen[nonce]
+
+def session_keys(secret: bytes, transcript: bytes) -> tuple[bytes, bytes]:
+    """The (client-to-server, server-to-client) frame keys of one connection."""
+    master = hmac.digest(secret, _KEYS_LABEL + transcript, "sha256")
+    return hmac.digest(master, b"c2s", "sha256"), hmac.digest(master, b"s2c", "sha256")
+
+
+def frame_mac(key: bytes, seq: int, frame: bytes | memoryview) -> bytes:
+    """The MAC of the ``seq``-th frame sent with ``key`` (``frame``: length prefix to payload)."""
+    return hmac.digest(key, _SEQ.pack(seq) + frame, "sha256")[:MAC_BYTES]
+
+
+def mac_matches(key: bytes, seq: int, frame: bytes | memoryview, mac: bytes | bytearray) -> bool:
+    """Whether ``mac`` authenticates ``frame`` as the ``seq``-th frame under ``key``."""
+    return hmac.compare_digest(frame_mac(key, seq, frame), mac)

@@ -1,88 +1,252 @@
-"""How a process talks to its peers over HTTP (the interface is :mod:`tokencache._peering`).
+"""The peer client: persistent, multiplexed connections speaking the binary peer protocol.
 
-The core never imports the HTTP client; a :class:`PeerTransport` is injected (galaxycache's
-``FetchProtocol``). The default is :class:`HttpTransport`: one pooled aiohttp session, a timeout per
-request, requests signed when a peer secret is set, and every failure turned into ``PeerError``
-(or ``NotFound``/``Declined`` when the owner said so) at this one boundary.
+One connection per peer by default (``connections_per_peer`` for more), opened on first use and
+kept; any number of requests in flight on it, each with its own request id, answered in any order.
+A raw asyncio ``Protocol`` (uvloop's when the loop is uvloop) and the sans-IO :class:`Channel` do
+all the work: no HTTP, no per-request framework objects.
+
+Failure model (the whole of ``PeerError.unreachable``): a refused or failed connect, a failed
+handshake (wrong secret, not a peer, TLS refused), a connection that closes, and a request that
+hears nothing — neither an answer nor a heartbeat — for ``liveness_timeout`` seconds make every
+request on that connection fail with ``unreachable=True`` and drop the connection. An owner that
+keeps sending heartbeats is alive: its request fails after ``max_load_time`` with
+``unreachable=False`` (slow is not dead).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import ssl as ssl_module
+from collections.abc import Callable, Mapping
+from typing import cast
+from urllib.parse import urlsplit
 
-import aiohttp
-
-from . import _protocol as wire
+from . import _protocol as p
+from ._channel import Channel, Limits
+from ._clock import Clock, MonotonicClock
 from ._errors import Declined, NotFound, PeerError
 from ._fetched import Fetched, Kind
-from ._peering import PeerTransport
+from ._liveness import InFlight
+from ._signing import as_key
+from ._writer import BatchWriter
 
-__all__ = ["HttpTransport", "PeerTransport"]
-from ._signing import Signer
+Answer = tuple[int, bytes]  # (frame type, payload)
+_Waiter = asyncio.Future[Answer]
 
 
-class HttpTransport:
-    """The peer protocol over HTTP/1.1 with a pooled aiohttp client."""
+def _answer_limits(max_value_bytes: int) -> Limits:
+    small = 1 << 10
+
+    def limit(kind: int) -> int | None:
+        if kind == p.VALUE:
+            return max_value_bytes + 16
+        return small if kind in p.ANSWERS else None
+
+    return limit
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: writes request frames, routes answers to their waiters."""
+
+    def __init__(
+        self,
+        peer: str,
+        channel: Channel,
+        liveness: float,
+        clock: Clock,
+        on_close: Callable[[_Connection], None],
+    ) -> None:
+        self.peer = peer
+        self.channel = channel
+        self.inflight: InFlight[_Waiter] = InFlight(liveness)
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.open = False
+        self._clock = clock
+        self._transport: asyncio.Transport | None = None
+        self._writer: BatchWriter | None = None
+        self._next_rid = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._on_close = on_close
+        self._tick = max(liveness / 4, 0.01)
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._writer = BatchWriter(self._transport, asyncio.get_running_loop())
+        self._transport.write(self.channel.start())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.channel.receive(data)
+        except p.ProtocolError as exc:
+            self._fail(f"{p.error_name(exc.code)}: {exc}")
+            return
+        out = self.channel.data_to_send()
+        if out and self._transport is not None:
+            self._transport.write(out)
+        if not self.open and self.channel.state == "open":
+            self.open = True
+            if not self.ready.done():
+                self.ready.set_result(None)
+        if not frames:
+            return
+        now = self._clock.now()
+        inflight = self.inflight
+        for kind, rid, payload in frames:
+            if kind == p.HEARTBEAT:
+                inflight.touch(rid, now)
+                continue
+            if rid == 0 and kind == p.ERROR:  # about the connection; the server closes it
+                self._fail("refused: " + p.error_name(p.decode_error(payload)[0]))
+                return
+            waiter = inflight.pop(rid)  # None: an answer to a request we gave up on
+            if waiter is not None and not waiter.done():
+                waiter.set_result((kind, payload))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("connection closed")
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def request(self, kind: int, payload: bytes, max_wait: float) -> _Waiter:
+        """Send one request; the future gets its answer (or a ``PeerError``)."""
+        self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1  # 0 is the connection's own id
+        waiter: _Waiter = asyncio.get_running_loop().create_future()
+        self.inflight.add(rid, waiter, self._clock.now(), max_wait)
+        assert self._writer is not None
+        self._writer.write(self.channel.frame(kind, rid, payload))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._check)
+        return waiter
+
+    def _check(self) -> None:
+        self._timer = None
+        now = self._clock.now()
+        if self.inflight.dead(now):
+            self._fail("no answer or heartbeat within the liveness timeout")
+            return
+        for waiter in self.inflight.expired(now):
+            if not waiter.done():
+                waiter.set_exception(PeerError(self.peer, "no answer within the maximum load time"))
+        if len(self.inflight):
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._check)
+
+    def _fail(self, reason: str) -> None:
+        """Fail everything on this connection as unreachable and drop it (idempotent)."""
+        self.open = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        error = PeerError(self.peer, reason, unreachable=True)
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()  # retrieved: nobody may be waiting any more
+        for waiter in self.inflight.pop_all():
+            if not waiter.done():
+                waiter.set_exception(error)
+        if self._transport is not None:
+            self._transport.abort()
+        self._on_close(self)
+
+    def close(self) -> None:
+        """Drop the connection; requests still waiting fail as unreachable."""
+        self._fail("transport closed")
+
+
+class WireTransport:
+    """The default :class:`PeerTransport`: the binary peer protocol over TCP, optionally TLS."""
 
     def __init__(
         self,
         *,
-        timeout: float = 2.0,
-        connect_timeout: float | None = None,
         secret: bytes | str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        liveness_timeout: float = 3.0,
+        max_load_time: float = 30.0,
+        connect_timeout: float | None = None,
         max_value_bytes: int = 64 << 20,
-        connections_per_peer: int = 64,
+        connections_per_peer: int = 1,
+        clock: Clock | None = None,
     ) -> None:
-        # A peer that is gone (partitioned, powered off) is noticed at connect time; a live peer
-        # running a slow load still gets the whole ``timeout``.
-        connect = min(timeout, 1.0) if connect_timeout is None else connect_timeout
-        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect)
-        self._signer = Signer(secret) if secret else None
-        self._max_value_bytes = max_value_bytes
-        self._connections_per_peer = connections_per_peer
-        self._session: aiohttp.ClientSession | None = None
+        if liveness_timeout <= 0 or max_load_time <= 0:
+            raise ValueError("liveness_timeout and max_load_time must be > 0")
+        self._secret = as_key(secret) if secret else None
+        self._ssl = ssl
+        self.liveness_timeout = liveness_timeout
+        self.max_load_time = max_load_time
+        self._connect_timeout = liveness_timeout if connect_timeout is None else connect_timeout
+        self._limits = _answer_limits(max_value_bytes)
+        self._per_peer = max(1, connections_per_peer)
+        self._clock: Clock = clock or MonotonicClock()
+        self._pools: dict[str, list[_Connection]] = {}
+        self._connecting: dict[str, asyncio.Future[_Connection]] = {}
+        self._turn = 0
+        # The owner sends heartbeats three times per liveness timeout: one lost to scheduling
+        # jitter still leaves two before the caller gives up.
+        self._heartbeat_ms = max(10, int(liveness_timeout * 1000 / 3))
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0, limit_per_host=self._connections_per_peer, keepalive_timeout=30
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=False
-            )
-        return self._session
+    # -- connections -------------------------------------------------------------------------
 
-    def _headers(self, path: str, body: bytes, extra: Mapping[str, str] | None) -> dict[str, str]:
-        headers = dict(extra or {})
-        headers["Content-Type"] = "application/octet-stream"
-        if self._signer is not None:
-            headers.update(self._signer.headers("POST", path, body))
-        return headers
+    async def _connection(self, peer: str) -> _Connection:
+        pool = self._pools.get(peer)
+        if pool and len(pool) >= self._per_peer:
+            self._turn += 1
+            return pool[self._turn % len(pool)]
+        pending = self._connecting.get(peer)
+        if pending is None:
+            pending = asyncio.ensure_future(self._connect(peer))
+            self._connecting[peer] = pending
+            pending.add_done_callback(lambda _: self._connecting.pop(peer, None))
+        return await asyncio.shield(pending)
 
-    async def _post(
-        self, peer: str, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    async def _connect(self, peer: str) -> _Connection:
         try:
-            async with self._client().post(peer + path, data=body, headers=headers) as resp:
-                length = resp.content_length
-                if length is not None and length > self._max_value_bytes:
-                    raise PeerError(peer, "answer larger than the value limit")
-                data = await resp.content.read(self._max_value_bytes + 1)
-                if len(data) > self._max_value_bytes:
-                    raise PeerError(peer, "answer larger than the value limit")
-                return resp.status, resp.headers, data
-        except (
-            aiohttp.ClientConnectorError,
-            aiohttp.ConnectionTimeoutError,
-            aiohttp.ServerDisconnectedError,
-            ConnectionError,
-        ) as exc:
-            # Could not connect, or the connection died: the peer is unreachable.
+            parts = urlsplit(peer)
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host = port = None
+        if not host or not port:
+            raise PeerError(peer, "peer URL needs a host and a port")
+        channel = Channel(
+            client=True, secret=self._secret, limits=self._limits, heartbeat_ms=self._heartbeat_ms
+        )
+        conn = _Connection(peer, channel, self.liveness_timeout, self._clock, self._forget)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await loop.create_connection(
+                    lambda: conn,
+                    host,
+                    port,
+                    ssl=self._ssl,
+                    server_hostname=host if self._ssl is not None else None,
+                )
+            async with asyncio.timeout(self.liveness_timeout):
+                await conn.ready
+        except PeerError:
+            raise
+        except (OSError, TimeoutError, ssl_module.SSLError) as exc:
+            conn.close()
             raise PeerError(peer, type(exc).__name__, unreachable=True) from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            # A read timeout of a live peer (a slow load) is not "dead": the caller loads locally
-            # for this key but keeps asking the peer for its others.
-            raise PeerError(peer, type(exc).__name__) from exc
+        self._pools.setdefault(peer, []).append(conn)
+        return conn
+
+    def _forget(self, conn: _Connection) -> None:
+        pool = self._pools.get(conn.peer)
+        if pool and conn in pool:
+            pool.remove(conn)
+            if not pool:
+                del self._pools[conn.peer]
+
+    async def _call(self, peer: str, kind: int, payload: bytes, max_wait: float) -> Answer:
+        conn = await self._connection(peer)
+        if not conn.open:
+            raise PeerError(peer, "connection closed", unreachable=True)
+        return await conn.request(kind, payload, max_wait)
+
+    # -- operations --------------------------------------------------------------------------
 
     async def fetch(
         self,
@@ -95,71 +259,27 @@ class HttpTransport:
         trace: Mapping[str, str] | None = None,
     ) -> Fetched:
         """See :meth:`PeerTransport.fetch`."""
-        path = wire.path(group, wire.GET_OP)
-        body = wire.encode_key(key)
-        extra = dict(trace or {})
-        if context is not None:
-            extra[wire.CONTEXT_HEADER] = wire.encode_context(context)
-        if min_ttl > 0:
-            extra[wire.MIN_TTL_HEADER] = f"{min_ttl:.3f}"
-        status, resp_headers, data = await self._post(
-            peer, path, body, self._headers(path, body, extra)
-        )
-        if status == 200:
-            try:
-                ttl = wire.parse_seconds(resp_headers.get(wire.TTL_HEADER), wire.TTL_HEADER)
-            except wire.ProtocolError as exc:
-                raise PeerError(peer, str(exc)) from exc
-            try:
-                kind = Kind(wire.parse_kind(resp_headers.get(wire.KIND_HEADER)))
-            except wire.ProtocolError as exc:
-                raise PeerError(peer, str(exc)) from exc
-            return Fetched(data, ttl, resp_headers.get(wire.LOADED_HEADER) == "1", kind)
-        code = resp_headers.get(wire.ERROR_HEADER, "")
-        if code == "not-found":
-            raise NotFound(key)
-        if code == "declined":
-            raise Declined(f"peer {peer} declined")
-        raise PeerError(peer, f"HTTP {status} {code}".strip())
-
-    async def remove(
-        self,
-        peer: str,
-        group: str,
-        key: str,
-        *,
-        if_digest: str | None = None,
-    ) -> None:
-        """See :meth:`PeerTransport.remove`."""
-        path = wire.path(group, wire.REMOVE_OP)
-        body = wire.encode_key(key)
-        extra: dict[str, str] = {}
-        if if_digest is not None:
-            extra[wire.IF_DIGEST_HEADER] = if_digest
-        status, resp_headers, _ = await self._post(
-            peer, path, body, self._headers(path, body, extra)
-        )
-        if status != 200:
-            code = resp_headers.get(wire.ERROR_HEADER, "")
-            raise PeerError(peer, f"HTTP {status} {code}".strip())
+        payload = p.encode_get(group, key, min_ttl, context, trace)
+        kind, data = await self._call(peer, p.GET, payload, self.max_load_time)
+        if kind == p.VALUE:
+            return self._value(peer, data)
+        raise self._error(peer, kind, data, key)
 
     async def lookup(self, peer: str, group: str, key: str) -> Fetched | None:
         """See :meth:`PeerTransport.lookup`."""
-        path = wire.path(group, wire.LOOKUP_OP)
-        body = wire.encode_key(key)
-        status, resp_headers, data = await self._post(
-            peer, path, body, self._headers(path, body, None)
-        )
-        if status == 404 and resp_headers.get(wire.ERROR_HEADER) == "not-found":
+        payload = p.encode_lookup(group, key)
+        kind, data = await self._call(peer, p.LOOKUP, payload, self.liveness_timeout)
+        if kind == p.VALUE:
+            return self._value(peer, data)
+        if kind == p.MISS:
             return None
-        if status != 200:
-            raise PeerError(peer, f"HTTP {status}")
-        try:
-            ttl = wire.parse_seconds(resp_headers.get(wire.TTL_HEADER), wire.TTL_HEADER)
-            kind = Kind(wire.parse_kind(resp_headers.get(wire.KIND_HEADER)))
-        except wire.ProtocolError as exc:
-            raise PeerError(peer, str(exc)) from exc
-        return Fetched(data, ttl, False, kind)
+        raise self._error(peer, kind, data, key)
+
+    async def remove(
+        self, peer: str, group: str, key: str, *, if_digest: str | None = None
+    ) -> None:
+        """See :meth:`PeerTransport.remove`."""
+        await self._expect_ok(peer, p.REMOVE, p.encode_remove(group, key, if_digest), key)
 
     async def put(
         self,
@@ -172,36 +292,54 @@ class HttpTransport:
         kind: Kind = Kind.VALUE,
     ) -> None:
         """See :meth:`PeerTransport.put`."""
-        path = wire.path(group, wire.PUT_OP)
-        raw_key = wire.encode_key(key)
-        body = raw_key + value
-        extra = {wire.KEY_LENGTH_HEADER: str(len(raw_key)), wire.KIND_HEADER: str(kind)}
-        ttl_text = wire.format_ttl(ttl)
-        if ttl_text is not None:
-            extra[wire.TTL_HEADER] = ttl_text
-        await self._simple(peer, path, body, extra)
+        await self._expect_ok(peer, p.PUT, p.encode_put(group, key, value, ttl, kind), key)
 
     async def leave(self, peer: str, member: str) -> None:
         """See :meth:`PeerTransport.leave`."""
-        path = f"{wire.PREFIX}/{wire.MEMBERS}/leave"
-        await self._simple(peer, path, member.encode("utf-8"), None)
+        await self._expect_ok(peer, p.LEAVE, p.encode_leave(member), "")
 
     async def ping(self, peer: str) -> None:
         """See :meth:`PeerTransport.ping`."""
-        await self._simple(peer, f"{wire.PREFIX}/{wire.MEMBERS}/ping", b"", None)
+        await self._expect_ok(peer, p.PING, b"", "", self.liveness_timeout)
 
-    async def _simple(
-        self, peer: str, path: str, body: bytes, extra: Mapping[str, str] | None
+    async def _expect_ok(
+        self, peer: str, kind: int, payload: bytes, key: str, max_wait: float | None = None
     ) -> None:
-        status, resp_headers, _ = await self._post(
-            peer, path, body, self._headers(path, body, extra)
-        )
-        if status != 200:
-            code = resp_headers.get(wire.ERROR_HEADER, "")
-            raise PeerError(peer, f"HTTP {status} {code}".strip())
+        answer, data = await self._call(peer, kind, payload, max_wait or self.max_load_time)
+        if answer != p.OK:
+            error = self._error(peer, answer, data, key)
+            if isinstance(error, Declined):  # e.g. a leaving peer refusing a ping: it answered
+                error = PeerError(peer, "declined")
+            raise error
 
     async def close(self) -> None:
-        """Close the pooled session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close every connection; requests still waiting fail as unreachable."""
+        for pending in list(self._connecting.values()):
+            pending.cancel()
+        for pool in list(self._pools.values()):
+            for conn in list(pool):
+                conn.close()
+        self._pools.clear()
+
+    # -- answers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _value(peer: str, data: bytes) -> Fetched:
+        try:
+            return p.decode_value(data)
+        except p.ProtocolError as exc:
+            raise PeerError(peer, f"bad answer: {exc}") from None
+
+    @staticmethod
+    def _error(peer: str, kind: int, data: bytes, key: str) -> Exception:
+        if kind != p.ERROR:
+            return PeerError(peer, f"unexpected answer type {kind:#04x}")
+        try:
+            code, _ = p.decode_error(data)
+        except p.ProtocolError:
+            return PeerError(peer, "bad error answer")
+        if code == p.NOT_FOUND:
+            return NotFound(key)
+        if code == p.DECLINED:
+            return Declined(f"peer {peer} declined")
+        return PeerError(peer, p.error_name(code))

@@ -11,10 +11,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from opentelemetry import trace
 
 from . import _protocol as wire
@@ -29,30 +28,10 @@ from ._health import HealthChecker
 from ._membership import LEFT, Membership
 from ._peering import PeerTransport
 from ._server import PeerServer
-from ._signing import Verifier
 from ._stats import ServerStats
-from ._transport import HttpTransport
+from ._transport import WireTransport
 
 log = logging.getLogger("tokencache")
-
-
-class _QuietBadRequests(logging.Filter):
-    """aiohttp logs every malformed request at ERROR with a traceback (about 1 KB each), which
-    lets anyone who can reach the peer port flood the logs. Keep one short INFO line instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            record.msg = "malformed peer request: %s"
-            record.args = (type(exc).__name__,)
-            record.exc_info = None
-            record.exc_text = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-_http_log = logging.getLogger("tokencache.server.http")
-_http_log.addFilter(_QuietBadRequests())
 
 
 class Workspace:
@@ -69,8 +48,11 @@ class Workspace:
         replicas: int = 50,
         probes: int = 8,
         peer_secret: bytes | str | None = None,
-        peer_timeout: float = 2.0,
+        peer_timeout: float = 30.0,
+        peer_liveness_timeout: float = 3.0,
         peer_connect_timeout: float | None = None,
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
         transport: PeerTransport | None = None,
@@ -100,25 +82,30 @@ class Workspace:
         self.purge_interval = purge_interval
         self.control_timeout = control_timeout
         self.lookup_timeout = lookup_timeout
+        # peer_timeout bounds a peer request that the owner keeps alive with heartbeats (its
+        # maximum load time); peer_liveness_timeout is how soon silence means the peer is gone.
         self.peer_timeout = peer_timeout
-        self._transport: PeerTransport = transport or HttpTransport(
-            timeout=peer_timeout,
-            connect_timeout=peer_connect_timeout,
+        self.peer_liveness_timeout = peer_liveness_timeout
+        self._peer_secret = peer_secret or None
+        self._ssl_server = ssl_server
+        self._transport: PeerTransport = transport or WireTransport(
             secret=peer_secret,
+            ssl=ssl_client,
+            liveness_timeout=peer_liveness_timeout,
+            max_load_time=peer_timeout,
+            connect_timeout=peer_connect_timeout,
             max_value_bytes=max_value_bytes,
         )
-        self.verifier = Verifier(peer_secret) if peer_secret else None
         self.tracer = trace.get_tracer("tokencache", tracer_provider=tracer_provider)
         self.server_stats = ServerStats()
         self._groups: dict[str, Group] = {}
-        self._runner: web.AppRunner | None = None
+        self._server: PeerServer | None = None
         self._purger: asyncio.Task[None] | None = None
         self._checker: asyncio.Task[None] | None = None
         self.health: HealthChecker | None = None
         self.leaving = False
         self._ready = True
         self.last_handoff: HandoffReport | None = None
-        self._warned_insecure = False
 
     # -- membership (the PeerPicker side) ----------------------------------------------------
 
@@ -232,6 +219,11 @@ class Workspace:
         """Answer a peer's get from this process's caches or loader, never forwarding it."""
         return await self._group_or_error(group).serve_peer(key, min_ttl, context)
 
+    def serve_cached(self, group: str, key: str, min_ttl: float = 0.0) -> Fetched | None:
+        """A peer's get answered from this process's caches alone, or ``None`` (then the peer
+        port calls :meth:`serve_get`)."""
+        return self._group_or_error(group).serve_cached(key, min_ttl)
+
     def serve_lookup(self, group: str, key: str) -> Fetched | None:
         """This process's cached copy of ``key``, if any; never loads."""
         return self._group_or_error(group).serve_lookup(key)
@@ -320,25 +312,6 @@ class Workspace:
 
     # -- the peer server ---------------------------------------------------------------------
 
-    def _warn_if_insecure(self) -> None:
-        if self.verifier is None and not self._warned_insecure:
-            self._warned_insecure = True
-            log.warning(
-                "no peer secret configured: the peer port accepts unauthenticated requests; "
-                "set a shared peer secret in production"
-            )
-
-    def add_peer_routes(self, app: web.Application) -> None:
-        """Mount the peer protocol on an existing aiohttp application."""
-        self._warn_if_insecure()
-        PeerServer(self).add_routes(app)
-
-    def peer_app(self) -> web.Application:
-        """A new aiohttp application serving only the peer protocol."""
-        app = web.Application(client_max_size=self.max_key_bytes + 1024)
-        self.add_peer_routes(app)
-        return app
-
     async def start(self) -> None:
         """Start background work (the periodic purge of expired entries)."""
         if self._purger is None and self.purge_interval > 0:
@@ -350,15 +323,22 @@ class Workspace:
             self.purge_expired()
 
     async def serve(self, host: str, port: int) -> None:
-        """Run the peer server on ``host:port`` (returns once listening) and start background work."""
+        """Run the peer server on ``host:port`` (returns once listening) and start background work.
+
+        Logs one warning when no peer secret is set (the port then accepts anyone).
+        """
         await self.start()
-        runner = web.AppRunner(
-            self.peer_app(), access_log=None, handle_signals=False, logger=_http_log
+        server = PeerServer(
+            self,
+            secret=self._peer_secret,
+            ssl=self._ssl_server,
+            stats=self.server_stats,
+            tracer=self.tracer,
+            max_key_bytes=self.max_key_bytes,
+            max_value_bytes=self.max_value_bytes,
         )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-        self._runner = runner
+        await server.start(host, port)
+        self._server = server
 
     async def close(self) -> None:
         """Stop the peer server and background work; close peer connections."""
@@ -372,7 +352,7 @@ class Workspace:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
             self._purger = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
         await self.transport.close()

@@ -27,7 +27,11 @@ _CONNECT_DEADLINE = 20.0
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    ws = tokencache.Workspace(f"http://{args.host}:{args.port}", peer_timeout=args.peer_timeout)
+    ws = tokencache.Workspace(
+        f"http://{args.host}:{args.port}",
+        peer_timeout=args.peer_timeout,
+        peer_liveness_timeout=args.peer_timeout,
+    )
     ws.set_peers(args.peers.split(","))
     payload = b"v" * args.value_bytes
 
@@ -55,7 +59,11 @@ async def _reachable(url: str) -> bool:
 
 async def _drive(args: argparse.Namespace) -> None:
     self_url = f"http://{args.host}:{args.port}"
-    ws = tokencache.Workspace(self_url, peer_timeout=args.peer_timeout)
+    # The scenario's "peer timeout" is how long a caller waits on an owner that says nothing:
+    # the liveness timeout; a loading owner may take as long (its loads here are instant).
+    ws = tokencache.Workspace(
+        self_url, peer_timeout=args.peer_timeout, peer_liveness_timeout=args.peer_timeout
+    )
     peers = args.peers.split(",")
     ws.set_peers(peers)
 

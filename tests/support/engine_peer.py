@@ -6,6 +6,8 @@ Runs a Workspace (peer server on ``--port``) with one group ``g`` whose loader w
 - ``POST /get``   body = key → 200 value | 404 not found | 500 error text
 - ``GET /stats``  → JSON: the group counters and ``loader_runs``
 - ``POST /peers`` JSON list of URLs → set_peers
+
+With ``--tls-cert/--tls-key/--tls-ca`` the peer port and the peer client use mutual TLS.
 """
 
 from __future__ import annotations
@@ -29,12 +31,26 @@ async def main() -> None:
     parser.add_argument("--load-delay", type=float, default=0.0)
     parser.add_argument("--ttl", type=float, default=60.0)
     parser.add_argument("--peer-timeout", type=float, default=2.0)
+    parser.add_argument("--liveness", type=float, default=3.0)
     parser.add_argument("--secret", default="")
+    parser.add_argument("--tls-cert", default="")
+    parser.add_argument("--tls-key", default="")
+    parser.add_argument("--tls-ca", default="")
     args = parser.parse_args()
 
     self_url = f"http://127.0.0.1:{args.port}"
+    ssl_server = ssl_client = None
+    if args.tls_cert:
+        ssl_server, ssl_client = tokencache.peer_tls_contexts(
+            args.tls_cert, args.tls_key, args.tls_ca, check_hostname=True
+        )
     ws = tokencache.Workspace(
-        self_url, peer_secret=args.secret or None, peer_timeout=args.peer_timeout
+        self_url,
+        peer_secret=args.secret or None,
+        peer_timeout=args.peer_timeout,
+        peer_liveness_timeout=args.liveness,
+        ssl_server=ssl_server,
+        ssl_client=ssl_client,
     )
     ws.set_peers([p for p in args.peers.split(",") if p])
     loads = 0
@@ -81,4 +97,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:  # the loop a deployed peer runs on (the proxy uses uvloop too)
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

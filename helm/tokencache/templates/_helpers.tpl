@@ -169,7 +169,7 @@ spec sets (POD_IP, secrets), and the settings that would break discovery.
 */}}
 {{- define "tokencache.reservedKeys" -}}
 {{- $keys := keys (include "tokencache.managedConfig" . | fromYaml) }}
-{{- $keys = concat $keys (list "POD_IP" "GROUPCACHE_PEER_SECRET" "GROUPCACHE_PEERS" "GROUPCACHE_SELF_URL" "SECRET_ROLE_ARN" "OAUTH2_TOKEN_URL" "OAUTH2_CLIENT_ID" "OAUTH2_SCOPE" "OAUTH2_AUTH_METHOD") }}
+{{- $keys = concat $keys (list "POD_IP" "GROUPCACHE_PEER_SECRET" "GROUPCACHE_TLS_CERT" "GROUPCACHE_TLS_KEY" "GROUPCACHE_TLS_CA" "GROUPCACHE_PEERS" "GROUPCACHE_SELF_URL" "SECRET_ROLE_ARN" "OAUTH2_TOKEN_URL" "OAUTH2_CLIENT_ID" "OAUTH2_SCOPE" "OAUTH2_AUTH_METHOD") }}
 {{- if and .Values.secrets.existingSecret .Values.secrets.oauth2ClientSecretKey }}
 {{- $keys = append $keys "OAUTH2_CLIENT_SECRET" }}
 {{- end }}
