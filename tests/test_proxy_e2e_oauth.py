@@ -9,6 +9,7 @@ the authorization server exactly once.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.net import free_port
 from tests.support.oauth_server import OAuthClient, OAuthServer
 from tests.support.proxy_cluster import BackendProcess, ProxyCluster, http_get
 
@@ -83,3 +85,75 @@ async def test_one_token_request_for_the_whole_cluster(oauth: OAuthServer, tmp_p
         if line.startswith("oauth2_token_fetches_total")
     ]
     assert sum(fetched) == 1
+
+
+# --- item 7: a token failure is a clear 502, one log line, a metric ---------------------------
+
+WRONG_SECRET = "wrong-secret-the-proxy-must-never-print"
+
+
+def _token_env(token_url: str, secret: str = WRONG_SECRET, **extra: str) -> dict[str, str]:
+    return {
+        "OAUTH2_TOKEN_URL": token_url,
+        "OAUTH2_CLIENT_ID": "proxy",
+        "OAUTH2_CLIENT_SECRET": secret,
+        "OAUTH2_SCOPE": "read",
+        **extra,
+    }
+
+
+def _metric(text: str, name: str, labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{labels}}} not in the scrape")
+
+
+def _token_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "backend token failure" in line]
+
+
+@pytest.mark.parametrize("fault", ["refused", "bad_response", "endpoint_down"])
+async def test_a_token_failure_answers_502_detail_token_with_one_log_line_and_a_metric(
+    oauth: OAuthServer, tmp_path: Path, fault: str
+) -> None:
+    token_url = oauth.token_url
+    secret = WRONG_SECRET
+    error_class = "InvalidClientError"
+    if fault == "bad_response":
+        secret = PROXY_SECRET
+        oauth.set_fault(mode="body", body={"access_token": "", "token_type": "Bearer"})
+        error_class = "TokenResponseError"
+    elif fault == "endpoint_down":
+        secret = PROXY_SECRET
+        token_url = f"http://127.0.0.1:{free_port()}/token"  # nothing listens there
+        error_class = "TokenConnectionError"
+    with BackendProcess(tmp_path) as backend:
+        env = _token_env(token_url, secret)
+        with ProxyCluster(1, backend.url, tmp_path, env=env) as cluster:
+            node = cluster.nodes[0]
+            status, body, headers = await asyncio.to_thread(http_get, node.url + "/things/1")
+            log_after_get = node.log_text()
+            scrape = (await asyncio.to_thread(http_get, node.metrics_url))[1].decode()
+            # The forwarding path (a POST is never cached) answers the same way.
+            async with httpx.AsyncClient(timeout=30) as client:
+                posted = await client.post(node.url + "/things", content=b"{}")
+            log = node.log_text()
+        stats = backend.stats()
+    assert status == 502
+    assert body == b"backend credentials unavailable\n"
+    assert headers["Cache-Status"] == "tokencache; fwd=miss; detail=token"
+    assert posted.status_code == 502
+    assert posted.headers["Cache-Status"].endswith("; detail=token")
+    lines = _token_lines(log_after_get)
+    assert len(lines) == 1, log_after_get
+    line = json.loads(lines[0])
+    assert line["error"] == error_class
+    assert line["token_endpoint"] == token_url
+    assert line["fault"] == "token"
+    assert len(_token_lines(log)) == 2  # and one for the POST
+    assert "Traceback" not in log
+    assert WRONG_SECRET not in log and PROXY_SECRET not in log
+    assert _metric(scrape, "proxy_backend_errors_total", 'kind="token"') == 1
+    assert _metric(scrape, "proxy_backend_errors_total", 'kind="other"') == 0
+    assert stats["requests"] == 0  # nothing went to the backend without a token
