@@ -157,3 +157,38 @@ async def test_a_token_failure_answers_502_detail_token_with_one_log_line_and_a_
     assert _metric(scrape, "proxy_backend_errors_total", 'kind="token"') == 1
     assert _metric(scrape, "proxy_backend_errors_total", 'kind="other"') == 0
     assert stats["requests"] == 0  # nothing went to the backend without a token
+
+
+def _start_one(tmp_path: Path, backend_url: str, env: dict[str, str]) -> ProxyCluster:
+    return ProxyCluster(1, backend_url, tmp_path, env=env)
+
+
+async def test_oauth2_check_at_start_refuses_to_start_without_a_token(
+    oauth: OAuthServer, tmp_path: Path
+) -> None:
+    env = _token_env(oauth.token_url, OAUTH2_CHECK_AT_START="true")
+    cluster = _start_one(tmp_path, "http://127.0.0.1:9", env)
+    node = cluster.nodes[0]
+    node.start()
+    assert node.proc is not None
+    code = await asyncio.to_thread(node.proc.wait, 60)
+    log = node.log_text()
+    assert code == 2, log
+    assert "configuration error: OAUTH2_CHECK_AT_START" in log
+    assert "InvalidClientError" in log
+    assert oauth.token_url in log
+    assert "Traceback" not in log
+    assert WRONG_SECRET not in log
+    assert oauth.token_requests() >= 1
+
+
+async def test_oauth2_check_at_start_passes_with_good_credentials(
+    oauth: OAuthServer, tmp_path: Path
+) -> None:
+    env = _token_env(oauth.token_url, PROXY_SECRET, OAUTH2_CHECK_AT_START="true")
+    with _start_one(tmp_path, "http://127.0.0.1:9", env) as cluster:
+        requests_at_start = oauth.token_requests()  # before any client request
+        log = cluster.logs()
+    assert requests_at_start == 1
+    assert "OAuth2 token check passed" in log
+    assert PROXY_SECRET not in log
