@@ -117,6 +117,7 @@ _JWT_ALGS = (
     "ES384",
     "ES512",
     "EdDSA",
+    "Ed25519",
 )
 
 
@@ -392,7 +393,7 @@ def _file_path(text: str) -> str:
     if not path:
         return ""
     if not os.path.isfile(path):
-        raise ValueError(f"{path!r} is not a readable file")
+        raise ValueError(f"{path!r} is not a file")
     return path
 
 
