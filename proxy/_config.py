@@ -91,7 +91,34 @@ OTEL_ROWS: tuple[tuple[str, str, str, str | None, str | None], ...] = (
         "",
     ),
 )
-_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+# The plugin's client authentication methods at the token endpoint (plugin.AUTH_METHODS; kept
+# literal here so that reading the settings imports no HTTP or JOSE library).
+_AUTH_METHODS = (
+    "client_secret_basic",
+    "client_secret_post",
+    "client_secret_jwt",
+    "private_key_jwt",
+    "tls_client_auth",
+    "self_signed_tls_client_auth",
+)
+_SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post", "client_secret_jwt"})
+_TLS_METHODS = frozenset({"tls_client_auth", "self_signed_tls_client_auth"})
+_JWT_ALGS = (
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+    "Ed25519",
+)
 
 
 @dataclass(frozen=True)
@@ -344,6 +371,30 @@ def _port(text: str) -> int:
 
 def _optional_url(text: str) -> str:
     return parse_url(text) if text else ""
+
+
+def _jwt_alg(text: str) -> str:
+    alg = text.strip()
+    if alg not in _JWT_ALGS:
+        raise ValueError(f"{alg!r} is not one of {', '.join(_JWT_ALGS)}")
+    return alg
+
+
+def _pem_private_key(text: str) -> str:
+    # The value (a secret) is never echoed: the caller reports "invalid value (not shown)".
+    pem = text.strip()
+    if not pem.startswith("-----BEGIN ") or "PRIVATE KEY-----" not in pem:
+        raise ValueError("not a PEM private key")
+    return pem + "\n"
+
+
+def _file_path(text: str) -> str:
+    path = text.strip()
+    if not path:
+        return ""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} is not a file")
+    return path
 
 
 @dataclass(frozen=True)
@@ -619,7 +670,58 @@ class Settings:
         "OAUTH2_AUTH_METHOD",
         "client_secret_basic",
         lambda t: parse_choice(t, _AUTH_METHODS),
-        "client_secret_basic | client_secret_post",
+        "client_secret_basic | client_secret_post | client_secret_jwt | private_key_jwt | "
+        "tls_client_auth | self_signed_tls_client_auth",
+    )
+    oauth2_private_key: str = _setting(
+        "OAUTH2_PRIVATE_KEY",
+        "",
+        _pem_private_key,
+        "private_key_jwt: the PEM private key (RSA, EC, Ed25519), usually a reference "
+        "(file:/path/key.pem, aws-secretsmanager:...)",
+        secret=True,
+        value="",
+    )
+    oauth2_signing_alg: str = _setting(
+        "OAUTH2_SIGNING_ALG",
+        "",
+        _jwt_alg,
+        "JWT methods: the assertion's alg (empty = HS256, or the key type's default)",
+        value="",
+    )
+    oauth2_key_id: str = _setting(
+        "OAUTH2_KEY_ID",
+        "",
+        parse_text,
+        "JWT methods: the kid in the assertion's header (empty = none)",
+        value="",
+    )
+    oauth2_client_cert: str = _setting(
+        "OAUTH2_CLIENT_CERT",
+        "",
+        _file_path,
+        "PEM client certificate (file) presented to the token endpoint: RFC 8705 methods",
+        value="",
+    )
+    oauth2_client_key: str = _setting(
+        "OAUTH2_CLIENT_KEY",
+        "",
+        _file_path,
+        "PEM private key (file) of OAUTH2_CLIENT_CERT (empty = in the certificate file)",
+        value="",
+    )
+    oauth2_ca_file: str = _setting(
+        "OAUTH2_CA_FILE",
+        "",
+        _file_path,
+        "PEM CA certificates (file) trusted for the token endpoint (empty = system store)",
+        value="",
+    )
+    oauth2_check_at_start: bool = _setting(
+        "OAUTH2_CHECK_AT_START",
+        "false",
+        parse_bool,
+        "fetch a token at start-up; refuse to start (exit 2) when none can be had",
     )
     peer_discovery: str = _setting(
         "PEER_DISCOVERY",
@@ -863,7 +965,7 @@ class Settings:
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret value this configuration holds (for the log redaction filter)."""
-        out = [self.groupcache_peer_secret, self.oauth2_client_secret]
+        out = [self.groupcache_peer_secret, self.oauth2_client_secret, self.oauth2_private_key]
         out.extend(_url_password(u) for u in (self.backend_url, self.oauth2_token_url))
         return tuple(s for s in out if s)
 
@@ -1004,11 +1106,35 @@ def _finish(s: Settings) -> Settings:
             "GROUPCACHE_TLS_CERT: GROUPCACHE_TLS_CERT, GROUPCACHE_TLS_KEY and GROUPCACHE_TLS_CA "
             "go together (mutual TLS on the peer port)"
         )
-    if s.oauth2_token_url and not (s.oauth2_client_id and s.oauth2_client_secret):
-        raise ConfigError(
-            "OAUTH2_CLIENT_ID: OAUTH2_TOKEN_URL is set, so client id and secret are required"
-        )
+    _check_oauth2(s)
     return dataclasses.replace(s, peer_discovery=mode, groupcache_self_url=self_url)
+
+
+def _check_oauth2(s: Settings) -> None:
+    """The OAuth2 settings a client authentication method needs (the plugin checks the rest:
+    that the key parses, fits the alg, that certificate and key match)."""
+    if not s.oauth2_token_url:
+        return
+    method = s.oauth2_auth_method
+    if not s.oauth2_client_id:
+        raise ConfigError("OAUTH2_CLIENT_ID: required when OAUTH2_TOKEN_URL is set")
+    if method in _SECRET_METHODS and not s.oauth2_client_secret:
+        raise ConfigError(
+            f"OAUTH2_CLIENT_SECRET: required with OAUTH2_AUTH_METHOD={method} "
+            "(OAUTH2_TOKEN_URL is set)"
+        )
+    if method == "private_key_jwt" and not s.oauth2_private_key:
+        raise ConfigError("OAUTH2_PRIVATE_KEY: required with OAUTH2_AUTH_METHOD=private_key_jwt")
+    if method != "private_key_jwt" and s.oauth2_private_key:
+        raise ConfigError(f"OAUTH2_PRIVATE_KEY: used by private_key_jwt only, not by {method}")
+    if method in _TLS_METHODS and not s.oauth2_client_cert:
+        raise ConfigError(f"OAUTH2_CLIENT_CERT: required with OAUTH2_AUTH_METHOD={method}")
+    if s.oauth2_client_key and not s.oauth2_client_cert:
+        raise ConfigError("OAUTH2_CLIENT_KEY: needs OAUTH2_CLIENT_CERT")
+    jwt = ("client_secret_jwt", "private_key_jwt")
+    if (s.oauth2_signing_alg or s.oauth2_key_id) and method not in jwt:
+        name = "OAUTH2_SIGNING_ALG" if s.oauth2_signing_alg else "OAUTH2_KEY_ID"
+        raise ConfigError(f"{name}: applies to client_secret_jwt and private_key_jwt, not {method}")
 
 
 def _primary_address() -> str:

@@ -19,8 +19,12 @@ The response is written back as it arrives: its raw bytes (``aiter_raw``: no dec
 an HTTP/1.1 client, else delimited by closing the connection (HTTP/1.0).
 
 Faults before the response head: connection refused/reset and protocol errors → 502, a timeout
-(``BACKEND_TIMEOUT`` for connect, each read, each write) → 504, each with a short text body. After
-the head has been written the only honest signal left is closing the connection.
+(``BACKEND_TIMEOUT`` for connect, each read, each write) → 504, each with a short text body. No
+OAuth2 token for the backend request (any of the plugin's ``TokenError``: a refused client secret,
+a token endpoint that is down or answers nonsense) → 502 with ``detail=token`` in ``Cache-Status``,
+counted as backend error kind ``token`` and logged as one line naming the token endpoint and the
+error class (`log_fault`), never a traceback. After the head has been written the only honest
+signal left is closing the connection.
 
 Pooled connections (`BackendSender`). A pooled connection can be broken without anyone knowing
 yet: the backend closed it while idle, or an earlier response sent more bytes than its
@@ -41,6 +45,8 @@ from typing import Any
 
 import httpx
 
+from plugin import TokenError
+
 from ._body import BodyError
 from ._http import Connection
 from ._http_request import Request
@@ -56,6 +62,8 @@ __all__ = [
     "classify_fault",
     "fault_response",
     "forwarded_headers",
+    "log_fault",
+    "with_detail",
 ]
 
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -110,8 +118,15 @@ def forwarded_headers(
     return out
 
 
-def classify_fault(exc: Exception) -> tuple[int, str]:
+# What a backend request can fail with before its response: transport faults, and the OAuth2
+# plugin's errors when no token could be had for it.
+BACKEND_FAULTS = (httpx.HTTPError, TokenError)
+
+
+def classify_fault(exc: BaseException) -> tuple[int, str]:
     """A backend exception → (status to answer, fault kind for metrics/``detail``)."""
+    if isinstance(exc, TokenError):
+        return 502, "token"
     if isinstance(exc, httpx.TimeoutException):
         return 504, "timeout"
     if isinstance(exc, httpx.ConnectError):
@@ -123,7 +138,31 @@ _FAULT_TEXT = {
     "timeout": b"backend timeout\n",
     "connect": b"backend unavailable\n",
     "other": b"backend failed\n",
+    "token": b"backend credentials unavailable\n",
 }
+
+
+def log_fault(
+    logger: logging.Logger, message: str, exc: BaseException, kind: str, method: str, target: str
+) -> None:
+    """One warning line for a backend fault, never a traceback. A token fault names the token
+    endpoint (scheme, host, path: the plugin's safe form), the error class and its message (which
+    the plugin builds without secrets); the request's query is never logged."""
+    fields: dict[str, object] = {"method": method, "path": target.split("?", 1)[0], "fault": kind}
+    if isinstance(exc, TokenError):
+        fields["token_endpoint"] = exc.endpoint or ""
+        fields["error"] = type(exc).__name__
+        fields["error_kind"] = exc.kind
+        fields["reason"] = str(exc)
+        message = "backend token failure"
+    logger.warning(message, extra=fields)
+
+
+def with_detail(cache_status: bytes, detail: bytes) -> bytes:
+    """``cache_status`` (as `proxy._policy.cache_status` made it) with its ``detail`` replaced."""
+    parts = [p for p in cache_status.split(b"; ") if not p.startswith(b"detail=")]
+    parts.append(b"detail=" + detail)
+    return b"; ".join(parts)
 
 
 def fault_response(status: int, kind: str, cache_status: bytes, connection: bytes) -> bytes:
@@ -273,13 +312,12 @@ class Forwarder:
             conn.write(local_response(exc.status))
             conn.abort()
             return exc.status, False
-        except httpx.HTTPError as exc:
+        except BACKEND_FAULTS as exc:
             status, kind = classify_fault(exc)
             self._metrics.backend_error(kind)
-            self._logger.warning(
-                "backend fault",
-                extra={"method": req.method, "path": req.target.split("?", 1)[0], "fault": kind},
-            )
+            log_fault(self._logger, "backend fault", exc, kind, req.method, req.target)
+            if kind == "token":
+                cache_status = with_detail(cache_status, b"token")
             conn.write(fault_response(status, kind, cache_status, conn.connection_header(req)))
             return status, True
         try:
@@ -324,10 +362,7 @@ class Forwarder:
             # The head is out: the client learns about the fault from the connection closing.
             _, kind = classify_fault(exc)
             self._metrics.backend_error(kind)
-            self._logger.warning(
-                "backend fault mid-response",
-                extra={"method": req.method, "path": req.target.split("?", 1)[0], "fault": kind},
-            )
+            log_fault(self._logger, "backend fault mid-response", exc, kind, req.method, req.target)
             conn.abort()
             return
         except ConnectionResetError:

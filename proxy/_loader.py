@@ -36,8 +36,9 @@ What it returns (`proxy._stored` records):
   value: the engine counts it apart from loads and never returns it from its value APIs), so the
   URL is forwarded at once;
 * a backend fault or a 5xx: ``TCS1`` around the stale entry when stale-if-error allows it, else
-  ``TCE1`` for a fault, both ``Kind.TRANSIENT`` (they reach this flight's waiters, are stored
-  nowhere and count as load errors); else the 5xx itself with ttl 0 (the backend did answer).
+  ``TCE1`` for a fault (``connect``, ``timeout``, ``other``, or ``token`` when the OAuth2 plugin
+  could get no token for the backend request), both ``Kind.TRANSIENT`` (they reach this flight's
+  waiters, are stored nowhere and count as load errors); else the 5xx itself with ttl 0.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import httpx
 
 import tokencache
 
-from ._forward import BackendSender, classify_fault
+from ._forward import BACKEND_FAULTS, BackendSender, classify_fault, log_fault
 from ._freshness import Assessment, assess
 from ._keys import BadKey, ParsedKey, base_key, check_key
 from ._metrics import ProxyMetrics
@@ -194,7 +195,7 @@ class BackendLoader:
                         return _marker(encode_pass("too-large"), self._policy.pass_seconds)
             finally:
                 await self._sender.release(response)
-        except httpx.HTTPError as exc:
+        except BACKEND_FAULTS as exc:  # transport faults, and no OAuth2 token (kind "token")
             return self._fault(key, method, target, exc, existing)
         finished = self._monotonic()
         status = response.status_code
@@ -299,15 +300,12 @@ class BackendLoader:
         key: str,
         method: str,
         target: str,
-        exc: httpx.HTTPError,
+        exc: BaseException,
         existing: tuple[bytes, float, float] | None,
     ) -> tokencache.Entry:
         status, kind = classify_fault(exc)
         self._metrics.backend_error(kind)
-        self._logger.warning(
-            "backend fault",
-            extra={"method": method, "path": target.split("?", 1)[0], "fault": kind},
-        )
+        log_fault(self._logger, "backend fault", exc, kind, method, target)
         if existing is not None:
             stale = self._stale(existing, status)
             if stale is not None:

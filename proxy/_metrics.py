@@ -112,7 +112,7 @@ class ProxyMetrics:
         self._uris: set[str] = set()  # paths that have a uri label of their own
         self._targets: dict[str, str] = {}  # request-target -> uri label (capped, see above)
         self._series: dict[tuple[str, int, str, str], _Series] = {}
-        self.backend_errors: dict[str, int] = {"connect": 0, "timeout": 0, "other": 0}
+        self.backend_errors: dict[str, int] = {"connect": 0, "timeout": 0, "other": 0, "token": 0}
         self.refused_requests: dict[str, int] = {}
         self.internal_errors = 0
 
@@ -157,7 +157,8 @@ class ProxyMetrics:
         series.total += seconds
 
     def backend_error(self, kind: str) -> None:
-        """Count one backend fault: ``connect``, ``timeout`` or ``other``."""
+        """Count one backend fault: ``connect``, ``timeout``, ``token`` (no OAuth2 token for the
+        backend request) or ``other``."""
         self.backend_errors[kind if kind in self.backend_errors else "other"] += 1
 
     def refused(self, reason: str) -> None:

@@ -9,7 +9,10 @@ Start-up order (each step only after the previous one succeeded; a failure stops
 3. peer selection: static list (with health checks: a peer that stops answering pings leaves the
    ring and rejoins when it answers), Kubernetes discovery, or single node;
 4. the OAuth2 `httpx.Auth` when OAUTH2_TOKEN_URL is set (its ``oauth2`` group lives in the same
-   Workspace, so the cluster fetches one token per TTL);
+   Workspace, so the cluster fetches one token per TTL); bad OAuth2 settings (a key that does not
+   parse, a certificate that does not match its key) stop the start as a `ConfigError`, and with
+   OAUTH2_CHECK_AT_START a token is fetched here: none (any plugin ``TokenError``) stops the start
+   the same way, with one line naming the token endpoint and the error class;
 5. `ProxyApp` on LISTEN_ADDR, then the health and metrics servers; readiness turns true last.
 
 Shutdown (SIGTERM/SIGINT) is the reverse and keeps invariant "no new work lands on a leaving node":
@@ -33,6 +36,7 @@ import signal
 import socket
 import ssl
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -41,7 +45,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 import tokencache
-from plugin import ClientCredentialsAuth, TokenMetricsCollector
+from plugin import ClientCredentialsAuth, ConfigurationError, TokenError, TokenMetricsCollector
 
 from ._app import ProxyApp
 from ._config import Address, Settings
@@ -153,14 +157,9 @@ class ProxyService:
             await ws.serve(s.groupcache_port.bind_host, s.groupcache_port.port)
         await self._start_peers(ws)
         if s.oauth2_token_url:
-            self._auth = ClientCredentialsAuth(
-                token_url=s.oauth2_token_url,
-                client_id=s.oauth2_client_id,
-                client_secret=s.oauth2_client_secret,
-                scope=s.oauth2_scope or None,
-                auth_method=s.oauth2_auth_method,
-                workspace=ws,
-            )
+            self._auth = build_backend_auth(s, ws)
+            if s.oauth2_check_at_start:
+                await self._check_token(self._auth)
         self._app = ProxyApp(
             backend_url=s.backend_url,
             backend_timeout=s.backend_timeout,
@@ -203,6 +202,20 @@ class ProxyService:
                 "oauth2": bool(s.oauth2_token_url),
                 "tracing": self._provider is not None,
             },
+        )
+
+    async def _check_token(self, auth: ClientCredentialsAuth) -> None:
+        """OAUTH2_CHECK_AT_START: one token now, or a `ConfigError` (the process exits 2)."""
+        try:
+            await auth.atoken()
+        except TokenError as exc:
+            endpoint = exc.endpoint or _endpoint(self.settings.oauth2_token_url)
+            raise ConfigError(
+                f"OAUTH2_CHECK_AT_START: no token from {endpoint}: {type(exc).__name__}: {exc}"
+            ) from None
+        _log.info(
+            "OAuth2 token check passed",
+            extra={"token_endpoint": _endpoint(self.settings.oauth2_token_url)},
         )
 
     async def _start_peers(self, ws: tokencache.Workspace) -> None:
@@ -392,6 +405,39 @@ class ProxyService:
                 await _maybe_await(close())
             except Exception:  # noqa: BLE001 - one failing part must not keep the rest open
                 _log.exception("error while closing")
+
+
+def build_backend_auth(s: Settings, ws: tokencache.Workspace) -> ClientCredentialsAuth:
+    """The plugin's auth for backend requests from the OAUTH2_* settings; the plugin's own
+    checks (key, alg, certificate files) become a `ConfigError` naming the setting group."""
+    private = s.oauth2_auth_method == "private_key_jwt"
+    try:
+        return ClientCredentialsAuth(
+            token_url=s.oauth2_token_url,
+            client_id=s.oauth2_client_id,
+            # private_key_jwt signs with the key; the plugin takes it where the secret goes.
+            client_secret=s.oauth2_private_key if private else s.oauth2_client_secret,
+            scope=s.oauth2_scope or None,
+            auth_method=s.oauth2_auth_method,
+            workspace=ws,
+            signing_alg=s.oauth2_signing_alg or None,
+            kid=s.oauth2_key_id or None,
+            ca_file=s.oauth2_ca_file or None,
+            client_cert=s.oauth2_client_cert or None,
+            client_key=s.oauth2_client_key or None,
+        )
+    except ConfigurationError as exc:
+        # The plugin's messages name the client and the problem, never the secret or key.
+        raise ConfigError(f"OAUTH2_AUTH_METHOD={s.oauth2_auth_method}: {exc}") from None
+
+
+def _endpoint(url: str) -> str:
+    """A token endpoint for a log line: scheme, host, port and path (no userinfo, no query)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 async def run(settings: Settings) -> int:

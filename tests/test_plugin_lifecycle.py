@@ -297,3 +297,73 @@ def test_a_dpop_token_type_is_used_when_the_caller_opts_in(
     finally:
         oauth.clear_fault()
         auth.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "options", "error", "kind"),
+    [
+        ({"status": 429, "retry_after": 1}, {}, plugin.TokenThrottledError, "throttled"),
+        ({"status": 503}, {}, plugin.TokenServerError, "server_error"),
+        ({"mode": "reset"}, {}, plugin.TokenConnectionError, "connection"),
+        ({"mode": "none", "delay_ms": 2000}, {"timeout": 0.3}, plugin.TokenTimeoutError, "timeout"),
+        (None, {"scope": "admin"}, plugin.InvalidScopeError, "invalid_scope"),
+        (None, {"client_secret": "wrong-MARKER-9f1e"}, plugin.InvalidClientError, "invalid_client"),
+    ],
+)
+def test_each_token_endpoint_failure_has_its_class_kind_and_a_message_naming_the_endpoint(
+    oauth: OAuthServer,
+    runtime: plugin.PluginRuntime,
+    fault: dict[str, Any] | None,
+    options: dict[str, Any],
+    error: type[plugin.TokenError],
+    kind: str,
+) -> None:
+    oauth.reset()
+    if fault is not None:
+        oauth.set_fault(**fault)
+    auth = make(oauth, runtime, max_attempts=1, cooldown=0, **options)
+    try:
+        with pytest.raises(error) as info:
+            auth.token()
+    finally:
+        oauth.clear_fault()
+        auth.close()
+    exc = info.value
+    assert type(exc) is error and exc.kind == kind
+    assert exc.endpoint == oauth.token_url and oauth.token_url in str(exc)
+    if isinstance(exc, plugin.TokenRejectedError):
+        assert "svc-life" in str(exc)
+    for secret in (SECRET, "wrong-MARKER-9f1e"):
+        assert secret not in str(exc) and secret not in repr(exc)
+    if error is plugin.TokenThrottledError:
+        assert exc.retry_after == 1  # type: ignore[attr-defined]
+
+
+def test_debug_logs_name_fetch_refresh_and_failure_cooldown_without_secrets(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    oauth.reset()
+    # A first token that lives 2 s with refresh_fraction near 1: due for a refresh at once.
+    short = {"access_token": "tok-short-MARKER", "token_type": "Bearer", "expires_in": 2}
+    oauth.set_fault(mode="body", body=short, count=1)
+    with caplog.at_level(logging.DEBUG, logger="plugin.oauth2"):
+        auth = make(oauth, runtime, refresh_fraction=0.99)
+        first = auth.token()
+        time.sleep(0.1)
+        auth.token()
+        oauth.wait_for_token_requests(2)
+        deadline = time.monotonic() + 5
+        while "refreshed ahead" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        auth.close()
+        wrong = make(oauth, runtime, client_secret="wrong-MARKER-9f1e", cooldown=30)
+        for _ in range(2):
+            with pytest.raises(plugin.InvalidClientError):
+                wrong.token()
+        wrong.close()
+    text = caplog.text
+    assert "fetching a token for client 'svc-life'" in text
+    assert "ahead of expiry" in text and "refreshed ahead" in text
+    assert "failure cooldown: invalid_client" in text
+    assert SECRET not in text and "wrong-MARKER-9f1e" not in text
+    assert first.access_token not in text

@@ -39,6 +39,12 @@ from proxy._tracing import build_sampler, build_tracer_provider
 from tests.support.net import free_port
 
 BASE = {"BACKEND_URL": "http://127.0.0.1:9000", "PEER_DISCOVERY": "none"}
+_OAUTH = {
+    "OAUTH2_TOKEN_URL": "http://as/token",
+    "OAUTH2_CLIENT_ID": "cid",
+    "OAUTH2_CLIENT_SECRET": "csecret",
+}
+_PEM = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----"
 
 
 class FakeResolver:
@@ -296,7 +302,45 @@ def test_every_variable_is_parsed() -> None:
             r"^GROUPCACHE_SELF_URL: http://10.0.0.2:5000 is not one of GROUPCACHE_PEERS",
         ),
         ({"OAUTH2_TOKEN_URL": "http://as/token"}, r"^OAUTH2_CLIENT_ID: .*required"),
-        ({"OAUTH2_AUTH_METHOD": "private_key_jwt"}, r"^OAUTH2_AUTH_METHOD: "),
+        ({"OAUTH2_AUTH_METHOD": "client_secret_magic"}, r"^OAUTH2_AUTH_METHOD: .*not one of"),
+        ({**_OAUTH, "OAUTH2_CLIENT_SECRET": ""}, r"^OAUTH2_CLIENT_SECRET: required"),
+        (
+            {**_OAUTH, "OAUTH2_AUTH_METHOD": "client_secret_jwt", "OAUTH2_CLIENT_SECRET": ""},
+            r"^OAUTH2_CLIENT_SECRET: required with OAUTH2_AUTH_METHOD=client_secret_jwt",
+        ),
+        (
+            {**_OAUTH, "OAUTH2_AUTH_METHOD": "private_key_jwt"},
+            r"^OAUTH2_PRIVATE_KEY: required with OAUTH2_AUTH_METHOD=private_key_jwt",
+        ),
+        (
+            {**_OAUTH, "OAUTH2_PRIVATE_KEY": _PEM},
+            r"^OAUTH2_PRIVATE_KEY: used by private_key_jwt only",
+        ),
+        (
+            {**_OAUTH, "OAUTH2_AUTH_METHOD": "private_key_jwt", "OAUTH2_PRIVATE_KEY": "nope"},
+            r"^OAUTH2_PRIVATE_KEY: invalid value \(not shown: secret\)$",
+        ),
+        (
+            {**_OAUTH, "OAUTH2_AUTH_METHOD": "tls_client_auth"},
+            r"^OAUTH2_CLIENT_CERT: required with OAUTH2_AUTH_METHOD=tls_client_auth",
+        ),
+        (
+            {**_OAUTH, "OAUTH2_AUTH_METHOD": "self_signed_tls_client_auth"},
+            r"^OAUTH2_CLIENT_CERT: required with OAUTH2_AUTH_METHOD=self_signed_tls",
+        ),
+        ({**_OAUTH, "OAUTH2_CLIENT_CERT": "/no/such/cert.pem"}, r"^OAUTH2_CLIENT_CERT: .*file"),
+        (
+            {**_OAUTH, "OAUTH2_CA_FILE": "/no/such/ca.pem"},
+            r"^OAUTH2_CA_FILE: '/no/such/ca.pem' is not a file",
+        ),
+        (
+            {**_OAUTH, "OAUTH2_CLIENT_KEY": __file__},
+            r"^OAUTH2_CLIENT_KEY: needs OAUTH2_CLIENT_CERT",
+        ),
+        ({**_OAUTH, "OAUTH2_SIGNING_ALG": "none"}, r"^OAUTH2_SIGNING_ALG: 'none' is not one of"),
+        ({**_OAUTH, "OAUTH2_SIGNING_ALG": "HS256"}, r"^OAUTH2_SIGNING_ALG: applies to"),
+        ({**_OAUTH, "OAUTH2_KEY_ID": "k1"}, r"^OAUTH2_KEY_ID: applies to"),
+        ({**_OAUTH, "OAUTH2_CHECK_AT_START": "maybe"}, r"^OAUTH2_CHECK_AT_START: 'maybe'"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -388,6 +432,41 @@ def test_url_password_is_a_secret_value() -> None:
     assert s.secret_values() == ("pa55word",)
 
 
+def test_oauth2_client_auth_settings() -> None:
+    pem = _PEM
+    resolver = FakeResolver({"file:/run/keys/client.pem": pem})
+    env = {
+        **BASE,
+        **_OAUTH,
+        "OAUTH2_CLIENT_SECRET": "",
+        "OAUTH2_AUTH_METHOD": "private_key_jwt",
+        "OAUTH2_PRIVATE_KEY": "file:/run/keys/client.pem",
+        "OAUTH2_SIGNING_ALG": "ES256",
+        "OAUTH2_KEY_ID": "key-1",
+        "OAUTH2_CHECK_AT_START": "true",
+    }
+    s = Settings.from_env(env, resolver=resolver)
+    assert s.oauth2_auth_method == "private_key_jwt"
+    assert s.oauth2_private_key == pem + "\n"
+    assert (s.oauth2_signing_alg, s.oauth2_key_id) == ("ES256", "key-1")
+    assert s.oauth2_check_at_start is True
+    assert pem + "\n" in s.secret_values()  # redacted from every log line
+    # RFC 8705: a certificate (and key) file, no secret; a custom CA for a private PKI.
+    tls = {
+        **BASE,
+        **_OAUTH,
+        "OAUTH2_CLIENT_SECRET": "",
+        "OAUTH2_AUTH_METHOD": "TLS_CLIENT_AUTH",
+        "OAUTH2_CLIENT_CERT": __file__,
+        "OAUTH2_CLIENT_KEY": __file__,
+        "OAUTH2_CA_FILE": __file__,
+    }
+    s = Settings.from_env(tls)
+    assert s.oauth2_auth_method == "tls_client_auth"
+    assert s.oauth2_client_cert == s.oauth2_client_key == s.oauth2_ca_file == __file__
+    assert Settings.from_env(BASE).oauth2_check_at_start is False
+
+
 def test_help_rows_cover_every_setting() -> None:
     rows = Settings.help_rows()
     names = [r[0] for r in rows]
@@ -396,7 +475,9 @@ def test_help_rows_cover_every_setting() -> None:
         METRICS_ADDR METRICS_PATH METRICS_NAMESPACE METRICS_BUCKETS_LATENCY_HTTP DEBUG_LOG TRACE
         SECRET_ROLE_ARN GROUPCACHE_PEERS GROUPCACHE_SELF_URL GROUPCACHE_PEER_SECRET
         CACHE_MAX_BODY_BYTES CACHE_STALE_IF_ERROR OAUTH2_TOKEN_URL OAUTH2_CLIENT_ID
-        OAUTH2_CLIENT_SECRET OAUTH2_SCOPE OAUTH2_AUTH_METHOD READY_PATH PEER_DISCOVERY
+        OAUTH2_CLIENT_SECRET OAUTH2_SCOPE OAUTH2_AUTH_METHOD OAUTH2_PRIVATE_KEY OAUTH2_SIGNING_ALG
+        OAUTH2_KEY_ID OAUTH2_CLIENT_CERT OAUTH2_CLIENT_KEY OAUTH2_CA_FILE OAUTH2_CHECK_AT_START
+        READY_PATH PEER_DISCOVERY
         KUBEGROUP_LABEL_SELECTOR KUBEGROUP_DEBOUNCE POD_IP SHUTDOWN_TIMEOUT"""
     required_names = required.split()
     assert set(required_names) <= set(names)
@@ -682,3 +763,24 @@ def test_peer_settings_defaults_and_rules() -> None:
         Settings.from_env({**BASE, "GROUPCACHE_TLS_CERT": "/tls/tls.crt"})
     tls = {"GROUPCACHE_TLS_CERT": "/c", "GROUPCACHE_TLS_KEY": "/k", "GROUPCACHE_TLS_CA": "/ca"}
     assert Settings.from_env({**BASE, **tls}).groupcache_tls_ca == "/ca"
+
+
+async def test_an_oauth2_key_the_plugin_cannot_read_stops_the_start() -> None:
+    import tokencache
+    from proxy._service import build_backend_auth
+
+    env = {
+        **BASE,
+        **_OAUTH,
+        "OAUTH2_AUTH_METHOD": "private_key_jwt",
+        "OAUTH2_CLIENT_SECRET": "",
+        "OAUTH2_PRIVATE_KEY": _PEM,  # shaped like a PEM key, but not one
+    }
+    s = Settings.from_env(env)
+    ws = tokencache.Workspace(self_url="")
+    try:
+        with pytest.raises(ConfigError, match=r"^OAUTH2_AUTH_METHOD=private_key_jwt: ") as info:
+            build_backend_auth(s, ws)
+    finally:
+        await ws.close()
+    assert "MC4CAQ" not in str(info.value)
