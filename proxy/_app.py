@@ -77,6 +77,7 @@ class ProxyApp:
         allow_auth_caching: bool = False,
         workspace: tokencache.Workspace,
         group_bytes: int,
+        hot_fraction: float = 0.125,
         backend_client: httpx.AsyncClient | None = None,
         backend_auth: httpx.Auth | None = None,
         metrics: ProxyMetrics,
@@ -133,7 +134,11 @@ class ProxyApp:
             logger=self.logger,
         )
         self.group = workspace.new_group(
-            group_name, max_bytes=group_bytes, loader=loader, stale_window=stale_if_error
+            group_name,
+            max_bytes=group_bytes,
+            loader=loader,
+            stale_window=stale_if_error,
+            hot_fraction=hot_fraction,
         )
         loader.group = self.group
         self.handler.group = self.group

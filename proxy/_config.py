@@ -241,6 +241,18 @@ def _positive_int(text: str) -> int:
     return parse_int(text, minimum=1)
 
 
+def parse_fraction(text: str) -> float:
+    """A number from 0 to 1 (`0.5`)."""
+    t = text.strip()
+    try:
+        value = float(t)
+    except ValueError:
+        raise ValueError(f"{t!r} is not a number from 0 to 1") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise ValueError(f"{t!r} is not a number from 0 to 1")
+    return value
+
+
 def _optional_url(text: str) -> str:
     return parse_url(text) if text else ""
 
@@ -282,6 +294,16 @@ class Settings:
     )
     groupcache_size_bytes: int = _setting(
         "GROUPCACHE_SIZE_BYTES", "100000000", _positive_int, "bytes of the http cache group"
+    )
+    # Half the group for hot copies (the engine's default is groupcache's 1/8): behind a
+    # Service every pod is asked for every key, so with N pods (N-1)/N of requests are for keys
+    # another pod owns; a pod that can keep the popular part of the whole working set as hot
+    # copies serves it without a peer hop, and still has half its budget for the keys it owns.
+    groupcache_hot_fraction: float = _setting(
+        "GROUPCACHE_HOT_FRACTION",
+        "0.5",
+        parse_fraction,
+        "share of GROUPCACHE_SIZE_BYTES for hot copies of keys other pods own (0-1)",
     )
     health_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
         "HEALTH_ADDR", ":8888", parse_address, "liveness/readiness listener"

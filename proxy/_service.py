@@ -147,6 +147,7 @@ class ProxyService:
             allow_auth_caching=s.cache_allow_authorized,
             workspace=ws,
             group_bytes=s.groupcache_size_bytes,
+            hot_fraction=s.groupcache_hot_fraction,
             backend_auth=self._auth,
             metrics=self.metrics,
             tracer=None if self._provider is None else self._provider.get_tracer("proxy"),

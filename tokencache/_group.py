@@ -15,9 +15,11 @@ The load path of ``get`` (invariants from DESIGN.md are numbered):
 Why two singleflights: if peer requests joined ``_gets`` they could wait on a flight that is itself
 forwarding to the asking peer, A→B→A. ``_loads`` never forwards, so waiting on it is always safe.
 
-Values loaded here go to the main cache; values fetched from the owner may go to the hot cache
-(``hot_probability``) until the owner's remaining TTL ends (the wire carries remaining seconds, not
-a timestamp, so clocks need not agree). A loader's ``Entry(ttl<=0)`` reaches the current waiters and
+Values loaded here go to the main cache; values fetched from the owner may become hot copies until
+the owner's remaining TTL ends (the wire carries remaining seconds, not a timestamp, so clocks need
+not agree). Which ones is decided by a frequency sketch (``_admission``, TinyLFU): the hot cache
+holds at most ``hot_fraction`` of ``max_bytes``; when full, a candidate displaces the least recently
+used hot copy only if it is asked for more often. A loader's ``Entry(ttl<=0)`` reaches the current waiters and
 is stored nowhere.
 """
 
@@ -32,10 +34,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import propagate, trace
 
+from ._admission import HotAdmission
 from ._context import MAX_CONTEXT_BYTES, _current
 from ._errors import Declined, InvalidArgument, NotFound, PeerError
 from ._fetched import Fetched
-from ._lru import LRUCache
+from ._lru import LRUCache, entry_size
 from ._singleflight import SingleFlight
 from ._stats import GroupStats
 
@@ -63,6 +66,7 @@ class Loader(Protocol):
 
 
 Result = tuple[bytes, float | None]
+HOT_ENTRY_GUESS = 1024  # bytes per hot copy assumed when sizing the frequency sketch
 
 
 def value_digest(value: bytes) -> str:
@@ -96,6 +100,8 @@ class Group:
         self._clock = clock
         self.main_cache = LRUCache(clock, stale_window)
         self.hot_cache = LRUCache(clock, stale_window)
+        self._hot_budget = int(max_bytes * hot_fraction)
+        self._admission = HotAdmission(self._hot_budget // HOT_ENTRY_GUESS, rng)
         self.stats = GroupStats()
         self._gets: SingleFlight[tuple[str, bool], Fetched] = SingleFlight()
         self._loads: SingleFlight[tuple[str, bool], Fetched] = SingleFlight()
@@ -112,6 +118,7 @@ class Group:
             value = self.hot_cache.get_value(key)
             if value is None:
                 return None
+            self._admission.record(key)
         self.stats.gets += 1
         self.stats.cache_hits += 1
         return value
@@ -124,6 +131,7 @@ class Group:
             found = self.hot_cache.get(key)
             if found is None:
                 return None
+            self._admission.record(key)
         stats = self.stats
         stats.gets += 1
         stats.cache_hits += 1
@@ -134,7 +142,12 @@ class Group:
         return self.main_cache.peek_stale(key) or self.hot_cache.peek_stale(key)
 
     def _lookup(self, key: str, min_ttl: float) -> Result | None:
-        return self.main_cache.get(key, min_ttl) or self.hot_cache.get(key, min_ttl)
+        found = self.main_cache.get(key, min_ttl)
+        if found is None:
+            found = self.hot_cache.get(key, min_ttl)
+            if found is not None:
+                self._admission.record(key)
+        return found
 
     # -- the load path -------------------------------------------------------------------------
 
@@ -231,8 +244,17 @@ class Group:
         if elapsed_ms > self.stats.get_from_peers_latency_slowest_ms:
             self.stats.get_from_peers_latency_slowest_ms = elapsed_ms
         if (ttl is None or ttl > 0) and self._rng.random() < self._hot_probability:
-            self._store(self.hot_cache, key, value, ttl)
+            self._offer_hot(key, value, ttl)
         return Fetched(value, ttl, loaded)
+
+    def _offer_hot(self, key: str, value: bytes, ttl: float | None) -> None:
+        """A value fetched from its owner becomes a hot copy if the admission policy lets it in."""
+        self._admission.record(key)
+        if self._admission.make_room(self.hot_cache, key, entry_size(key, value), self._hot_budget):
+            self.stats.hot_admissions += 1
+            self._store(self.hot_cache, key, value, ttl)
+        else:
+            self.stats.hot_rejections += 1
 
     async def _load_local(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
         fetched, _ = await self._loads.do(

@@ -13,6 +13,8 @@ class GroupStats:
     the loads that actually ran after singleflight (groupcache's meaning of the two names).
     ``crosstalk_refusals`` counts peer requests for keys this process does not own, which it loads
     itself instead of forwarding again (a request from a peer is never forwarded).
+    ``hot_admissions`` / ``hot_rejections`` count values fetched from their owner that the admission
+    policy kept as hot copies / turned away (the hot cache was full of keys asked for more often).
     """
 
     gets: int = 0
@@ -25,6 +27,8 @@ class GroupStats:
     local_load_errs: int = 0
     server_requests: int = 0
     crosstalk_refusals: int = 0
+    hot_admissions: int = 0
+    hot_rejections: int = 0
     get_from_peers_latency_slowest_ms: float = 0.0
 
 
