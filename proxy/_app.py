@@ -145,9 +145,12 @@ class ProxyApp:
         self.listener = Listener(self.handler, limits, self.logger)
         self.address: tuple[str, int] | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on host:port (0 = a free port); return the bound (host, port)."""
-        self.address = await self.listener.start(host, port)
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen on host:port (0 = a free port); return the bound (host, port).
+
+        ``reuse_port``: several worker processes share the port (``SO_REUSEPORT``).
+        """
+        self.address = await self.listener.start(host, port, reuse_port=reuse_port)
         return self.address
 
     @property

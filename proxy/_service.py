@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import inspect
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from ._tracing import build_tracer_provider
 
 _log = logging.getLogger("proxy")
 PEER_TIMEOUT_MARGIN = 1.0  # seconds a peer's answer may take beyond BACKEND_TIMEOUT
+ORPHAN_CHECK_INTERVAL = 1.0  # seconds between a worker's checks that its supervisor lives
 
 
 class PeerSource(Protocol):
@@ -153,7 +155,9 @@ class ProxyService:
             tracer=None if self._provider is None else self._provider.get_tracer("proxy"),
             logger=logging.getLogger("proxy.app"),
         )
-        await self._app.start(s.listen_addr.bind_host, s.listen_addr.port)
+        await self._app.start(
+            s.listen_addr.bind_host, s.listen_addr.port, reuse_port=s.proxy_workers > 1
+        )
         self._register_metrics(ws)
         await self._start_side_servers()
         self.readiness.started = True
@@ -195,7 +199,9 @@ class ProxyService:
             source: PeerSource = KubernetesPeerSource(
                 on_peers,
                 label_selector=s.kubegroup_label_selector,
-                peer_port=s.groupcache_port.port,
+                # Worker 0's port: every pod's workers are at port .. port + workers - 1.
+                peer_port=s.groupcache_port.port - max(s.worker_index, 0),
+                workers=s.proxy_workers,
                 debounce=s.kubegroup_debounce,
                 registry=self.registry,
                 metrics_namespace=s.metrics_namespace,
@@ -216,6 +222,20 @@ class ProxyService:
 
     async def _start_side_servers(self) -> None:
         s = self.settings
+        if s.worker_control:
+            # A worker: liveness, readiness and metrics for its supervisor only, on a Unix
+            # socket; the supervisor serves HEALTH_ADDR and METRICS_ADDR for the pod.
+            control = build_app(
+                self.readiness,
+                health_path=s.health_path,
+                ready_path=s.ready_path,
+                metrics_path=s.metrics_path,
+                registry=self.registry,
+            )
+            server = AppServer(control)
+            self._servers.append(server)
+            await server.start_unix(s.worker_control)
+            return
         shared = s.metrics_addr == s.health_addr
         health = build_app(
             self.readiness,
@@ -294,9 +314,21 @@ async def run(settings: Settings) -> int:
     except OSError as exc:
         _log.error("cannot start: %s", exc)  # bind errors name an address, never a secret
         return 1
+    if settings.worker_index >= 0:
+        watch = loop.create_task(_stop_when_orphaned(os.getppid(), stop))
     await stop.wait()
+    if settings.worker_index >= 0:
+        watch.cancel()
     await service.shutdown()
     return 0
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) drains and exits instead of serving on."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - a parent's death sets no event here
+        await asyncio.sleep(ORPHAN_CHECK_INTERVAL)
+    _log.warning("supervisor gone: shutting down")
+    stop.set()
 
 
 def _safe_url(url: str) -> str:
@@ -346,12 +378,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tokencache-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(debug=settings.debug_log, secrets=settings.secret_values())
+    entry = run
+    if settings.proxy_workers > 1 and settings.worker_index < 0:
+        from ._supervisor import supervise
+
+        entry = supervise
     try:
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-            return asyncio.run(run(settings))
-        return uvloop.run(run(settings))
+            return asyncio.run(entry(settings))
+        return uvloop.run(entry(settings))
     except ConfigError as exc:  # found while starting (e.g. an OTEL_* value)
         print(f"tokencache-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
