@@ -90,6 +90,7 @@ taken from configMapProperties.
 {{- define "tokencache.managedConfig" -}}
 LISTEN_ADDR: {{ printf ":%v" .Values.service.targetPort | quote }}
 GROUPCACHE_PORT: {{ printf ":%v" .Values.peer.port | quote }}
+PROXY_WORKERS: {{ .Values.workers | default 1 | quote }}
 HEALTH_ADDR: {{ printf ":%v" .Values.podHealthCheck.port | quote }}
 HEALTH_PATH: {{ .Values.podHealthCheck.path | quote }}
 READY_PATH: {{ .Values.podHealthCheck.readyPath | quote }}
