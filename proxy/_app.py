@@ -86,6 +86,7 @@ class ProxyApp:
         purge_token: str = "",
         workspace: tokencache.Workspace,
         group_bytes: int,
+        hot_fraction: float = 0.125,
         backend_client: httpx.AsyncClient | None = None,
         backend_auth: httpx.Auth | None = None,
         metrics: ProxyMetrics,
@@ -150,16 +151,23 @@ class ProxyApp:
         )
         # Expired entries stay readable (peek_stale) this long for stale-if-error.
         self.group = workspace.new_group(
-            group_name, max_bytes=group_bytes, loader=loader, stale_window=stale_if_error
+            group_name,
+            max_bytes=group_bytes,
+            loader=loader,
+            stale_window=stale_if_error,
+            hot_fraction=hot_fraction,
         )
         loader.group = self.group
         self.handler.group = self.group
         self.listener = Listener(self.handler, limits, self.logger, metrics)
         self.address: tuple[str, int] | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on host:port (0 = a free port); return the bound (host, port)."""
-        self.address = await self.listener.start(host, port)
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen on host:port (0 = a free port); return the bound (host, port).
+
+        ``reuse_port``: several worker processes share the port (``SO_REUSEPORT``).
+        """
+        self.address = await self.listener.start(host, port, reuse_port=reuse_port)
         return self.address
 
     @property

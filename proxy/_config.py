@@ -29,6 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._errors import ConfigError
+from ._workers import (
+    CGROUP_CPU_MAX,
+    MAX_WORKERS,
+    WORKER_CONTROL_ENV,
+    WORKER_INDEX_ENV,
+    cpus_from_cgroup,
+    expand_peers,
+    local_peers,
+    with_port_offset,
+)
 
 # Values that begin with one of these are references the SecretResolver looks up at start-up.
 SECRET_REF_PREFIXES = (
@@ -369,6 +379,25 @@ def _port(text: str) -> int:
     return port
 
 
+def _workers(text: str) -> int:
+    value = parse_int(text, minimum=1)
+    if value > MAX_WORKERS:
+        raise ValueError(f"{value} is above the maximum {MAX_WORKERS}")
+    return value
+
+
+def parse_fraction(text: str) -> float:
+    """A number from 0 to 1 (`0.5`)."""
+    t = text.strip()
+    try:
+        value = float(t)
+    except ValueError:
+        raise ValueError(f"{t!r} is not a number from 0 to 1") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise ValueError(f"{t!r} is not a number from 0 to 1")
+    return value
+
+
 def _optional_url(text: str) -> str:
     return parse_url(text) if text else ""
 
@@ -501,6 +530,16 @@ class Settings:
             "100000000",
             "strict: `1e+08` is refused (the chart renders numbers unquoted correctly)",
         ),
+    )
+    # Half the group for hot copies (the engine's default is groupcache's 1/8): behind a
+    # Service every pod is asked for every key, so with N pods (N-1)/N of requests are for keys
+    # another pod owns; a pod that can keep the popular part of the whole working set as hot
+    # copies serves it without a peer hop, and still has half its budget for the keys it owns.
+    groupcache_hot_fraction: float = _setting(
+        "GROUPCACHE_HOT_FRACTION",
+        "0.5",
+        parse_fraction,
+        "share of GROUPCACHE_SIZE_BYTES for hot copies of keys other pods own (0-1)",
     )
     health_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
         "HEALTH_ADDR", ":8888", parse_address, "liveness/readiness listener", kube=(":8888", "")
@@ -893,9 +932,21 @@ class Settings:
         value="",
         kube=("", "no effect: Go runtime memory limit tuning"),
     )
+    proxy_workers: int = _setting(
+        "PROXY_WORKERS",
+        "",
+        _workers,
+        "worker processes sharing LISTEN_ADDR, each a peer on GROUPCACHE_PORT+i "
+        "(empty = the CPUs the container may use)",
+        value=0,
+    )
     # Not settings of their own: the OTEL_* variables and whether we run in Kubernetes.
     otel: Mapping[str, str] = field(default_factory=dict, metadata={})
     in_kubernetes: bool = field(default=False, metadata={})
+    # Set by the supervisor in the environment of each worker it starts (see _workers.py):
+    # which worker this process is (-1: not a worker) and the Unix socket it serves health on.
+    worker_index: int = field(default=-1, metadata={})
+    worker_control: str = field(default="", metadata={})
 
     @classmethod
     def from_env(
@@ -931,7 +982,18 @@ class Settings:
                 raise ConfigError(f"{name}: {exc}") from None
         values["otel"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         values["in_kubernetes"] = bool(env.get("KUBERNETES_SERVICE_HOST"))
+        index = env.get(WORKER_INDEX_ENV, "").strip()
+        if index:
+            try:
+                values["worker_index"] = parse_int(index, minimum=0)
+            except ValueError as exc:
+                raise ConfigError(f"{WORKER_INDEX_ENV}: {exc}") from None
+        values["worker_control"] = env.get(WORKER_CONTROL_ENV, "").strip()
         return _finish(cls(**values))
+
+    def worker_environment(self, index: int, control: str) -> dict[str, str]:
+        """The environment of worker ``index``: this process's, plus which worker it is."""
+        return {**os.environ, WORKER_INDEX_ENV: str(index), WORKER_CONTROL_ENV: control}
 
     @classmethod
     def help_rows(cls) -> list[tuple[str, str, str]]:
@@ -1088,10 +1150,13 @@ def _finish(s: Settings) -> Settings:
             f"GROUPCACHE_SELF_URL: {self_url} is not one of GROUPCACHE_PEERS "
             "(each node must list itself)"
         )
+    # Workers of one pod are peers too: on loopback when the pod is alone (no secret needed),
+    # on the pod's address with static peers.
+    workers = s.proxy_workers or _available_cpus()
     several = (
         mode == "kubernetes"
         or (mode == "ecs" and not s.force_single_task)
-        or (mode == "static" and len(s.groupcache_peers) > 1)
+        or (mode == "static" and len(s.groupcache_peers) * workers > 1)
     )
     if several and not s.groupcache_peer_secret:
         # Without a secret anyone who reaches the peer port could ask for cached values (and
@@ -1107,7 +1172,63 @@ def _finish(s: Settings) -> Settings:
             "go together (mutual TLS on the peer port)"
         )
     _check_oauth2(s)
-    return dataclasses.replace(s, peer_discovery=mode, groupcache_self_url=self_url)
+    s = dataclasses.replace(s, peer_discovery=mode, groupcache_self_url=self_url)
+    return _finish_workers(s)
+
+
+def _available_cpus() -> int:
+    try:
+        with open(CGROUP_CPU_MAX, encoding="ascii") as f:
+            cpu_max: str | None = f.read()
+    except (OSError, ValueError):
+        cpu_max = None  # no cgroup v2 (or not Linux): the affinity mask decides
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        affinity = os.cpu_count() or 1
+    return cpus_from_cgroup(cpu_max, affinity)
+
+
+def _finish_workers(s: Settings) -> Settings:
+    """Worker count, and for worker i of N: its peer port, its self URL and the expanded ring."""
+    workers = s.proxy_workers or _available_cpus()
+    s = dataclasses.replace(s, proxy_workers=workers)
+    if workers == 1 and s.worker_index <= 0:
+        return s
+    # The supervisor checks what its workers will need (a bad value is exit 2 before any starts)
+    # and keeps the settings as given; only a worker derives its own port, URL and ring.
+    if s.worker_index >= workers:
+        raise ConfigError(f"{WORKER_INDEX_ENV}: {s.worker_index} is not below {workers}")
+    if s.listen_addr.port == 0:
+        raise ConfigError("PROXY_WORKERS: workers share LISTEN_ADDR, which needs a fixed port")
+    base = s.groupcache_port.port
+    if base == 0 or base + workers - 1 > 65535:
+        raise ConfigError(
+            f"GROUPCACHE_PORT: workers use ports {base}..{base + workers - 1}; "
+            "give a fixed port that leaves room"
+        )
+    index = s.worker_index
+    if index < 0:
+        return s
+    if s.peer_discovery == "none":
+        # One pod alone: its workers are each other's peers, on loopback only.
+        peers = local_peers(base, workers)
+        return dataclasses.replace(
+            s,
+            peer_discovery="static",
+            groupcache_peers=peers,
+            groupcache_self_url=peers[index],
+            groupcache_port=Address("127.0.0.1", base + index),
+        )
+    peers = s.groupcache_peers
+    if s.peer_discovery == "static":
+        peers = expand_peers(peers, workers)
+    return dataclasses.replace(
+        s,
+        groupcache_peers=peers,
+        groupcache_self_url=with_port_offset(s.groupcache_self_url, index),
+        groupcache_port=Address(s.groupcache_port.host, base + index),
+    )
 
 
 def _check_oauth2(s: Settings) -> None:

@@ -84,6 +84,12 @@ class AppServer:
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
 
+    async def start_unix(self, path: str) -> None:
+        """Serve on a Unix socket (a worker's health and metrics, read by its supervisor)."""
+        await self._runner.setup()
+        site = web.UnixSite(self._runner, path)
+        await site.start()
+
     async def close(self) -> None:
         """Stop accepting and close open connections."""
         await self._runner.cleanup()

@@ -50,12 +50,20 @@ class Listener:
         self._error_logged_at: float | None = None
         self._errors_unlogged = 0
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen on host:port (port 0 = any free port) and return the bound address."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen on host:port (port 0 = any free port) and return the bound address.
+
+        ``reuse_port``: share the port with the pod's other workers (``SO_REUSEPORT``).
+        """
         loop = asyncio.get_running_loop()
         self.now = loop.time()
         self._server = await loop.create_server(
-            lambda: Connection(self), host, port, backlog=1024, reuse_address=True
+            lambda: Connection(self),
+            host,
+            port,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         self._sweeper = loop.create_task(self._sweep())
         sockname = self._server.sockets[0].getsockname()

@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import inspect
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -62,6 +63,7 @@ PEER_TIMEOUT_MARGIN = 1.0  # seconds a peer's answer may take beyond BACKEND_TIM
 HEALTH_INTERVAL = 1.0  # seconds between health pings of static peers
 HEALTH_FAILURES = 2  # failed pings in a row before a static peer leaves the ring
 HANDOFF_SECONDS = 5.0  # at most this long (and SHUTDOWN_TIMEOUT) for leave + hand-off
+ORPHAN_CHECK_INTERVAL = 1.0  # seconds between a worker's checks that its supervisor lives
 
 
 class PeerSource(Protocol):
@@ -176,6 +178,7 @@ class ProxyService:
             purge_token=s.cache_purge_token,
             workspace=ws,
             group_bytes=s.groupcache_size_bytes,
+            hot_fraction=s.groupcache_hot_fraction,
             backend_auth=self._auth,
             metrics=self.metrics,
             tracer=None if self._provider is None else self._provider.get_tracer("proxy"),
@@ -186,7 +189,9 @@ class ProxyService:
             ),
             group_name=s.groupcache_group_name,
         )
-        await self._app.start(s.listen_addr.bind_host, s.listen_addr.port)
+        await self._app.start(
+            s.listen_addr.bind_host, s.listen_addr.port, reuse_port=s.proxy_workers > 1
+        )
         ws.set_ready(True)
         self._register_metrics(ws)
         self._start_pushers(ws)
@@ -256,7 +261,9 @@ class ProxyService:
             source: PeerSource = KubernetesPeerSource(
                 on_peers,
                 label_selector=s.kubegroup_label_selector,
-                peer_port=s.groupcache_port.port,
+                # Worker 0's port: every pod's workers are at port .. port + workers - 1.
+                peer_port=s.groupcache_port.port - max(s.worker_index, 0),
+                workers=s.proxy_workers,
                 debounce=s.kubegroup_debounce,
                 registry=self.registry if s.prometheus_enable else None,
                 # kubegroup's own prefix, as in Go: METRICS_NAMESPACE does not apply.
@@ -334,6 +341,20 @@ class ProxyService:
 
     async def _start_side_servers(self) -> None:
         s = self.settings
+        if s.worker_control:
+            # A worker: liveness, readiness and metrics for its supervisor only, on a Unix
+            # socket; the supervisor serves HEALTH_ADDR and METRICS_ADDR for the pod.
+            control = build_app(
+                self.readiness,
+                health_path=s.health_path,
+                ready_path=s.ready_path,
+                metrics_path=s.metrics_path,
+                registry=self.registry,
+            )
+            server = AppServer(control)
+            self._servers.append(server)
+            await server.start_unix(s.worker_control)
+            return
         shared = s.metrics_addr == s.health_addr
         health = build_app(
             self.readiness,
@@ -452,7 +473,11 @@ async def run(settings: Settings) -> int:
     except OSError as exc:
         _log.error("cannot start: %s", exc)  # bind errors name an address, never a secret
         return 1
+    if settings.worker_index >= 0:
+        watch = loop.create_task(_stop_when_orphaned(os.getppid(), stop))
     await stop.wait()
+    if settings.worker_index >= 0:
+        watch.cancel()
     await service.shutdown()
     return 0
 
@@ -470,6 +495,14 @@ def _peer_tls(s: Settings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None
         raise ConfigError(
             f"GROUPCACHE_TLS_CERT: cannot load the peer TLS files: {reason}"
         ) from None
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) drains and exits instead of serving on."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - a parent's death sets no event here
+        await asyncio.sleep(ORPHAN_CHECK_INTERVAL)
+    _log.warning("supervisor gone: shutting down")
+    stop.set()
 
 
 def _safe_url(url: str) -> str:
@@ -532,12 +565,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # KUBEGROUP_DEBUG=false keeps discovery at INFO even with DEBUG_LOG=true (as in Go).
         quiet=() if settings.kubegroup_debug else ("tokencache.discovery",),
     )
+    entry = run
+    if settings.proxy_workers > 1 and settings.worker_index < 0:
+        from ._supervisor import supervise
+
+        entry = supervise
     try:
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-            return asyncio.run(run(settings))
-        return uvloop.run(run(settings))
+            return asyncio.run(entry(settings))
+        return uvloop.run(entry(settings))
     except ConfigError as exc:  # found while starting (e.g. an OTEL_* value)
         print(f"tokencache-proxy: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -41,8 +41,27 @@ NGINX_LOCK = """            proxy_cache_lock on;
 """
 
 
-def nginx_conf(*, user: str, tmp: object, backend: int, port: int, lock: bool = False) -> str:
-    """An nginx.conf for one caching instance in `tmp` (pid, logs, temp and cache dirs there)."""
-    return _NGINX_CONF.format(
-        user=user, tmp=tmp, backend=backend, port=port, lock=NGINX_LOCK if lock else ""
+# What a production nginx.conf (Debian's stock one) adds: sendfile from the cache file, full
+# packets, and proxy_cache_lock as an operator would set it against herds.
+NGINX_PRODUCTION = """    sendfile on;
+    tcp_nopush on;
+"""
+
+
+def nginx_conf(
+    *, user: str, tmp: object, backend: int, port: int, lock: bool = False, production: bool = False
+) -> str:
+    """An nginx.conf for one caching instance in `tmp` (pid, logs, temp and cache dirs there).
+
+    ``production``: Debian's stock ``sendfile on; tcp_nopush on;`` and ``proxy_cache_lock``.
+    """
+    conf = _NGINX_CONF.format(
+        user=user,
+        tmp=tmp,
+        backend=backend,
+        port=port,
+        lock=NGINX_LOCK if lock or production else "",
     )
+    if production:
+        conf = conf.replace("    access_log off;\n", "    access_log off;\n" + NGINX_PRODUCTION, 1)
+    return conf

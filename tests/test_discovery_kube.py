@@ -376,3 +376,30 @@ async def test_feeds_a_workspace_ring(fake: FakeKube, make_source: MakeSource) -
         assert source.peers == [url("10.0.0.1")]
     finally:
         await ws.close()
+
+
+async def test_every_worker_of_every_ready_pod_is_a_peer(
+    fake: FakeKube, make_source: MakeSource
+) -> None:
+    fake.add_pod("a", ip="10.0.0.1", labels=LABELS)
+    fake.add_pod("b", ip="10.0.0.2", labels=LABELS, annotations={"tokencache.io/workers": "3"})
+    fake.add_pod("c", ip="10.0.0.3", labels=LABELS, ready=False)
+    calls = PeerCalls()
+    await started(make_source(calls, workers=2))
+    assert calls.last == [
+        "http://10.0.0.1:5000",
+        "http://10.0.0.1:5001",
+        "http://10.0.0.2:5000",
+        "http://10.0.0.2:5001",
+        "http://10.0.0.2:5002",
+    ]
+    fake.set_ready("c", True)
+    await eventually(
+        lambda: {"http://10.0.0.3:5000", "http://10.0.0.3:5001"} <= set(calls.last or []),
+        "pod c's two workers joined",
+    )
+    fake.mark_deleting("b")
+    await eventually(
+        lambda: not any("10.0.0.2" in u for u in calls.last or []), "all of b's workers left"
+    )
+    assert len(calls.last or []) == 4

@@ -598,3 +598,22 @@ def test_dockerignore_keeps_the_build_inputs() -> None:
         assert not any(fnmatch.fnmatch(src, pat) for pat in ignored), src
     assert ".venv" in ignored
     assert ".git" in ignored
+
+
+def test_workers_reach_env_annotation_ports_and_networkpolicy(
+    render: Callable[..., list[Doc]],
+) -> None:
+    docs = render("edge", "--set", "workers=3", "--set", "networkPolicy.enabled=true")
+    env, ports = effective_env(docs), container_ports(docs)
+    assert env["PROXY_WORKERS"] == "3"
+    annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["tokencache.io/workers"] == "3"
+    peer = addr_port(env["GROUPCACHE_PORT"])
+    assert [ports["peer"], ports["peer-1"], ports["peer-2"]] == [peer, peer + 1, peer + 2]
+    rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    peer_rules = [r for r in rules if any(p["port"] == peer for p in r["ports"])]
+    assert peer_rules[0]["ports"] == [{"port": peer, "endPort": peer + 2, "protocol": "TCP"}]
+    assert peer_rules[0]["from"] == [{"podSelector": {"matchLabels": selector(docs)}}]
+    default = render("edge")
+    assert effective_env(default)["PROXY_WORKERS"] == "1"
+    assert "peer-1" not in container_ports(default)

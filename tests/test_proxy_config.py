@@ -202,6 +202,7 @@ def test_defaults() -> None:
     assert s.restrict_route_regexp == ()
     assert s.groupcache_port == Address("", 5000)
     assert s.groupcache_size_bytes == 100_000_000
+    assert s.groupcache_hot_fraction == 0.5
     assert (s.health_addr, s.health_path, s.ready_path) == (Address("", 8888), "/health", "/ready")
     assert (s.metrics_addr, s.metrics_path) == (Address("", 3000), "/metrics")
     assert s.metrics_namespace == ""
@@ -226,6 +227,7 @@ def test_every_variable_is_parsed() -> None:
         "RESTRICT_ROUTE_REGEXP": "^/api/",
         "GROUPCACHE_PORT": "127.0.0.1:15000",
         "GROUPCACHE_SIZE_BYTES": "1000",
+        "GROUPCACHE_HOT_FRACTION": "0.25",
         "HEALTH_ADDR": "127.0.0.1:18888",
         "HEALTH_PATH": "/livez",
         "READY_PATH": "/readyz",
@@ -257,6 +259,7 @@ def test_every_variable_is_parsed() -> None:
     assert s.restrict_method == ("GET",)
     assert s.restrict_route_regexp[0].pattern == "^/api/"
     assert s.groupcache_size_bytes == 1000
+    assert s.groupcache_hot_fraction == 0.25
     assert (s.health_path, s.ready_path, s.metrics_path) == ("/livez", "/readyz", "/m")
     assert s.metrics_namespace == "ns"
     assert s.metrics_buckets_latency_http == (0.1, 1.0)
@@ -285,6 +288,8 @@ def test_every_variable_is_parsed() -> None:
         ({"CACHE_TTL": "-1"}, r"^CACHE_TTL: .*non-negative"),
         ({"LISTEN_ADDR": "nowhere"}, r"^LISTEN_ADDR: 'nowhere' is not an address"),
         ({"GROUPCACHE_SIZE_BYTES": "0"}, r"^GROUPCACHE_SIZE_BYTES: 0 is below the minimum 1"),
+        ({"GROUPCACHE_HOT_FRACTION": "1.5"}, r"^GROUPCACHE_HOT_FRACTION: '1.5' is not a number"),
+        ({"GROUPCACHE_HOT_FRACTION": "nan"}, r"^GROUPCACHE_HOT_FRACTION: 'nan' is not a number"),
         ({"DEBUG_LOG": "perhaps"}, r"^DEBUG_LOG: 'perhaps' is not a boolean"),
         ({"RESTRICT_METHOD": "GET,HE AD"}, r"^RESTRICT_METHOD: 'HE AD' is not an HTTP method"),
         ({"RESTRICT_ROUTE_REGEXP": "("}, r"^RESTRICT_ROUTE_REGEXP: bad regexp"),
@@ -471,7 +476,8 @@ def test_help_rows_cover_every_setting() -> None:
     rows = Settings.help_rows()
     names = [r[0] for r in rows]
     required = """LISTEN_ADDR BACKEND_URL BACKEND_TIMEOUT CACHE_TTL CACHE_ERROR_TTL RESTRICT_METHOD
-        RESTRICT_ROUTE_REGEXP GROUPCACHE_PORT GROUPCACHE_SIZE_BYTES HEALTH_ADDR HEALTH_PATH
+        RESTRICT_ROUTE_REGEXP GROUPCACHE_PORT GROUPCACHE_SIZE_BYTES GROUPCACHE_HOT_FRACTION
+        HEALTH_ADDR HEALTH_PATH
         METRICS_ADDR METRICS_PATH METRICS_NAMESPACE METRICS_BUCKETS_LATENCY_HTTP DEBUG_LOG TRACE
         SECRET_ROLE_ARN GROUPCACHE_PEERS GROUPCACHE_SELF_URL GROUPCACHE_PEER_SECRET
         CACHE_MAX_BODY_BYTES CACHE_STALE_IF_ERROR OAUTH2_TOKEN_URL OAUTH2_CLIENT_ID

@@ -23,10 +23,12 @@ Removes stick: every load takes a generation ticket when it starts, and stores i
 or hot) only if the key was not removed since (:mod:`tokencache._generations`); a remove also
 detaches the key's flights so callers after it start a fresh load.
 
-Values loaded here go to the main cache; values fetched from the owner may go to the hot cache
-(``_keep_hot``) until the owner's remaining TTL ends (the wire carries remaining seconds, not
-a timestamp, so clocks need not agree). A ``Kind.TRANSIENT`` result, or a TTL <= 0, reaches the
-current waiters and is stored nowhere.
+Values loaded here go to the main cache; values fetched from the owner may become hot copies until
+the owner's remaining TTL ends (the wire carries remaining seconds, not a timestamp, so clocks need
+not agree). Which ones is decided by a frequency sketch (``_admission``, TinyLFU): the hot cache
+holds at most ``hot_fraction`` of ``max_bytes``; when full, a candidate displaces the least recently
+used hot copy only if it is asked for more often. A ``Kind.TRANSIENT`` result, or a TTL <= 0,
+reaches the current waiters and is stored nowhere.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from opentelemetry import propagate, trace
 
+from ._admission import HotAdmission
 from ._clock import Clock
 from ._context import MAX_CONTEXT_BYTES, _current
 from ._copies import find_moved_copy
@@ -45,7 +48,7 @@ from ._entry import Entry, Loader, Result, check_key, value_digest
 from ._errors import Declined, InvalidArgument, NotAValue, NotFound, PeerError
 from ._fetched import Fetched, Kind
 from ._generations import Generations
-from ._lru import LRUCache
+from ._lru import LRUCache, entry_size
 from ._membership import PeerPicker
 from ._singleflight import SingleFlight
 from ._stats import GroupStats
@@ -57,6 +60,9 @@ _PUT_TOMBSTONE_SECONDS = 10.0
 
 def _stores(ttl: float | None, kind: Kind) -> bool:
     return kind is not Kind.TRANSIENT and (ttl is None or ttl > 0)
+
+
+HOT_ENTRY_GUESS = 1024  # bytes per hot copy assumed when sizing the frequency sketch
 
 
 class Group:
@@ -95,6 +101,8 @@ class Group:
         self._clock = clock
         self.main_cache = LRUCache(clock, stale_window)
         self.hot_cache = LRUCache(clock, stale_window)
+        self._hot_budget = int(max_bytes * hot_fraction)
+        self._admission = HotAdmission(self._hot_budget // HOT_ENTRY_GUESS, rng)
         self.stats = GroupStats()
         self._generations = Generations()
         self._gets: SingleFlight[tuple[str, float], Fetched] = SingleFlight()
@@ -113,6 +121,7 @@ class Group:
             value = self.hot_cache.get_value(key)
             if value is None:
                 return None
+            self._admission.record(key)
         self.stats.gets += 1
         self.stats.cache_hits += 1
         return value
@@ -125,6 +134,7 @@ class Group:
             found = self.hot_cache.get(key)
             if found is None:
                 return None
+            self._admission.record(key)
         stats = self.stats
         stats.gets += 1
         stats.cache_hits += 1
@@ -135,9 +145,12 @@ class Group:
         return self.main_cache.peek_stale(key) or self.hot_cache.peek_stale(key)
 
     def _lookup(self, key: str, min_ttl: float) -> Fetched | None:
-        found = self.main_cache.lookup(key, min_ttl) or self.hot_cache.lookup(key, min_ttl)
+        found = self.main_cache.lookup(key, min_ttl)
         if found is None:
-            return None
+            found = self.hot_cache.lookup(key, min_ttl)
+            if found is None:
+                return None
+            self._admission.record(key)
         value, ttl, marker = found
         return Fetched(value, ttl, False, Kind.MARKER if marker else Kind.VALUE)
 
@@ -244,19 +257,24 @@ class Group:
                 self.stats.get_from_peers_latency_slowest_ms = elapsed_ms
             if (
                 _stores(fetched.ttl, fetched.kind)
-                and self._keep_hot(key, fetched)
+                and self._rng.random() < self._hot_probability
                 and self._generations.may_store(key, ticket)
             ):
-                self._store(
-                    self.hot_cache, key, fetched.value, fetched.ttl, fetched.kind is Kind.MARKER
-                )
+                self._offer_hot(key, fetched)
             return fetched
         finally:
             self._generations.end(ticket)
 
-    def _keep_hot(self, key: str, fetched: Fetched) -> bool:
-        """Whether a copy fetched from its owner is kept in the hot cache (the admission policy)."""
-        return self._rng.random() < self._hot_probability
+    def _offer_hot(self, key: str, fetched: Fetched) -> None:
+        """A copy fetched from its owner becomes a hot copy if the admission policy lets it in."""
+        self._admission.record(key)
+        size = entry_size(key, fetched.value)
+        if self._admission.make_room(self.hot_cache, key, size, self._hot_budget):
+            self.stats.hot_admissions += 1
+            marker = fetched.kind is Kind.MARKER
+            self._store(self.hot_cache, key, fetched.value, fetched.ttl, marker)
+        else:
+            self.stats.hot_rejections += 1
 
     async def _load_local(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
         fetched, _ = await self._loads.do(

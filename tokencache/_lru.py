@@ -152,6 +152,16 @@ class LRUCache:
         item = self._items.get(key)
         return None if item is None else item.value
 
+    def oldest(self) -> Iterator[tuple[str, int, bool]]:
+        """``(key, size, live)`` from the least recently used on, without counting or reordering.
+
+        For an admission policy choosing victims; do not change the cache while iterating.
+        """
+        now = self._clock.now()
+        for key, item in self._items.items():
+            expires_at = item.expires_at
+            yield key, item.size, expires_at is None or expires_at > now
+
     def add(self, key: str, value: bytes, ttl: float | None, *, marker: bool = False) -> int:
         """Store ``value`` under ``key`` for ``ttl`` seconds (``None``: no expiry); return its size."""
         self._remove(key)
@@ -170,6 +180,22 @@ class LRUCache:
     def remove(self, key: str) -> bool:
         """Remove ``key``; return whether it was there."""
         return self._remove(key)
+
+    def size_of(self, key: str) -> int:
+        """The bytes ``key`` is charged for (0 when absent)."""
+        item = self._items.get(key)
+        return 0 if item is None else item.size
+
+    def evict(self, key: str) -> bool:
+        """Remove ``key`` to make room (counted as an eviction); return whether it was there."""
+        item = self._items.get(key)
+        if item is None:
+            return False
+        self._remove(key)
+        self.stats.evictions += 1
+        if item.expires_at is None or item.expires_at > self._clock.now():
+            self.stats.evictions_nonexpired += 1
+        return True
 
     def evict_one(self) -> bool:
         """Evict one entry: an expired one if any, else the least recently used. False if empty."""

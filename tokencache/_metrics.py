@@ -39,6 +39,16 @@ _GROUP_COUNTERS = (
     ),
     ("handoffs_received", "handoffs_received", "Count of entries handed over by leaving peers"),
     ("lookups_served", "lookups_served", "Count of peers' cache lookups answered here"),
+    (
+        "hot_admissions",
+        "hot_admissions",
+        "Count of values fetched from their owner that the admission policy kept as hot copies",
+    ),
+    (
+        "hot_rejections",
+        "hot_rejections",
+        "Count of values fetched from their owner that the admission policy did not keep",
+    ),
 )
 
 _CACHE_COUNTERS = (
@@ -78,6 +88,17 @@ class GroupcacheCollector(Collector):
         for group in groups:
             slowest.add_metric([group.name], group.stats.get_from_peers_latency_slowest_ms)
         yield slowest
+        # A ratio as well as the counters (hits / gets of type="hot"): the one figure an operator
+        # checks to see whether hot copies stick; since start, so it is meaningful between scrapes.
+        hot_ratio = GaugeMetricFamily(
+            p + "hot_hit_ratio",
+            "Share of lookups that missed the main cache and were served by a hot copy",
+            labels=["group"],
+        )
+        for group in groups:
+            hot = group.hot_cache.stats
+            hot_ratio.add_metric([group.name], hot.hits / hot.gets if hot.gets else 0.0)
+        yield hot_ratio
         cache_bytes = GaugeMetricFamily(p + "cache_bytes", "Bytes held", labels=["group", "type"])
         cache_items = GaugeMetricFamily(p + "cache_items", "Items held", labels=["group", "type"])
         counters = {

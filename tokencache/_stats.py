@@ -17,6 +17,8 @@ class GroupStats:
     results count in ``local_load_errs``. ``handoff_hits`` counts loads avoided because a previous
     owner or a hot copy still held the key after a ring change; ``handoffs_received`` counts
     entries a leaving peer handed over; ``lookups_served`` counts peers' lookups answered here.
+    ``hot_admissions`` / ``hot_rejections`` count values fetched from their owner that the admission
+    policy kept as hot copies / turned away (the hot cache was full of keys asked for more often).
     """
 
     gets: int = 0
@@ -33,6 +35,8 @@ class GroupStats:
     handoff_hits: int = 0
     handoffs_received: int = 0
     lookups_served: int = 0
+    hot_admissions: int = 0
+    hot_rejections: int = 0
     get_from_peers_latency_slowest_ms: float = 0.0
 
 

@@ -262,10 +262,15 @@ class Workspace:
         loader: Loader | Callable[[str], Awaitable[Entry]],
         *,
         hot_fraction: float = 0.125,
-        hot_probability: float = 0.1,
+        hot_probability: float = 1.0,
         stale_window: float = 0.0,
     ) -> Group:
-        """Create a group; its name must be the same on every process and unique here."""
+        """Create a group; its name must be the same on every process and unique here.
+
+        The hot cache (copies of values other peers own) holds at most ``hot_fraction`` of
+        ``max_bytes``; a value fetched from its owner is offered to it with ``hot_probability``
+        (1: always, 0: never keep hot copies) and admitted by a TinyLFU frequency sketch.
+        """
         if not wire.GROUP_NAME_RE.fullmatch(name):
             raise InvalidArgument("group names are 1-64 of [A-Za-z0-9_.-], starting alphanumeric")
         if name in self._groups:

@@ -195,6 +195,7 @@ class FakeKube:
         labels: Mapping[str, str],
         ready: bool = True,
         namespace: str | None = None,
+        annotations: Mapping[str, str] | None = None,
     ) -> None:
         ns = namespace or self.namespace
 
@@ -208,6 +209,7 @@ class FakeKube:
                     "uid": f"uid-{ns}-{name}",
                     "labels": dict(labels),
                     "creationTimestamp": _TIMESTAMP,
+                    **({"annotations": dict(annotations)} if annotations else {}),
                 },
                 "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
                 "status": {"phase": "Running" if ip else "Pending"},

@@ -45,6 +45,8 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         "PYTHONPATH": str(REPO),
         "PYTHONUNBUFFERED": "1",
         "HOME": os.environ.get("HOME", str(REPO)),
+        # One process per node unless a test asks for workers (the default is one per CPU).
+        "PROXY_WORKERS": "1",
     }
     env.update(extra or {})
     return env

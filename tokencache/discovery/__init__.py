@@ -28,12 +28,15 @@ from tokencache.discovery._kube import KubernetesPeerSource
 from tokencache.discovery._local import NAMESPACE_FILE, read_namespace, self_address
 from tokencache.discovery._metrics import DiscoveryStats
 from tokencache.discovery._peerset import (
+    WORKERS_ANNOTATION,
     PodTable,
     parse_port,
     peer_url,
     pod_is_ready,
     pod_key,
     pod_peer,
+    pod_peers,
+    pod_workers,
     resource_version,
 )
 
@@ -47,6 +50,7 @@ __all__ = [
     "KubernetesPeerSource",
     "NAMESPACE_FILE",
     "PodTable",
+    "WORKERS_ANNOTATION",
     "WatchExpired",
     "cluster_from_metadata",
     "list_task_addresses",
@@ -55,6 +59,8 @@ __all__ = [
     "pod_is_ready",
     "pod_key",
     "pod_peer",
+    "pod_peers",
+    "pod_workers",
     "read_namespace",
     "resource_version",
     "self_address",

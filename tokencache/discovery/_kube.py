@@ -30,7 +30,7 @@ from tokencache.discovery._debounce import Debouncer
 from tokencache.discovery._errors import DiscoveryConfigError
 from tokencache.discovery._local import NAMESPACE_FILE, read_namespace
 from tokencache.discovery._metrics import DiscoveryStats, Recorder
-from tokencache.discovery._peerset import PodTable, parse_port
+from tokencache.discovery._peerset import MAX_WORKERS, PodTable, parse_port
 
 if TYPE_CHECKING:
     from kubernetes import client as k8s_client
@@ -66,6 +66,8 @@ class KubernetesPeerSource:
         namespace: pods' namespace; default: this pod's own (read from ``namespace_file``).
         label_selector: selects the peer pods, e.g. ``"app=tokencache-proxy"``.
         peer_port: the peer port, ``5000`` or ``":5000"``.
+        workers: peer processes per pod (ports ``peer_port + i``), unless a pod's
+            ``tokencache.io/workers`` annotation says otherwise.
         scheme: URL scheme of the peer URLs.
         debounce: seconds a burst of changes is collected before one ``on_peers`` call.
         watch_timeout: server-side ``timeoutSeconds`` of each watch (rounded up to whole seconds).
@@ -88,6 +90,7 @@ class KubernetesPeerSource:
         namespace: str | None = None,
         label_selector: str,
         peer_port: int | str,
+        workers: int = 1,
         scheme: str = "http",
         debounce: float = 1.0,
         watch_timeout: float = 120.0,
@@ -103,13 +106,15 @@ class KubernetesPeerSource:
     ) -> None:
         if not label_selector.strip():
             raise DiscoveryConfigError("label_selector is required (it names the peer pods)")
+        if not 0 < workers <= MAX_WORKERS:
+            raise DiscoveryConfigError(f"workers must be 1..{MAX_WORKERS}, got {workers!r}")
         kubernetes_client()  # fail at construction, with the fix, when the extra is missing
         if read_timeout <= 0 or watch_timeout <= 0 or debounce < 0:
             raise DiscoveryConfigError("timeouts must be > 0 and debounce >= 0")
         self._on_peers = on_peers
         self._namespace = namespace or read_namespace(namespace_file)
         self._selector = label_selector
-        self._table = PodTable(port=parse_port(peer_port), scheme=scheme)
+        self._table = PodTable(port=parse_port(peer_port), scheme=scheme, workers=workers)
         self._debouncer = Debouncer(debounce)
         self._watch_timeout = max(1, math.ceil(watch_timeout))  # the API takes whole seconds
         self._read_timeout = read_timeout

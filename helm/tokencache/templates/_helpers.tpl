@@ -138,6 +138,7 @@ taken from configMapProperties.
 {{- define "tokencache.managedConfig" -}}
 LISTEN_ADDR: {{ printf ":%s" (include "tokencache.port" (list "service.targetPort" .Values.service.targetPort)) | quote }}
 GROUPCACHE_PORT: {{ printf ":%v" .Values.peer.port | quote }}
+PROXY_WORKERS: {{ .Values.workers | default 1 | quote }}
 HEALTH_ADDR: {{ printf ":%s" (include "tokencache.port" (list "podHealthCheck.port" .Values.podHealthCheck.port)) | quote }}
 HEALTH_PATH: {{ .Values.podHealthCheck.path | quote }}
 READY_PATH: {{ .Values.podHealthCheck.readyPath | quote }}
