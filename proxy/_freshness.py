@@ -2,8 +2,9 @@
 
 Pure functions over header lists; no clock is read here (callers pass the times).
 
-Theory of operation. `parse_directives` reads ``Cache-Control`` (or the targeted
-``CDN-Cache-Control`` of RFC 9213) into a dict: names lower-cased, the *first* occurrence of a
+Theory of operation. `parse_directives` reads ``Cache-Control`` into a dict (the targeted
+``CDN-Cache-Control`` of RFC 9213 is a Structured Field: proxy._targeted reads it into the same
+shape, or ignores it when it is empty or invalid): names lower-cased, the *first* occurrence of a
 directive wins (RFC 9111 §4.2.1 leaves duplicates to the cache; the first is what Squid and Traffic
 Server use), arguments are a token or a quoted-string. `assess` then decides, for one response:
 
@@ -11,7 +12,7 @@ Server use), arguments are a token or a quoted-string. `assess` then decides, fo
   ``set-cookie``, ``vary-star``, ``vary-credentials``, ``vary-field`` (a framing or routing field such as ``Host``), ``status`` (neither explicit freshness nor a heuristically cacheable status, RFC 9110 §15.1),
   ``too-large``;
 * the freshness lifetime (RFC 9111 §4.2.1): the targeted field's ``max-age``/``s-maxage`` when it is
-  present (it replaces ``Cache-Control`` and ``Expires`` for this cache), else ``s-maxage`` >
+  present and valid (it replaces ``Cache-Control`` and ``Expires`` for this cache), else ``s-maxage`` >
   ``max-age`` > ``Expires`` - ``Date``; without any of them the configured default (kubecache's
   ``CACHE_TTL`` for 2xx, ``CACHE_ERROR_TTL`` for other heuristically cacheable statuses), else the
   Last-Modified heuristic (10 % of the time since, at most a day: RFC 9111 §4.2.2);
@@ -33,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ._keys import varyable
+from ._targeted import targeted_directives
 
 __all__ = [
     "HEURISTIC_STATUSES",
@@ -209,8 +211,9 @@ def assess(
     whatever it says about freshness: kubecache's behaviour.
     """
     cc = parse_directives(header_values(headers, b"cache-control"))
-    targeted_values = header_values(headers, targeted) if targeted else []
-    own = parse_directives(targeted_values) if targeted_values else cc
+    # An empty or invalid targeted field is ignored (RFC 9213 §2.1): None, and Cache-Control rules.
+    targeted_cc = targeted_directives(header_values(headers, targeted)) if targeted else None
+    own = targeted_cc if targeted_cc is not None else cc
     date = http_date(_first(headers, b"date"))
     apparent = max(0.0, now_wall - date) if date is not None else 0.0
     # Whole seconds, as Age itself (RFC 9111 §5.1): a few ms of response delay are not a second.
@@ -242,7 +245,7 @@ def assess(
         lifetime = delta_seconds(own, "s-maxage")
         if lifetime is None:
             lifetime = delta_seconds(own, "max-age")
-        if lifetime is None and not targeted_values:
+        if lifetime is None and targeted_cc is None:
             expires_fields = header_values(headers, b"expires")
             if expires_fields:
                 # more than one Expires is as invalid as a malformed one: in the past
