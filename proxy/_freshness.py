@@ -8,7 +8,8 @@ shape, or ignores it when it is empty or invalid): names lower-cased, the *first
 directive wins (RFC 9111 §4.2.1 leaves duplicates to the cache; the first is what Squid and Traffic
 Server use), arguments are a token or a quoted-string. `assess` then decides, for one response:
 
-* storable or not, and why not (the ``Cache-Status`` detail): ``no-store``, ``private``,
+* storable or not, and why not (the ``Cache-Status`` detail): ``no-store`` (ignored beside
+  ``must-understand`` for a status code of RFC 9110), ``must-understand`` (any other status), ``private``,
   ``set-cookie``, ``vary-star``, ``vary-credentials``, ``vary-field`` (a framing or routing field such as ``Host``), ``status`` (neither explicit freshness nor a heuristically cacheable status, RFC 9110 §15.1),
   ``too-large``;
 * the freshness lifetime (RFC 9111 §4.2.1): the targeted field's ``max-age``/``s-maxage`` when it is
@@ -38,6 +39,7 @@ from ._targeted import targeted_directives
 
 __all__ = [
     "HEURISTIC_STATUSES",
+    "UNDERSTOOD_STATUSES",
     "Assessment",
     "assess",
     "delta_seconds",
@@ -48,6 +50,12 @@ __all__ = [
 
 # RFC 9110 §15.1: statuses cacheable by default (heuristically cacheable).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+# RFC 9110 §15: the final status codes it defines, whose caching rules this cache implements
+# (the must-understand directive of RFC 9111 §5.2.2.3 lets only those be stored).
+UNDERSTOOD_STATUSES = frozenset(
+    {*range(200, 207), *range(300, 306), 307, 308, *range(400, 418), 421, 422, 426}
+    | {*range(500, 506)}
+)
 # RFC 9111 §1.2.2: a delta-seconds too large to represent is 2^31.
 _MAX_DELTA = 2**31
 _HEURISTIC_FRACTION = 0.1
@@ -113,16 +121,21 @@ def delta_seconds(directives: Directives, name: str) -> int | None:
 
 _MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
 _MONTH_NUMBER = {m: i + 1 for i, m in enumerate(_MONTHS.split("|"))}
-# RFC 9110 §5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms; nothing else.
+# RFC 9110 §5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms; nothing else. Names
+# match in any case ("THU", "AUG", "gMT"): §5.6.7 encourages robust parsing of timestamps, and a
+# name in the wrong case names the same day, unlike a wrong zone or a two-digit year.
 _IMF = re.compile(
-    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) ({_MONTHS}) (\d{{4}}) (\d\d):(\d\d):(\d\d) GMT"
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) ({_MONTHS}) (\d{{4}}) (\d\d):(\d\d):(\d\d) GMT",
+    re.IGNORECASE,
 )
 _RFC850 = re.compile(
     r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
-    rf"(\d\d)-({_MONTHS})-(\d\d) (\d\d):(\d\d):(\d\d) GMT"
+    rf"(\d\d)-({_MONTHS})-(\d\d) (\d\d):(\d\d):(\d\d) GMT",
+    re.IGNORECASE,
 )
 _ASCTIME = re.compile(
-    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ({_MONTHS}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{{4}})"
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ({_MONTHS}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{{4}})",
+    re.IGNORECASE,
 )
 
 
@@ -142,7 +155,7 @@ def http_date(value: bytes | None) -> float | None:
     else:
         return None
     try:
-        stamp = (int(year), _MONTH_NUMBER[month], int(day), int(hh), int(mm), int(ss))
+        stamp = (int(year), _MONTH_NUMBER[month.title()], int(day), int(hh), int(mm), int(ss))
         datetime.datetime(*stamp)  # checks the day of the month and the time of day
     except ValueError:
         return None
@@ -222,7 +235,12 @@ def assess(
     def refuse(why: str) -> Assessment:
         return Assessment(why, 0.0, age, False, False, 0.0, 0.0)
 
-    if "no-store" in own:
+    if "must-understand" in own:
+        # RFC 9111 §5.2.2.3: store only when this cache knows the status code's caching rules,
+        # and then no-store (sent beside it for caches that do not know must-understand) yields
+        if status not in UNDERSTOOD_STATUSES:
+            return refuse("must-understand")
+    elif "no-store" in own:
         return refuse("no-store")
     if "private" in own:
         return refuse("private")

@@ -70,6 +70,45 @@ def test_http_date_forms():
     assert http_date(b"yesterday") is None
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"THU, 18 Aug 2050 02:01:18 GMT",
+        b"Thu, 18 AUG 2050 02:01:18 GMT",
+        b"Thu, 18 Aug 2050 02:01:18 gMT",
+    ],
+)
+def test_http_date_names_in_any_case(value: bytes):
+    # RFC 9110 §5.6.7 encourages robust timestamp parsing; the suite's freshness-expires-wrong-case-*
+    assert http_date(value) == http_date(b"Thu, 18 Aug 2050 02:01:18 GMT") == 2544400878.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"Thu, 18 Aug 2050 02:01:18 UTC",
+        b"Thu, 18 Aug 50 02:01:18 GMT",
+        b"Thu 18 Aug 2050 02:01:18 GMT",
+        b"Thu, 18  Aug  2050 02:01:18 GMT",
+        b"Thu, 18 Aug 2050 2:01:18 GMT",
+    ],
+)
+def test_http_date_other_deviations_stay_invalid(value: bytes):
+    assert http_date(value) is None
+
+
+def test_must_understand_lifts_no_store_only_for_known_statuses():
+    cc = (b"Cache-Control", b"max-age=3600, no-store, must-understand")
+    ok = judge(200, cc)
+    assert (ok.why_not, ok.lifetime) == (None, 3600.0)
+    assert judge(404, cc).why_not is None
+    assert judge(599, cc).why_not == "must-understand"
+    assert judge(299, (b"Cache-Control", b"max-age=60, must-understand")).why_not == (
+        "must-understand"
+    )
+    assert judge(200, (b"Cache-Control", b"max-age=60, no-store")).why_not == "no-store"
+
+
 # --- freshness lifetime -----------------------------------------------------------------------
 
 
