@@ -199,3 +199,15 @@ def test_whitespace_around_list_commas_is_one_variant():
     # a quoted-string may hold a comma as data: kept as it came
     assert variant_key("GET /x", ["foo"], [b'"a , b"'], "0a1b").endswith('foo: "a , b"')
     assert check_key(one, METHODS).headers == (("foo", "1,2"),)
+
+
+def test_language_and_coding_case_is_one_variant():
+    # the suite's vary-normalise-lang-case; language ranges and codings are case-insensitive
+    one = variant_key("GET /x", ["accept-language"], [b"en, de"], "0a1b")
+    assert variant_key("GET /x", ["accept-language"], [b"eN, De"], "0a1b") == one
+    gzip = variant_key("GET /x", ["accept-encoding"], [b"gzip"], "0a1b")
+    assert variant_key("GET /x", ["accept-encoding"], [b"GZIP"], "0a1b") == gzip
+    # other fields keep their case
+    assert variant_key("GET /x", ["x-tenant"], [b"A"], "0a1b") != variant_key(
+        "GET /x", ["x-tenant"], [b"a"], "0a1b"
+    )

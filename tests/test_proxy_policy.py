@@ -128,7 +128,7 @@ def test_key_round_trip_property(method: str, target: str, values: list[bytes | 
     names = [f"h{i}" for i in range(len(values))]
     key = variant_key(base_key(method, target), names, values)
     expected = [
-        (n, variant_value(v).decode("latin-1"))
+        (n, variant_value(n, v).decode("latin-1"))
         for n, v in zip(names, values, strict=True)
         if v is not None
     ]
