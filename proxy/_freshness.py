@@ -2,16 +2,18 @@
 
 Pure functions over header lists; no clock is read here (callers pass the times).
 
-Theory of operation. `parse_directives` reads ``Cache-Control`` (or the targeted
-``CDN-Cache-Control`` of RFC 9213) into a dict: names lower-cased, the *first* occurrence of a
+Theory of operation. `parse_directives` reads ``Cache-Control`` into a dict (the targeted
+``CDN-Cache-Control`` of RFC 9213 is a Structured Field: proxy._targeted reads it into the same
+shape, or ignores it when it is empty or invalid): names lower-cased, the *first* occurrence of a
 directive wins (RFC 9111 §4.2.1 leaves duplicates to the cache; the first is what Squid and Traffic
 Server use), arguments are a token or a quoted-string. `assess` then decides, for one response:
 
-* storable or not, and why not (the ``Cache-Status`` detail): ``no-store``, ``private``,
+* storable or not, and why not (the ``Cache-Status`` detail): ``no-store`` (ignored beside
+  ``must-understand`` for a status code of RFC 9110), ``must-understand`` (any other status), ``private``,
   ``set-cookie``, ``vary-star``, ``vary-credentials``, ``vary-field`` (a framing or routing field such as ``Host``), ``status`` (neither explicit freshness nor a heuristically cacheable status, RFC 9110 §15.1),
   ``too-large``;
 * the freshness lifetime (RFC 9111 §4.2.1): the targeted field's ``max-age``/``s-maxage`` when it is
-  present (it replaces ``Cache-Control`` and ``Expires`` for this cache), else ``s-maxage`` >
+  present and valid (it replaces ``Cache-Control`` and ``Expires`` for this cache), else ``s-maxage`` >
   ``max-age`` > ``Expires`` - ``Date``; without any of them the configured default (kubecache's
   ``CACHE_TTL`` for 2xx, ``CACHE_ERROR_TTL`` for other heuristically cacheable statuses), else the
   Last-Modified heuristic (10 % of the time since, at most a day: RFC 9111 §4.2.2);
@@ -33,9 +35,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ._keys import varyable
+from ._targeted import targeted_directives
 
 __all__ = [
     "HEURISTIC_STATUSES",
+    "UNDERSTOOD_STATUSES",
     "Assessment",
     "assess",
     "delta_seconds",
@@ -46,6 +50,12 @@ __all__ = [
 
 # RFC 9110 §15.1: statuses cacheable by default (heuristically cacheable).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+# RFC 9110 §15: the final status codes it defines, whose caching rules this cache implements
+# (the must-understand directive of RFC 9111 §5.2.2.3 lets only those be stored).
+UNDERSTOOD_STATUSES = frozenset(
+    {*range(200, 207), *range(300, 306), 307, 308, *range(400, 418), 421, 422, 426}
+    | {*range(500, 506)}
+)
 # RFC 9111 §1.2.2: a delta-seconds too large to represent is 2^31.
 _MAX_DELTA = 2**31
 _HEURISTIC_FRACTION = 0.1
@@ -111,16 +121,21 @@ def delta_seconds(directives: Directives, name: str) -> int | None:
 
 _MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
 _MONTH_NUMBER = {m: i + 1 for i, m in enumerate(_MONTHS.split("|"))}
-# RFC 9110 §5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms; nothing else.
+# RFC 9110 §5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms; nothing else. Names
+# match in any case ("THU", "AUG", "gMT"): §5.6.7 encourages robust parsing of timestamps, and a
+# name in the wrong case names the same day, unlike a wrong zone or a two-digit year.
 _IMF = re.compile(
-    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) ({_MONTHS}) (\d{{4}}) (\d\d):(\d\d):(\d\d) GMT"
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) ({_MONTHS}) (\d{{4}}) (\d\d):(\d\d):(\d\d) GMT",
+    re.IGNORECASE,
 )
 _RFC850 = re.compile(
     r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
-    rf"(\d\d)-({_MONTHS})-(\d\d) (\d\d):(\d\d):(\d\d) GMT"
+    rf"(\d\d)-({_MONTHS})-(\d\d) (\d\d):(\d\d):(\d\d) GMT",
+    re.IGNORECASE,
 )
 _ASCTIME = re.compile(
-    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ({_MONTHS}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{{4}})"
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ({_MONTHS}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{{4}})",
+    re.IGNORECASE,
 )
 
 
@@ -140,7 +155,7 @@ def http_date(value: bytes | None) -> float | None:
     else:
         return None
     try:
-        stamp = (int(year), _MONTH_NUMBER[month], int(day), int(hh), int(mm), int(ss))
+        stamp = (int(year), _MONTH_NUMBER[month.title()], int(day), int(hh), int(mm), int(ss))
         datetime.datetime(*stamp)  # checks the day of the month and the time of day
     except ValueError:
         return None
@@ -209,8 +224,9 @@ def assess(
     whatever it says about freshness: kubecache's behaviour.
     """
     cc = parse_directives(header_values(headers, b"cache-control"))
-    targeted_values = header_values(headers, targeted) if targeted else []
-    own = parse_directives(targeted_values) if targeted_values else cc
+    # An empty or invalid targeted field is ignored (RFC 9213 §2.1): None, and Cache-Control rules.
+    targeted_cc = targeted_directives(header_values(headers, targeted)) if targeted else None
+    own = targeted_cc if targeted_cc is not None else cc
     date = http_date(_first(headers, b"date"))
     apparent = max(0.0, now_wall - date) if date is not None else 0.0
     # Whole seconds, as Age itself (RFC 9111 §5.1): a few ms of response delay are not a second.
@@ -219,7 +235,12 @@ def assess(
     def refuse(why: str) -> Assessment:
         return Assessment(why, 0.0, age, False, False, 0.0, 0.0)
 
-    if "no-store" in own:
+    if "must-understand" in own:
+        # RFC 9111 §5.2.2.3: store only when this cache knows the status code's caching rules,
+        # and then no-store (sent beside it for caches that do not know must-understand) yields
+        if status not in UNDERSTOOD_STATUSES:
+            return refuse("must-understand")
+    elif "no-store" in own:
         return refuse("no-store")
     if "private" in own:
         return refuse("private")
@@ -242,7 +263,7 @@ def assess(
         lifetime = delta_seconds(own, "s-maxage")
         if lifetime is None:
             lifetime = delta_seconds(own, "max-age")
-        if lifetime is None and not targeted_values:
+        if lifetime is None and targeted_cc is None:
             expires_fields = header_values(headers, b"expires")
             if expires_fields:
                 # more than one Expires is as invalid as a malformed one: in the past

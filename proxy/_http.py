@@ -161,7 +161,9 @@ class Connection(InputFlow, asyncio.Protocol):
         headers = self._headers
         if self._head_bytes > self._max_header_bytes or len(headers) >= self._max_headers:
             raise Reject(431)
-        headers.append((name, value))
+        # RFC 9110 §5.5: leading and trailing whitespace is not part of a field value (llhttp
+        # leaves trailing OWS in); strip() returns the same object when there is none.
+        headers.append((name, value.strip(b" \t")))
 
     def on_headers_complete(self) -> None:
         self._reading_head = False

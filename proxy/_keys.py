@@ -37,6 +37,7 @@ __all__ = [
     "parse_key",
     "variant_key",
     "variant_lines",
+    "variant_value",
     "varyable",
 ]
 
@@ -95,11 +96,32 @@ def variant_lines(names: Sequence[str], values: Sequence[bytes | None]) -> str:
     """One ``"\\nname: value"`` line per varied header (``"\\nname:"`` when it is absent).
 
     An absent header and an empty one are different variants (``name:`` versus ``name: ``).
+    Whitespace around the commas of a list is not part of a value (RFC 9110 §5.6.1), so
+    ``1, 2`` and ``1,2`` are one variant (RFC 9111 §4.1); a value with a quoted-string is kept
+    as it is (a comma there may be data). ``Accept-Language`` and ``Accept-Encoding`` values are
+    lower-cased (``en-US`` and ``en-us`` name one language).
     """
     lines = []
     for name, value in zip(names, values, strict=True):
-        lines.append(f"\n{name}:" if value is None else f"\n{name}: {value.decode('latin-1')}")
+        if value is None:
+            lines.append(f"\n{name}:")
+            continue
+        lines.append(f"\n{name}: {variant_value(name, value).decode('latin-1')}")
     return "".join(lines)
+
+
+# Fields whose values are case-insensitive throughout: language ranges (RFC 9110 §12.5.4, RFC
+# 4647 §2) and content-codings (§8.4.1), with their q parameters.
+_CASELESS = frozenset({"accept-language", "accept-encoding"})
+
+
+def variant_value(name: str, value: bytes) -> bytes:
+    """The value of the varied header `name` as its variant key holds it (see `variant_lines`)."""
+    if name in _CASELESS:
+        value = value.lower()
+    if b"," in value and b'"' not in value:
+        return b",".join(part.strip(b" \t") for part in value.split(b","))
+    return value
 
 
 def variant_key(

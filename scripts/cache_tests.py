@@ -1,6 +1,6 @@
 """Run the public HTTP cache test suite (cache-tests.fyi) against one proxy and score it.
 
-    .venv/bin/python -m scripts.cache_tests [--suite DIR] [--markdown]
+    .venv/bin/python -m scripts.cache_tests [--suite DIR] [--save FILE] [--env NAME=VALUE]
 
 What it does: starts the suite's origin server (``server.mjs``, port via ``npm_config_port``), one
 ``python -m proxy`` in front of it with ``CACHE_TTL=0 CACHE_ERROR_TTL=0`` (a pure RFC 9111 shared
@@ -10,7 +10,8 @@ then scores the results the way the suite's ``lib/results.mjs`` does: a test cou
 when it passed and every test in its ``depends_on`` passed (recursively); ``required`` (the default
 kind) and ``optimal`` tests are counted, ``check`` tests are informational and are not. The same
 scoring is applied to the published results of other caches shipped with the suite (``results/``),
-and a side-by-side table is printed.
+and a side-by-side table is printed. ``--env`` adds proxy settings to one run (the table's label
+names them); the figure docs/http-cache-tests.md quotes is the run without any.
 
 The suite comes from the npm registry (``scripts/tools.d/50-cache-tests.sh`` installs
 ``http-cache-tests`` into ``.tools/http-cache-tests``); ``--suite`` runs a local checkout of the
@@ -232,7 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="the suite's folder")
     parser.add_argument("--save", type=Path, help="write this run's raw results (JSON) here")
     parser.add_argument("--results", type=Path, help="score these saved results, do not run")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one more proxy setting for this run (repeatable), e.g. CACHE_STALE_IF_ERROR=1h",
+    )
     args = parser.parse_args(argv)
+    extra = dict(item.partition("=")[::2] for item in args.env)
     suite: Path = args.suite.resolve()
     if not (suite / "tests" / "index.mjs").exists():
         print(f"no suite at {suite}: run `make tools` (or pass --suite)", file=sys.stderr)
@@ -242,10 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         ours = json.loads(args.results.read_text())
     else:
         with tempfile.TemporaryDirectory(prefix="cache-tests-") as tmp:
-            ours = run_suite(suite, Path(tmp), {})
+            ours = run_suite(suite, Path(tmp), extra)
     if args.save is not None:
         args.save.write_text(json.dumps(ours, indent=1, sort_keys=True))
-    rows = [("tokencache (this run)", score(tests, ours))]
+    label = "tokencache (this run" + "".join(f", {k}={v}" for k, v in extra.items()) + ")"
+    rows = [(label, score(tests, ours))]
     for file, name in PUBLISHED.items():
         path = suite / "results" / file
         if path.exists():

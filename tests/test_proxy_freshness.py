@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from proxy._freshness import assess, delta_seconds, http_date, parse_directives
 from proxy._reuse import BACKGROUND, FRESH, REVALIDATE, STALE_OK, request_directives, reuse
 from proxy._stored import MUST_REVALIDATE, NO_CACHE
+from proxy._targeted import targeted_directives
 
 NOW = 1_800_000_000.0
 
@@ -69,6 +70,45 @@ def test_http_date_forms():
     assert http_date(b"yesterday") is None
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"THU, 18 Aug 2050 02:01:18 GMT",
+        b"Thu, 18 AUG 2050 02:01:18 GMT",
+        b"Thu, 18 Aug 2050 02:01:18 gMT",
+    ],
+)
+def test_http_date_names_in_any_case(value: bytes):
+    # RFC 9110 §5.6.7 encourages robust timestamp parsing; the suite's freshness-expires-wrong-case-*
+    assert http_date(value) == http_date(b"Thu, 18 Aug 2050 02:01:18 GMT") == 2544400878.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"Thu, 18 Aug 2050 02:01:18 UTC",
+        b"Thu, 18 Aug 50 02:01:18 GMT",
+        b"Thu 18 Aug 2050 02:01:18 GMT",
+        b"Thu, 18  Aug  2050 02:01:18 GMT",
+        b"Thu, 18 Aug 2050 2:01:18 GMT",
+    ],
+)
+def test_http_date_other_deviations_stay_invalid(value: bytes):
+    assert http_date(value) is None
+
+
+def test_must_understand_lifts_no_store_only_for_known_statuses():
+    cc = (b"Cache-Control", b"max-age=3600, no-store, must-understand")
+    ok = judge(200, cc)
+    assert (ok.why_not, ok.lifetime) == (None, 3600.0)
+    assert judge(404, cc).why_not is None
+    assert judge(599, cc).why_not == "must-understand"
+    assert judge(299, (b"Cache-Control", b"max-age=60, must-understand")).why_not == (
+        "must-understand"
+    )
+    assert judge(200, (b"Cache-Control", b"max-age=60, no-store")).why_not == "no-store"
+
+
 # --- freshness lifetime -----------------------------------------------------------------------
 
 
@@ -109,6 +149,56 @@ def test_targeted_field_replaces_cache_control_and_expires():
         targeted=b"surrogate-control",
     )
     assert c.lifetime == 9.0
+
+
+@pytest.mark.parametrize(
+    "targeted",
+    [
+        b"max-age=10000, &&&&&",  # not a Structured Field (suite: cdn-cc-invalid-sh-type-unknown)
+        b'max-age="10000"',  # a String where an Integer belongs (cdn-cc-invalid-sh-type-wrong)
+        b"max-age=10.5",
+        b"max-age=-1",
+        b"max-age =100",
+        b"max-age= 100",
+        b"max-age=10000,",
+        b"",
+    ],
+)
+def test_invalid_or_empty_targeted_field_is_ignored(targeted: bytes):
+    # RFC 9213 §2.1: an empty or unparsable targeted field is ignored; Cache-Control rules again
+    a = judge(200, (b"Cache-Control", b"no-store"), (b"CDN-Cache-Control", targeted))
+    assert a.why_not == "no-store"
+    b = judge(200, (b"Cache-Control", b"max-age=1"), (b"CDN-Cache-Control", targeted))
+    assert (b.why_not, b.lifetime) == (None, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("targeted", "lifetime"),
+    [
+        (b"max-age=10000", 10000.0),
+        (b"foobar, max-age=3600", 3600.0),  # unknown directives are members like any other
+        (b"Max-Age=60", 60.0),  # directive names are case-insensitive (RFC 9111 §5.2)
+        (b"max-age=99999999999", float(2**31)),  # saturates as delta-seconds do
+        (b'max-age=5;x="y", private=?0, x=(a b);q=1, y=:AQI=:', 5.0),  # params, ?0, lists, bytes
+        (b"max-age=1, max-age=7", 7.0),  # a Dictionary's last member wins
+    ],
+)
+def test_valid_targeted_field_is_obeyed(targeted: bytes, lifetime: float):
+    a = judge(200, (b"Cache-Control", b"no-store"), (b"CDN-Cache-Control", targeted))
+    assert (a.why_not, a.lifetime) == (None, lifetime)
+
+
+@given(st.binary(max_size=64))
+def test_targeted_parser_takes_any_bytes(raw: bytes):
+    parsed = targeted_directives([raw])
+    assert parsed is None or all(isinstance(k, str) and k == k.lower() for k in parsed)
+
+
+def test_targeted_field_lines_are_one_dictionary():
+    a = judge(200, (b"CDN-Cache-Control", b"max-age=60"), (b"CDN-Cache-Control", b"no-cache"))
+    assert (a.lifetime, a.no_cache) == (60.0, True)
+    b = judge(200, (b"CDN-Cache-Control", b"private"), (b"Cache-Control", b"max-age=60"))
+    assert b.why_not == "private"
 
 
 def test_age_is_the_larger_of_apparent_age_and_age_plus_delay():

@@ -189,3 +189,25 @@ async def test_the_loader_refuses_a_malformed_context_without_a_backend_request(
             await group.get("GET /x", context=b"TCX1\x00x-a: 1\nHost: admin")
         assert route.call_count == 0
     assert metrics.refused_requests == {"context": 1}
+
+
+def test_whitespace_around_list_commas_is_one_variant():
+    # RFC 9111 §4.1 / RFC 9110 §5.6.1: the suite's vary-normalise-space
+    one = variant_key("GET /x", ["foo"], [b"1,2"], "0a1b")
+    assert variant_key("GET /x", ["foo"], [b"1 , \t2"], "0a1b") == one
+    assert variant_key("GET /x", ["foo"], [b"1, 3"], "0a1b") != one
+    # a quoted-string may hold a comma as data: kept as it came
+    assert variant_key("GET /x", ["foo"], [b'"a , b"'], "0a1b").endswith('foo: "a , b"')
+    assert check_key(one, METHODS).headers == (("foo", "1,2"),)
+
+
+def test_language_and_coding_case_is_one_variant():
+    # the suite's vary-normalise-lang-case; language ranges and codings are case-insensitive
+    one = variant_key("GET /x", ["accept-language"], [b"en, de"], "0a1b")
+    assert variant_key("GET /x", ["accept-language"], [b"eN, De"], "0a1b") == one
+    gzip = variant_key("GET /x", ["accept-encoding"], [b"gzip"], "0a1b")
+    assert variant_key("GET /x", ["accept-encoding"], [b"GZIP"], "0a1b") == gzip
+    # other fields keep their case
+    assert variant_key("GET /x", ["x-tenant"], [b"A"], "0a1b") != variant_key(
+        "GET /x", ["x-tenant"], [b"a"], "0a1b"
+    )
