@@ -772,7 +772,7 @@ class Settings:
         value="",
         kube=("", "no effect: Go runtime memory limit tuning"),
     )
-    # Not settings of their own: the OTEL_* variables and whether we run in Kubernetes.
+    # Not settings of their own: the OTEL_*/OTELCONFIG_* variables and whether we run in Kubernetes.
     otel: Mapping[str, str] = field(default_factory=dict, metadata={})
     in_kubernetes: bool = field(default=False, metadata={})
 
@@ -808,7 +808,8 @@ class Settings:
                 if meta["secret"] or from_ref:
                     raise ConfigError(f"{name}: invalid value (not shown: secret)") from None
                 raise ConfigError(f"{name}: {exc}") from None
-        values["otel"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
+        # OTEL_* for the SDK, and kubecache's OTELCONFIG_EXPORTER (the OTLP transport).
+        values["otel"] = {k: v for k, v in env.items() if k.startswith(("OTEL_", "OTELCONFIG_"))}
         values["in_kubernetes"] = bool(env.get("KUBERNETES_SERVICE_HOST"))
         return _finish(cls(**values))
 
