@@ -5,10 +5,13 @@ udhos/groupcache_awsemf's names, tags and dimensions; counters are deltas betwee
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -144,3 +147,47 @@ def test_emf_send_logs_is_refused() -> None:
 
     with pytest.raises(ConfigError, match=r"^EMF_SEND_LOGS: .*CloudWatch agent"):
         Settings.from_env({"BACKEND_URL": "http://b:1", "EMF_SEND_LOGS": "true"})
+
+
+async def test_a_slow_agent_name_lookup_never_stalls_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # DD_AGENT_HOST is resolved again every DOGSTATSD_CLIENT_TTL; a slow DNS answer (CoreDNS
+    # timeouts, search-domain expansion) must not freeze the loop that serves every request.
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    agent.bind(("127.0.0.1", 0))
+    agent.setblocking(False)
+    real_getaddrinfo = socket.getaddrinfo
+
+    def slow_getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.8)
+        return real_getaddrinfo(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+
+    async def load(key: str) -> tokencache.Entry:
+        return tokencache.Entry(key.encode(), 60)
+
+    ws = tokencache.Workspace()
+    group = ws.new_group("path", max_bytes=1 << 20, loader=load)
+    await group.get("a")
+    port = agent.getsockname()[1]
+    pusher = PushExporter(
+        lambda: [group], interval=3600, dogstatsd=("localhost", port, 60.0, (), False)
+    )
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    try:
+        pusher.start()
+        seen: list[str] = []
+        deadline = loop.time() + 10
+        while loop.time() < deadline and not any(x.startswith("gets:1|c") for x in seen):
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            worst = max(worst, loop.time() - before)
+            seen.extend(_datagrams(agent))
+        await pusher.stop()
+    finally:
+        agent.close()
+    assert any(x.startswith("gets:1|c|#group:path") for x in seen)
+    assert worst < 0.4, f"the event loop stalled {worst:.2f}s on a DNS lookup"
