@@ -4,9 +4,9 @@ Theory of operation: every setting is a field of the frozen dataclass `Settings`
 metadata names its environment variable, its default as the user would type it, a one-line help
 text and the parser that turns the text into a value. `Settings.from_env(env)` walks the fields in
 order, resolves secret references (``aws-secretsmanager:…``, ``aws-parameterstore:…``, ``file:…``,
-``aws-s3:…``, ``aws-dynamodb:…``, ``aws-lambda:…``, ``#http:…``; ``vault:…`` is refused) on every
-field, as kubecache did, parses, and then checks the few rules that involve several
-settings. `--help` is generated from the same metadata, so the two can never disagree.
+``aws-s3:…``, ``aws-dynamodb:…``, ``aws-lambda:…``, ``#http:…``; ``vault:…`` and ``proxy||…``
+are refused) on every field, as kubecache did, parses, and then checks the few rules that involve
+several settings. `--help` is generated from the same metadata, so the two can never disagree.
 
 House rules: a bad value raises `ConfigError` with one line that names the variable and what is
 wrong; a secret's value (or any value that came from a secret reference) is never echoed.
@@ -40,6 +40,7 @@ SECRET_REF_PREFIXES = (
     "aws-lambda:",
     "#http:",
     "vault:",
+    "proxy|",
 )
 
 _DISCOVERY = ("auto", "static", "kubernetes", "ecs", "none")
