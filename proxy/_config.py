@@ -638,7 +638,7 @@ class Settings:
         "METRICS_URI_LIMIT",
         "100",
         _non_negative_int,
-        "distinct paths with their own requests_seconds uri label; later ones are OTHER",
+        "distinct paths answered below 400 with their own requests_seconds uri label (later: OTHER)",
     )
     prometheus_enable: bool = _setting(
         "PROMETHEUS_ENABLE",

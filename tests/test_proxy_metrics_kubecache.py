@@ -213,6 +213,30 @@ def test_uri_label_is_bounded() -> None:
     assert value(found, "requests_seconds_count", uri="OTHER") == 997
 
 
+@pytest.mark.slow
+def test_a_scan_of_404s_never_takes_the_uri_slots_of_real_routes(tmp_path: Path) -> None:
+    # A scanner right after start-up asks for many paths that do not exist; the routes the
+    # dashboards show must still get their own uri label afterwards.
+    with (
+        BackendProcess(tmp_path) as backend,
+        ProxyCluster(1, backend.url, tmp_path, env={"METRICS_URI_LIMIT": "3"}) as cluster,
+    ):
+        node = cluster.nodes[0]
+        for i in range(10):
+            url = f"{node.url}/scan/{i}?status=404"
+            assert httpx.get(url, timeout=10).status_code == 404
+        assert httpx.get(node.url + "/scan/9?status=503", timeout=10).status_code == 503
+        assert httpx.get(node.url + "/prod/app", timeout=10).status_code == 200
+        assert httpx.get(node.url + "/prod/app?status=404", timeout=10).status_code == 404
+        found = samples(http_get(node.metrics_url)[1].decode())
+    count = "requests_seconds_count"
+    assert value(found, count, uri="/prod/app", status="200") == 1
+    assert value(found, count, uri="/prod/app", status="404") == 1  # its slot, once claimed
+    assert value(found, count, uri="NOT_FOUND") == 10
+    assert value(found, count, uri="OTHER", status="503") == 1
+    assert {lbl["uri"] for lbl, _ in found[count]} == {"/prod/app", "NOT_FOUND", "OTHER"}
+
+
 @pytest.mark.parametrize(
     ("status", "outcome", "expected"),
     [
