@@ -365,7 +365,11 @@ class Settings:
         "the backend every request goes to (required)",
         ref=True,
         value="",
-        kube=("http://config-server:9000", "required: no built-in backend"),
+        kube=(
+            "http://config-server:9000",
+            "required: no built-in backend; a path in it prefixes every request (kubecache used "
+            "only its scheme and host: drop the path to keep that)",
+        ),
     )
     backend_timeout: float = _setting(
         "BACKEND_TIMEOUT",

@@ -59,3 +59,10 @@ def test_table_marks_differences() -> None:
     text = settings_table.table()
     assert "| `DEBUG_LOG` | `false` |" in text and "**differs**" in text
     assert "| `READY_PATH` |" in text and "tokencache only" in text
+
+
+def test_backend_url_row_says_its_path_now_counts() -> None:
+    # kubecache's parseKey kept only BACKEND_URL's scheme and host; here a path is a prefix
+    # (proxy._target.backend_url), so a kubecache BACKEND_URL with a path changes every URL.
+    row = next(r for r in Settings.kubecache_rows() if r[0] == "BACKEND_URL")
+    assert row[4] and "path" in row[4] and "scheme and host" in row[4]
