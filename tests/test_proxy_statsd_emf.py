@@ -104,8 +104,12 @@ def test_proxy_sends_dogstatsd_to_the_agent_address(tmp_path: Path) -> None:
             assert httpx.get(node.url + "/dd/1", timeout=10).status_code == 200
 
             def got_gets() -> bool:
+                # One export is a burst of datagrams: wait for the whole of it, not its first.
                 seen.extend(_datagrams(agent))
-                return any(line.startswith("gets:1|c|#group:path,") for line in seen)
+                return all(
+                    any(line.startswith(prefix) for line in seen)
+                    for prefix in ("gets:1|c|#group:path,", "local_load:1|c|#group:path")
+                ) and any(x.startswith("cache_items:") and "type:main" in x for x in seen)
 
             wait_until(got_gets, 20, "a gets:1 datagram")
     finally:
