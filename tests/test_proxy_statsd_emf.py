@@ -195,3 +195,43 @@ async def test_a_slow_agent_name_lookup_never_stalls_the_event_loop(
         agent.close()
     assert any(x.startswith("gets:1|c|#group:path") for x in seen)
     assert worst < 0.4, f"the event loop stalled {worst:.2f}s on a DNS lookup"
+
+
+@pytest.mark.slow
+def test_proxy_sends_discoverys_events_and_peers_to_dogstatsd(tmp_path: Path) -> None:
+    # kubegroup and ecs-task-discovery sent "events" (a count per peer update) and "peers" (a
+    # gauge) through kubecache's DogStatsD client; ECS with FORCE_SINGLE_TASK needs no API.
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    agent.bind(("127.0.0.1", 0))
+    agent.setblocking(False)
+    env = {
+        "COMPUTE": "ecs",
+        "FORCE_SINGLE_TASK": "true",
+        "GROUPCACHE_PEERS": "",
+        "PEER_DISCOVERY": "auto",
+        "DOGSTATSD_ENABLE": "true",
+        "DOGSTATSD_EXPORT_INTERVAL": "200ms",
+        "DD_AGENT_HOST": "127.0.0.1",
+        "DD_AGENT_PORT": str(agent.getsockname()[1]),
+    }
+    seen: list[str] = []
+    try:
+        with (
+            BackendProcess(tmp_path) as backend,
+            ProxyCluster(1, backend.url, tmp_path, env=env),
+        ):
+
+            def got_both() -> bool:
+                seen.extend(_datagrams(agent))
+                return any(x.startswith("peers:1|g|#") for x in seen) and any(
+                    x.startswith("events:1|c|#") for x in seen
+                )
+
+            wait_until(got_both, 20, "peers and events datagrams")
+    finally:
+        agent.close()
+    line = next(x for x in seen if x.startswith("peers:1|g|#"))
+    tags = line.split("|#", 1)[1].split(",")
+    assert "service:kubecache" in tags and any(t.startswith("pod_name:") for t in tags)
+    assert not any(t.startswith("group:") for t in tags)
+    assert sum(1 for x in seen if x.startswith("events:")) == 1  # one update, one count
