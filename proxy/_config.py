@@ -329,6 +329,13 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
+def _zero_is_a_minute(text: str) -> float:
+    """A duration where 0 means one minute: kubecache's DogStatsD libraries (groupcache_datadog's
+    ExportInterval, dogstatsdclient's TTL) replaced a zero with their one-minute default."""
+    seconds = parse_duration(text)
+    return seconds if seconds > 0 else 60.0
+
+
 def _groupcache_version(text: str) -> int:
     version = parse_int(text)
     if version not in (2, 3):
@@ -732,8 +739,8 @@ class Settings:
     dogstatsd_export_interval: float = _setting(
         "DOGSTATSD_EXPORT_INTERVAL",
         "30s",
-        parse_duration,
-        "DogStatsD export interval",
+        _zero_is_a_minute,
+        "DogStatsD export interval (0 = 1m, as kubecache)",
         kube=("30s", ""),
     )
     dogstatsd_debug: bool = _setting(
@@ -742,8 +749,8 @@ class Settings:
     dogstatsd_client_ttl: float = _setting(
         "DOGSTATSD_CLIENT_TTL",
         "1m",
-        parse_duration,
-        "re-resolve the agent address this often",
+        _zero_is_a_minute,
+        "re-resolve the agent address this often (0 = 1m, as kubecache)",
         kube=("1m", ""),
     )
     dd_agent_host: str = _setting(

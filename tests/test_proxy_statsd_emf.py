@@ -235,3 +235,42 @@ def test_proxy_sends_discoverys_events_and_peers_to_dogstatsd(tmp_path: Path) ->
     assert "service:kubecache" in tags and any(t.startswith("pod_name:") for t in tags)
     assert not any(t.startswith("group:") for t in tags)
     assert sum(1 for x in seen if x.startswith("events:")) == 1  # one update, one count
+
+
+def test_zero_interval_and_ttl_mean_a_minute_as_in_kubecache() -> None:
+    from proxy import Settings
+
+    env = {
+        "BACKEND_URL": "http://b:1",
+        "DOGSTATSD_EXPORT_INTERVAL": "0",
+        "DOGSTATSD_CLIENT_TTL": "0s",
+    }
+    s = Settings.from_env(env)
+    assert (s.dogstatsd_export_interval, s.dogstatsd_client_ttl) == (60.0, 60.0)
+
+
+@pytest.mark.slow
+def test_proxy_with_zero_export_interval_does_not_spin(tmp_path: Path) -> None:
+    # groupcache_datadog turned ExportInterval 0 into a minute; a loop with sleep(0) would flood
+    # the agent and take the event loop from the requests.
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    agent.bind(("127.0.0.1", 0))
+    agent.setblocking(False)
+    env = {
+        "DOGSTATSD_ENABLE": "true",
+        "DOGSTATSD_EXPORT_INTERVAL": "0",
+        "DD_AGENT_HOST": "127.0.0.1",
+        "DD_AGENT_PORT": str(agent.getsockname()[1]),
+    }
+    seen: list[str] = []
+    try:
+        with (
+            BackendProcess(tmp_path) as backend,
+            ProxyCluster(1, backend.url, tmp_path, env=env) as c,
+        ):
+            assert httpx.get(c.nodes[0].url + "/dd/zero", timeout=10).status_code == 200
+            time.sleep(1.0)
+            seen.extend(_datagrams(agent))
+    finally:
+        agent.close()
+    assert sum(1 for line in seen if line.startswith("gets:")) <= 1  # the first export only
