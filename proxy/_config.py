@@ -329,6 +329,16 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
+def _backend_timeout(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(
+            "0 (kubecache: no timeout) is not supported; a peer waits BACKEND_TIMEOUT + 1s for a "
+            "key's owner, so set a duration, e.g. 300s"
+        )
+    return seconds
+
+
 def _zero_is_a_minute(text: str) -> float:
     """A duration where 0 means one minute: kubecache's DogStatsD libraries (groupcache_datadog's
     ExportInterval, dogstatsdclient's TTL) replaced a zero with their one-minute default."""
@@ -381,9 +391,9 @@ class Settings:
     backend_timeout: float = _setting(
         "BACKEND_TIMEOUT",
         "300s",
-        parse_duration,
+        _backend_timeout,
         "backend request timeout (then 504)",
-        kube=("300s", "a timeout answers 504, not 500"),
+        kube=("300s", "a timeout answers 504, not 500; 0 (kubecache: no timeout) is refused"),
     )
     cache_ttl: float = _setting(
         "CACHE_TTL",

@@ -18,7 +18,7 @@ BASE = {"BACKEND_URL": "http://backend:9000"}
 KUBE_ROWS = [row for row in Settings.kubecache_rows() if row[3] is not None]
 SETTING_NAMES = {name for name, *_ in Settings.help_rows()}
 # Values kubecache accepted that the proxy refuses at start (the table says so and why).
-REFUSED = {"EMF_SEND_LOGS": "true"}
+REFUSED = {"EMF_SEND_LOGS": "true", "BACKEND_TIMEOUT": "0"}
 
 
 def test_doc_table_is_generated_from_the_code() -> None:
