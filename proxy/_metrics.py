@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -248,7 +249,27 @@ class ProxyMetrics:
 
 
 def _bound_text(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
+    """A bucket bound as Go's client writes it (strconv 'g', shortest): ``1``, ``2.5``,
+    ``1e-05``, ``1e+06``; Python's would be ``1.0``, so a kubecache query on ``le="1"`` keeps
+    matching (Prometheus 3 normalises both to the same value on ingestion)."""
+    if bound == float("inf"):
+        return "+Inf"
+    if bound == 0:
+        return "0"
+    sign, digits, exponent = Decimal(repr(bound)).normalize().as_tuple()
+    assert isinstance(exponent, int)  # finite
+    text = "".join(map(str, digits))
+    point = len(text) + exponent  # digits before the decimal point
+    exp = point - 1
+    minus = "-" if sign else ""
+    if exp < -4 or exp >= 6:  # Go: %e when the exponent is < -4 or >= 6 (shortest precision)
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if point <= 0:
+        return f"{minus}0.{'0' * -point}{text}"
+    if point >= len(text):
+        return f"{minus}{text}{'0' * (point - len(text))}"
+    return f"{minus}{text[:point]}.{text[point:]}"
 
 
 class _Collector(Collector):

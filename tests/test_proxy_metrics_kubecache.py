@@ -55,6 +55,13 @@ GROUPCACHE_ANCHORS: dict[str, set[str]] = {
 REQUESTS_ANCHOR = ("requests_seconds", {"method", "status", "uri", "outcome"})
 
 
+# kubecache's METRICS_BUCKETS_LATENCY_HTTP default as client_golang's text format writes `le`.
+GO_LE = (
+    *("1e-05", "2.5e-05", "5e-05", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1"),
+    *("0.25", "0.5", "1", "2.5", "5", "10", "25", "50", "100", "250", "500", "1000", "+Inf"),
+)
+
+
 def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
@@ -139,9 +146,11 @@ def test_requests_seconds_has_kubecaches_name_labels_and_outcomes(
     assert value(found, count, method="GET", status="200", uri=path, outcome="SUCCESS") == 2
     assert value(found, count, method="GET", status="404", uri=path, outcome="CLIENT_ERROR") == 1
     assert value(found, count, method="GET", status="503", uri=path, outcome="SERVER_ERROR") == 1
-    # kubecache's default buckets, +Inf last
+    # kubecache's default buckets, +Inf last, written as Go's client wrote them (text format
+    # 0.0.4: strconv 'g'), so a kubecache query on le="1" or le="2.5" keeps matching.
     bounds = {lbl["le"] for lbl, _ in found[f"kc_{name}_bucket"]}
-    assert {"1e-05", "2.5e-05", "0.001", "1000.0", "+Inf"} <= bounds
+    assert bounds == set(GO_LE)
+    assert 'le="1",' in text and 'le="1.0"' not in text
 
 
 def test_project_cache_outcome_histogram_is_exported_alongside(
