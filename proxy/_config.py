@@ -4,9 +4,9 @@ Theory of operation: every setting is a field of the frozen dataclass `Settings`
 metadata names its environment variable, its default as the user would type it, a one-line help
 text and the parser that turns the text into a value. `Settings.from_env(env)` walks the fields in
 order, resolves secret references (``aws-secretsmanager:…``, ``aws-parameterstore:…``, ``file:…``,
-``aws-s3:…``, ``aws-dynamodb:…``, ``aws-lambda:…``, ``#http:…``; ``vault:…`` is refused) on every
-field, as kubecache did, parses, and then checks the few rules that involve several
-settings. `--help` is generated from the same metadata, so the two can never disagree.
+``aws-s3:…``, ``aws-dynamodb:…``, ``aws-lambda:…``, ``#http:…``; ``vault:…`` and ``proxy||…``
+are refused) on every field, as kubecache did, parses, and then checks the few rules that involve
+several settings. `--help` is generated from the same metadata, so the two can never disagree.
 
 House rules: a bad value raises `ConfigError` with one line that names the variable and what is
 wrong; a secret's value (or any value that came from a secret reference) is never echoed.
@@ -50,6 +50,7 @@ SECRET_REF_PREFIXES = (
     "aws-lambda:",
     "#http:",
     "vault:",
+    "proxy|",
 )
 
 _DISCOVERY = ("auto", "static", "kubernetes", "ecs", "none")
@@ -365,6 +366,23 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
+def _backend_timeout(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(
+            "0 (kubecache: no timeout) is not supported; a peer waits BACKEND_TIMEOUT + 1s for a "
+            "key's owner, so set a duration, e.g. 300s"
+        )
+    return seconds
+
+
+def _zero_is_a_minute(text: str) -> float:
+    """A duration where 0 means one minute: kubecache's DogStatsD libraries (groupcache_datadog's
+    ExportInterval, dogstatsdclient's TTL) replaced a zero with their one-minute default."""
+    seconds = parse_duration(text)
+    return seconds if seconds > 0 else 60.0
+
+
 def _groupcache_version(text: str) -> int:
     version = parse_int(text)
     if version not in (2, 3):
@@ -444,14 +462,18 @@ class Settings:
         "the backend every request goes to (required)",
         ref=True,
         value="",
-        kube=("http://config-server:9000", "required: no built-in backend"),
+        kube=(
+            "http://config-server:9000",
+            "required: no built-in backend; a path in it prefixes every request (kubecache used "
+            "only its scheme and host: drop the path to keep that)",
+        ),
     )
     backend_timeout: float = _setting(
         "BACKEND_TIMEOUT",
         "300s",
-        parse_duration,
+        _backend_timeout,
         "backend request timeout (then 504)",
-        kube=("300s", "a timeout answers 504, not 500"),
+        kube=("300s", "a timeout answers 504, not 500; 0 (kubecache: no timeout) is refused"),
     )
     cache_ttl: float = _setting(
         "CACHE_TTL",
@@ -797,7 +819,7 @@ class Settings:
         "METRICS_URI_LIMIT",
         "100",
         _non_negative_int,
-        "distinct paths with their own requests_seconds uri label; later ones are OTHER",
+        "distinct paths answered below 400 with their own requests_seconds uri label (later: OTHER)",
     )
     prometheus_enable: bool = _setting(
         "PROMETHEUS_ENABLE",
@@ -887,8 +909,8 @@ class Settings:
     dogstatsd_export_interval: float = _setting(
         "DOGSTATSD_EXPORT_INTERVAL",
         "30s",
-        parse_duration,
-        "DogStatsD export interval",
+        _zero_is_a_minute,
+        "DogStatsD export interval (0 = 1m, as kubecache)",
         kube=("30s", ""),
     )
     dogstatsd_debug: bool = _setting(
@@ -897,8 +919,8 @@ class Settings:
     dogstatsd_client_ttl: float = _setting(
         "DOGSTATSD_CLIENT_TTL",
         "1m",
-        parse_duration,
-        "re-resolve the agent address this often",
+        _zero_is_a_minute,
+        "re-resolve the agent address this often (0 = 1m, as kubecache)",
         kube=("1m", ""),
     )
     dd_agent_host: str = _setting(
@@ -940,7 +962,7 @@ class Settings:
         "(empty = the CPUs the container may use)",
         value=0,
     )
-    # Not settings of their own: the OTEL_* variables and whether we run in Kubernetes.
+    # Not settings of their own: the OTEL_*/OTELCONFIG_* variables and whether we run in Kubernetes.
     otel: Mapping[str, str] = field(default_factory=dict, metadata={})
     in_kubernetes: bool = field(default=False, metadata={})
     # Set by the supervisor in the environment of each worker it starts (see _workers.py):
@@ -980,7 +1002,8 @@ class Settings:
                 if meta["secret"] or from_ref:
                     raise ConfigError(f"{name}: invalid value (not shown: secret)") from None
                 raise ConfigError(f"{name}: {exc}") from None
-        values["otel"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
+        # OTEL_* for the SDK, and kubecache's OTELCONFIG_EXPORTER (the OTLP transport).
+        values["otel"] = {k: v for k, v in env.items() if k.startswith(("OTEL_", "OTELCONFIG_"))}
         values["in_kubernetes"] = bool(env.get("KUBERNETES_SERVICE_HOST"))
         index = env.get(WORKER_INDEX_ENV, "").strip()
         if index:

@@ -15,8 +15,11 @@ counts into two cumulative histograms:
 
 Labels stay bounded. kubecache's ``uri`` was the whole request URI, query included: one series per
 distinct URL. Here ``uri`` is the request path without the query, and only the first
-``uri_limit`` distinct paths (METRICS_URI_LIMIT, default 100) get a series of their own; every
-later path is counted as ``uri="OTHER"``. The table from request-target to label is itself capped
+``uri_limit`` distinct paths (METRICS_URI_LIMIT, default 100) answered with a status below 400 get
+a series of their own; every later path is counted as ``uri="OTHER"``. An error answer never
+claims a slot (a scanner's 404s would otherwise take every slot at start-up and leave the real
+routes ``OTHER`` until a restart): on a path without a slot it is ``uri="NOT_FOUND"`` for a 404
+(Spring's name) and ``uri="OTHER"`` otherwise. The table from request-target to label is itself capped
 and cleared when full, so memory stays bounded whatever clients send. Method is one of the known
 methods or ``OTHER``, status is the numeric code (a few dozen values at most).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import itertools
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -61,6 +65,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 OUTCOMES = ("hit", "miss", "bypass", "stale", "error")
 KUBECACHE_OUTCOMES = ("SUCCESS", "CLIENT_ERROR", "SERVER_ERROR")
 OTHER_URI = "OTHER"
+NOT_FOUND_URI = "NOT_FOUND"
 _TARGETS_MAX = 4096  # request-targets remembered for their uri label before the table is cleared
 
 
@@ -121,12 +126,15 @@ class ProxyMetrics:
         """The bucket upper bounds (seconds), +Inf excluded."""
         return self._bounds
 
-    def uri_label(self, target: str) -> str:
-        """The bounded ``uri`` label of a request-target: its path, or ``OTHER`` past the cap."""
+    def uri_label(self, target: str, status: int = 200) -> str:
+        """The bounded ``uri`` label of a request-target: its path, or ``OTHER`` past the cap;
+        an error `status` (400 and above) only reuses a path's label, never claims one."""
         label = self._targets.get(target)
         if label is not None:
             return label
         path = target.split("?", 1)[0]
+        if status >= 400 and path not in self._uris:
+            return NOT_FOUND_URI if status == 404 else OTHER_URI  # not remembered: bounded
         if path in self._uris or len(self._uris) < self._uri_limit:
             self._uris.add(path)
             label = path
@@ -144,7 +152,7 @@ class ProxyMetrics:
         `target` (the request-target) gives the ``uri`` label."""
         uri = self._targets.get(target)
         if uri is None:
-            uri = self.uri_label(target)
+            uri = self.uri_label(target, status)
         key = (method, status, outcome, uri)
         series = self._series.get(key)
         if series is None:
@@ -242,7 +250,27 @@ class ProxyMetrics:
 
 
 def _bound_text(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
+    """A bucket bound as Go's client writes it (strconv 'g', shortest): ``1``, ``2.5``,
+    ``1e-05``, ``1e+06``; Python's would be ``1.0``, so a kubecache query on ``le="1"`` keeps
+    matching (Prometheus 3 normalises both to the same value on ingestion)."""
+    if bound == float("inf"):
+        return "+Inf"
+    if bound == 0:
+        return "0"
+    sign, digits, exponent = Decimal(repr(bound)).normalize().as_tuple()
+    assert isinstance(exponent, int)  # finite
+    text = "".join(map(str, digits))
+    point = len(text) + exponent  # digits before the decimal point
+    exp = point - 1
+    minus = "-" if sign else ""
+    if exp < -4 or exp >= 6:  # Go: %e when the exponent is < -4 or >= 6 (shortest precision)
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if point <= 0:
+        return f"{minus}0.{'0' * -point}{text}"
+    if point >= len(text):
+        return f"{minus}{text}{'0' * (point - len(text))}"
+    return f"{minus}{text[:point]}.{text[point:]}"
 
 
 class _Collector(Collector):

@@ -7,8 +7,10 @@ counters (kubecache's exporters sent deltas) and hands one `Reading` per group t
 - `dogstatsd_lines`: udhos/groupcache_datadog's names (``gets``, ``hits``, ``local_load``,
   ``cache_items``...), counts as ``|c`` and gauges as ``|g``, tags ``group:<name>``,
   ``pod_name:<hostname>``, ``type:main|hot`` for the cache metrics, ``service:kubecache`` and
-  DD_TAGS; sent to DD_AGENT_HOST:DD_AGENT_PORT (the address is resolved again every
-  DOGSTATSD_CLIENT_TTL, as kubecache's client was renewed);
+  DD_TAGS; sent to DD_AGENT_HOST:DD_AGENT_PORT (the address is resolved off the event loop,
+  again every DOGSTATSD_CLIENT_TTL, as kubecache's client was renewed);
+- discovery's ``events`` (peer updates, a count) and ``peers`` (pods or tasks found, a gauge), as
+  udhos/kubegroup and udhos/ecs-task-discovery sent them through kubecache's DogStatsD client;
 - `emf_documents`: udhos/groupcache_awsemf's CloudWatch Embedded Metric Format, namespace
   ``groupcache``, dimensions ``application`` (``kubecache``, so existing CloudWatch dashboards
   match), ``group`` and, for the cache metrics, ``type``; one JSON object per line on stdout, where
@@ -160,8 +162,11 @@ class PushExporter:
         dogstatsd: tuple[str, int, float, tuple[str, ...], bool] | None = None,
         emf_out: TextIO | None = None,
         wall_ms: Callable[[], int] | None = None,
+        discovery: Callable[[], tuple[int, int] | None] | None = None,
     ) -> None:
         self._groups = groups
+        self._discovery = discovery
+        self._updates_before = 0
         self._interval = interval
         self._dogstatsd = dogstatsd
         self._emf_out = emf_out
@@ -190,11 +195,35 @@ class PushExporter:
 
     async def _run(self) -> None:
         while True:
+            await self._resolve()
             self.export_once()
             await asyncio.sleep(self._interval)
 
+    async def _resolve(self) -> None:
+        """Resolve the agent's address again once DOGSTATSD_CLIENT_TTL has passed, off the event
+        loop (a slow DNS answer must never stall the requests this loop serves)."""
+        if self._dogstatsd is None:
+            return
+        host, port, ttl, _, _ = self._dogstatsd
+        if self._sock is not None and time.monotonic() - self._resolved_at <= ttl:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            info = (await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM))[0]
+            sock = socket.socket(info[0], socket.SOCK_DGRAM)
+        except OSError as exc:  # no agent name yet: keep the previous address, try next time
+            _log.debug("dogstatsd resolve failed", extra={"error": type(exc).__name__})
+            return
+        sock.setblocking(False)
+        if self._sock is not None:
+            self._sock.close()
+        self._sock, self._address = sock, info[4]
+        self._resolved_at = time.monotonic()
+
     def export_once(self) -> None:
         """Read every group once and send what changed since the last reading."""
+        if self._dogstatsd is not None and self._discovery is not None:
+            self._send_discovery()
         for group in list(self._groups()):
             now = group_snapshot(group)
             delta = now.minus(self._before.get(group.name))
@@ -207,21 +236,33 @@ class PushExporter:
                     self._emf_out.write(json.dumps(doc, separators=(",", ":")) + "\n")
                 self._emf_out.flush()
 
+    def _send_discovery(self) -> None:
+        """kubegroup's (and ecs-task-discovery's) DogStatsD metrics: ``events`` (peer updates,
+        a count) and ``peers`` (pods or tasks found, a gauge), with the client's tags."""
+        assert self._discovery is not None
+        assert self._dogstatsd is not None
+        counts = self._discovery()
+        if counts is None:
+            return
+        updates, peers = counts
+        delta = updates - self._updates_before if updates >= self._updates_before else updates
+        self._updates_before = updates
+        suffix = f"|#{','.join(self._dogstatsd[3])}" if self._dogstatsd[3] else ""
+        lines = [f"events:{delta}|c{suffix}"] if delta else []
+        self._send_lines([*lines, f"peers:{peers}|g{suffix}"])
+
     def _send_dogstatsd(self, reading: Reading) -> None:
         assert self._dogstatsd is not None
-        host, port, ttl, tags, debug = self._dogstatsd
+        self._send_lines(dogstatsd_lines(reading, self._dogstatsd[3]))
+
+    def _send_lines(self, lines: list[str]) -> None:
+        assert self._dogstatsd is not None
+        debug = self._dogstatsd[4]
+        if self._sock is None or self._address is None:
+            return  # not resolved (yet): these deltas are lost, as UDP would lose them
+        address = self._address
         try:
-            if self._sock is None or time.monotonic() - self._resolved_at > ttl:
-                info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-                if self._sock is not None:
-                    self._sock.close()
-                self._sock = socket.socket(info[0], socket.SOCK_DGRAM)
-                self._sock.setblocking(False)
-                self._address = info[4]
-                self._resolved_at = time.monotonic()
-            address = self._address
-            assert address is not None  # resolved with the socket above
-            for line in dogstatsd_lines(reading, tags):
+            for line in lines:
                 if debug:
                     _log.info("dogstatsd", extra={"line": line})
                 self._sock.sendto(line.encode(), address)

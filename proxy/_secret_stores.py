@@ -11,6 +11,8 @@ then the AWS SDK's default region applies; ``[:field]`` takes one field of a JSO
     #http::<method>,<scheme>,<host>,<port>,<path>,<content type>,<body base64>,<authorization>[:field]
     vault::...   refused: no Vault server can run in this project's tests, so the proxy does not
                  claim to speak to one (use the Vault Agent injector and a file: reference)
+    proxy||...   refused too: boilerplate's secret-proxy form (proxy||<scheme>,<host>,<port>,
+                 <secret name>[|field]) asked a kubecache-specific proxy service
 
 Pure parsing lives here; the fetches take the boto3 client or the HTTP function they need, so
 the resolver keeps one client per service and region. Nothing here puts a fetched value, the
@@ -46,6 +48,12 @@ _USAGE = {
     "#http": "#http::<method>,<scheme>,<host>,<port>,<path>,<content type>,<body base64>,"
     "<authorization>[:field]",
 }
+PROXY_PREFIX = "proxy|"
+PROXY_REFUSED = (
+    "secret-proxy references (proxy||<scheme>,<host>,<port>,<secret name>) are not supported; "
+    "reference the store the secret proxy read (aws-secretsmanager:, aws-parameterstore:, "
+    "aws-s3:, aws-dynamodb:, aws-lambda:, #http:) or mount it and use file:<path>"
+)
 VAULT_REFUSED = (
     "vault references are not supported (no Vault server runs in this project's tests); "
     "let the Vault Agent injector write the secret to a file and use file:<path>"
@@ -84,6 +92,8 @@ def parse_store_reference(value: str) -> StoreReference | None:
 
     Raises StoreError (naming the expected form) when it is one, malformed.
     """
+    if value.startswith(PROXY_PREFIX):
+        raise StoreError(PROXY_REFUSED)
     kind = next((k for k in STORE_KINDS if value.startswith(k + ":")), None)
     if kind is None:
         return None

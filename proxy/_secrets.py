@@ -9,7 +9,7 @@ replaced by the secret it names; anything else is a literal and comes back uncha
     file:<path>                          (a mounted Kubernetes Secret; one trailing newline dropped)
 
 and the stores of `proxy._secret_stores` (``aws-s3:``, ``aws-dynamodb:``, ``aws-lambda:``,
-``#http:``; ``vault:`` is refused with the reason).
+``#http:``; ``vault:`` and ``proxy||`` are refused with the reason).
 
 Parse rule for the optional JSON field: Secrets Manager and Parameter Store names cannot contain
 ``:``, so after a plain name the first ``:`` starts the field. An ARN does contain colons, so a
@@ -43,6 +43,7 @@ from proxy._secret_refs import (
     parse_reference,
 )
 from proxy._secret_stores import (
+    PROXY_PREFIX,
     StoreError,
     StoreReference,
     client_error_reason,
@@ -110,7 +111,8 @@ class SecretResolver:
         try:
             store = parse_store_reference(value)
         except StoreError as exc:
-            raise SecretReferenceError(name, value.split(":", 1)[0], str(exc)) from None
+            kind = "proxy" if value.startswith(PROXY_PREFIX) else value.split(":", 1)[0]
+            raise SecretReferenceError(name, kind, str(exc)) from None
         if store is not None:
             return self._resolve_store(name, store)
         ref = parse_reference(name, value)

@@ -331,6 +331,7 @@ class ProxyService:
                     groups,
                     interval=s.dogstatsd_export_interval,
                     dogstatsd=(*target, s.dogstatsd_debug),
+                    discovery=self._discovery_counts,
                 )
             )
         if s.emf_enable:
@@ -338,6 +339,21 @@ class ProxyService:
             self._pushers.append(PushExporter(groups, interval=20.0, emf_out=sys.stdout))
         for pusher in self._pushers:
             pusher.start()
+
+    def _discovery_counts(self) -> tuple[int, int] | None:
+        """(peer updates so far, pods or tasks found) of the discovery source, None without one:
+        kubegroup's and ecs-task-discovery's ``events`` and ``peers``."""
+        source = self._discovery
+        if source is None:
+            return None
+        from tokencache.discovery import EcsPeerSource, KubernetesPeerSource
+
+        if isinstance(source, KubernetesPeerSource):
+            stats = source.stats
+            return stats.changes, stats.pods
+        if isinstance(source, EcsPeerSource):
+            return source.updates, source.tasks_found
+        return None
 
     async def _start_side_servers(self) -> None:
         s = self.settings

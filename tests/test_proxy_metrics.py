@@ -21,7 +21,7 @@ def test_histogram_buckets_count_and_sum():
     labels = {"method": "GET", "status": "200", "outcome": "hit"}
     name = "http_server_requests_seconds"
     assert sample(registry, f"{name}_bucket", {**labels, "le": "0.1"}) == 2  # le is inclusive
-    assert sample(registry, f"{name}_bucket", {**labels, "le": "1.0"}) == 3
+    assert sample(registry, f"{name}_bucket", {**labels, "le": "1"}) == 3  # Go's spelling
     assert sample(registry, f"{name}_bucket", {**labels, "le": "+Inf"}) == 4
     assert sample(registry, f"{name}_count", labels) == 4
     assert sample(registry, f"{name}_sum", labels) == pytest.approx(2.65)

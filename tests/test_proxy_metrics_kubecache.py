@@ -55,6 +55,13 @@ GROUPCACHE_ANCHORS: dict[str, set[str]] = {
 REQUESTS_ANCHOR = ("requests_seconds", {"method", "status", "uri", "outcome"})
 
 
+# kubecache's METRICS_BUCKETS_LATENCY_HTTP default as client_golang's text format writes `le`.
+GO_LE = (
+    *("1e-05", "2.5e-05", "5e-05", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1"),
+    *("0.25", "0.5", "1", "2.5", "5", "10", "25", "50", "100", "250", "500", "1000", "+Inf"),
+)
+
+
 def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
@@ -139,9 +146,11 @@ def test_requests_seconds_has_kubecaches_name_labels_and_outcomes(
     assert value(found, count, method="GET", status="200", uri=path, outcome="SUCCESS") == 2
     assert value(found, count, method="GET", status="404", uri=path, outcome="CLIENT_ERROR") == 1
     assert value(found, count, method="GET", status="503", uri=path, outcome="SERVER_ERROR") == 1
-    # kubecache's default buckets, +Inf last
+    # kubecache's default buckets, +Inf last, written as Go's client wrote them (text format
+    # 0.0.4: strconv 'g'), so a kubecache query on le="1" or le="2.5" keeps matching.
     bounds = {lbl["le"] for lbl, _ in found[f"kc_{name}_bucket"]}
-    assert {"1e-05", "2.5e-05", "0.001", "1000.0", "+Inf"} <= bounds
+    assert bounds == set(GO_LE)
+    assert 'le="1",' in text and 'le="1.0"' not in text
 
 
 def test_project_cache_outcome_histogram_is_exported_alongside(
@@ -211,6 +220,30 @@ def test_uri_label_is_bounded() -> None:
     uris = {lbl["uri"] for lbl, _ in found["requests_seconds_count"]}
     assert uris == {"/item/0", "/item/1", "/item/2", "OTHER"}
     assert value(found, "requests_seconds_count", uri="OTHER") == 997
+
+
+@pytest.mark.slow
+def test_a_scan_of_404s_never_takes_the_uri_slots_of_real_routes(tmp_path: Path) -> None:
+    # A scanner right after start-up asks for many paths that do not exist; the routes the
+    # dashboards show must still get their own uri label afterwards.
+    with (
+        BackendProcess(tmp_path) as backend,
+        ProxyCluster(1, backend.url, tmp_path, env={"METRICS_URI_LIMIT": "3"}) as cluster,
+    ):
+        node = cluster.nodes[0]
+        for i in range(10):
+            url = f"{node.url}/scan/{i}?status=404"
+            assert httpx.get(url, timeout=10).status_code == 404
+        assert httpx.get(node.url + "/scan/9?status=503", timeout=10).status_code == 503
+        assert httpx.get(node.url + "/prod/app", timeout=10).status_code == 200
+        assert httpx.get(node.url + "/prod/app?status=404", timeout=10).status_code == 404
+        found = samples(http_get(node.metrics_url)[1].decode())
+    count = "requests_seconds_count"
+    assert value(found, count, uri="/prod/app", status="200") == 1
+    assert value(found, count, uri="/prod/app", status="404") == 1  # its slot, once claimed
+    assert value(found, count, uri="NOT_FOUND") == 10
+    assert value(found, count, uri="OTHER", status="503") == 1
+    assert {lbl["uri"] for lbl, _ in found[count]} == {"/prod/app", "NOT_FOUND", "OTHER"}
 
 
 @pytest.mark.parametrize(

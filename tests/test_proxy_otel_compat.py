@@ -261,3 +261,60 @@ def test_kubecache_otel_defaults_start_and_serve(tmp_path: Path) -> None:
         log = node.log_text()
     assert log.count(JAEGER_RETIRED) == 1
     assert "Traceback" not in log
+
+
+def test_settings_carry_otelconfig_exporter_to_the_tracer() -> None:
+    # The real start-up path: Settings.from_env hands the tracer only what it kept of the
+    # environment; kubecache's OTELCONFIG_EXPORTER must be part of it.
+    from proxy import Settings
+
+    env = {"BACKEND_URL": "http://backend.example", "OTELCONFIG_EXPORTER": "http"}
+    assert Settings.from_env(env).otel.get("OTELCONFIG_EXPORTER") == "http"
+    with pytest.raises(ConfigError, match="OTELCONFIG_EXPORTER"):
+        exporter_names(Settings.from_env({**env, "OTELCONFIG_EXPORTER": "zipkin"}).otel)
+
+
+@pytest.mark.slow
+def test_proxy_process_exports_over_http_when_otelconfig_says_http(tmp_path: Path) -> None:
+    # kubecache values.yaml's "OTLP HTTP" block, started as a real proxy: spans reach the
+    # collector's /v1/traces over HTTP (not gRPC, the default transport).
+    received: list[str] = []
+    got = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append(self.path)
+            got.set()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        "OTELCONFIG_EXPORTER": "http",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_PROPAGATORS": "b3multi",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    try:
+        with (
+            BackendProcess(tmp_path) as backend,
+            ProxyCluster(1, backend.url, tmp_path, env=env) as cluster,
+        ):
+            status, _, _ = http_get(cluster.nodes[0].url + "/otel/over-http")
+            assert status == 200
+            assert got.wait(15), cluster.nodes[0].log_text()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert "/v1/traces" in received

@@ -5,10 +5,13 @@ udhos/groupcache_awsemf's names, tags and dimensions; counters are deltas betwee
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -100,15 +103,15 @@ def test_proxy_sends_dogstatsd_to_the_agent_address(tmp_path: Path) -> None:
             node = c.nodes[0]
             assert httpx.get(node.url + "/dd/1", timeout=10).status_code == 200
 
-            def got_gets_and_load() -> bool:
-                # Counters go out as per-interval deltas: the get is counted when it starts, the
-                # load when it has finished, so the two may reach the agent in different exports.
+            def got_gets() -> bool:
+                # One export is a burst of datagrams: wait for the whole of it, not its first.
                 seen.extend(_datagrams(agent))
-                return any(line.startswith("gets:1|c|#group:path,") for line in seen) and any(
-                    x.startswith("local_load:1|c|#group:path") for x in seen
-                )
+                return all(
+                    any(line.startswith(prefix) for line in seen)
+                    for prefix in ("gets:1|c|#group:path,", "local_load:1|c|#group:path")
+                ) and any(x.startswith("cache_items:") and "type:main" in x for x in seen)
 
-            wait_until(got_gets_and_load, 20, "gets:1 and local_load:1 datagrams")
+            wait_until(got_gets, 20, "a whole export burst")
     finally:
         agent.close()
     line = next(x for x in seen if x.startswith("gets:1|c|"))
@@ -147,3 +150,126 @@ def test_emf_send_logs_is_refused() -> None:
 
     with pytest.raises(ConfigError, match=r"^EMF_SEND_LOGS: .*CloudWatch agent"):
         Settings.from_env({"BACKEND_URL": "http://b:1", "EMF_SEND_LOGS": "true"})
+
+
+async def test_a_slow_agent_name_lookup_never_stalls_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # DD_AGENT_HOST is resolved again every DOGSTATSD_CLIENT_TTL; a slow DNS answer (CoreDNS
+    # timeouts, search-domain expansion) must not freeze the loop that serves every request.
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    agent.bind(("127.0.0.1", 0))
+    agent.setblocking(False)
+    real_getaddrinfo = socket.getaddrinfo
+
+    def slow_getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.8)
+        return real_getaddrinfo(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+
+    async def load(key: str) -> tokencache.Entry:
+        return tokencache.Entry(key.encode(), 60)
+
+    ws = tokencache.Workspace()
+    group = ws.new_group("path", max_bytes=1 << 20, loader=load)
+    await group.get("a")
+    port = agent.getsockname()[1]
+    pusher = PushExporter(
+        lambda: [group], interval=3600, dogstatsd=("localhost", port, 60.0, (), False)
+    )
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    try:
+        pusher.start()
+        seen: list[str] = []
+        deadline = loop.time() + 10
+        while loop.time() < deadline and not any(x.startswith("gets:1|c") for x in seen):
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            worst = max(worst, loop.time() - before)
+            seen.extend(_datagrams(agent))
+        await pusher.stop()
+    finally:
+        agent.close()
+    assert any(x.startswith("gets:1|c|#group:path") for x in seen)
+    assert worst < 0.4, f"the event loop stalled {worst:.2f}s on a DNS lookup"
+
+
+@pytest.mark.slow
+def test_proxy_sends_discoverys_events_and_peers_to_dogstatsd(tmp_path: Path) -> None:
+    # kubegroup and ecs-task-discovery sent "events" (a count per peer update) and "peers" (a
+    # gauge) through kubecache's DogStatsD client; ECS with FORCE_SINGLE_TASK needs no API.
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    agent.bind(("127.0.0.1", 0))
+    agent.setblocking(False)
+    env = {
+        "COMPUTE": "ecs",
+        "FORCE_SINGLE_TASK": "true",
+        "GROUPCACHE_PEERS": "",
+        "PEER_DISCOVERY": "auto",
+        "DOGSTATSD_ENABLE": "true",
+        "DOGSTATSD_EXPORT_INTERVAL": "200ms",
+        "DD_AGENT_HOST": "127.0.0.1",
+        "DD_AGENT_PORT": str(agent.getsockname()[1]),
+    }
+    seen: list[str] = []
+    try:
+        with (
+            BackendProcess(tmp_path) as backend,
+            ProxyCluster(1, backend.url, tmp_path, env=env),
+        ):
+
+            def got_both() -> bool:
+                seen.extend(_datagrams(agent))
+                return any(x.startswith("peers:1|g|#") for x in seen) and any(
+                    x.startswith("events:1|c|#") for x in seen
+                )
+
+            wait_until(got_both, 20, "peers and events datagrams")
+    finally:
+        agent.close()
+    line = next(x for x in seen if x.startswith("peers:1|g|#"))
+    tags = line.split("|#", 1)[1].split(",")
+    assert "service:kubecache" in tags and any(t.startswith("pod_name:") for t in tags)
+    assert not any(t.startswith("group:") for t in tags)
+    assert sum(1 for x in seen if x.startswith("events:")) == 1  # one update, one count
+
+
+def test_zero_interval_and_ttl_mean_a_minute_as_in_kubecache() -> None:
+    from proxy import Settings
+
+    env = {
+        "BACKEND_URL": "http://b:1",
+        "DOGSTATSD_EXPORT_INTERVAL": "0",
+        "DOGSTATSD_CLIENT_TTL": "0s",
+    }
+    s = Settings.from_env(env)
+    assert (s.dogstatsd_export_interval, s.dogstatsd_client_ttl) == (60.0, 60.0)
+
+
+@pytest.mark.slow
+def test_proxy_with_zero_export_interval_does_not_spin(tmp_path: Path) -> None:
+    # groupcache_datadog turned ExportInterval 0 into a minute; a loop with sleep(0) would flood
+    # the agent and take the event loop from the requests.
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    agent.bind(("127.0.0.1", 0))
+    agent.setblocking(False)
+    env = {
+        "DOGSTATSD_ENABLE": "true",
+        "DOGSTATSD_EXPORT_INTERVAL": "0",
+        "DD_AGENT_HOST": "127.0.0.1",
+        "DD_AGENT_PORT": str(agent.getsockname()[1]),
+    }
+    seen: list[str] = []
+    try:
+        with (
+            BackendProcess(tmp_path) as backend,
+            ProxyCluster(1, backend.url, tmp_path, env=env) as c,
+        ):
+            assert httpx.get(c.nodes[0].url + "/dd/zero", timeout=10).status_code == 200
+            time.sleep(1.0)
+            seen.extend(_datagrams(agent))
+    finally:
+        agent.close()
+    assert sum(1 for line in seen if line.startswith("gets:")) <= 1  # the first export only

@@ -270,3 +270,17 @@ def test_any_setting_takes_a_store_reference(stores: MotoServer) -> None:
     s = Settings.from_env(env, resolver=_resolver(stores))
     assert s.backend_url == "http://10.0.0.7:8080"
     assert s.groupcache_size_bytes == 42
+
+
+def test_secret_proxy_reference_is_refused_not_used_literally() -> None:
+    # kubecache's boilerplate (v1.6.10) also resolved "proxy||<scheme>,<host>,<port>,<name>"
+    # through its secret proxy; taken literally it would become e.g. a label selector or a tag.
+    env = {
+        "BACKEND_URL": "http://b:1",
+        "DD_TAGS": "proxy||http,localhost,8080,aws-secretsmanager:us-east-1:dd|tags",
+    }
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env, resolver=SecretResolver())
+    text = str(info.value)
+    assert text.startswith("DD_TAGS: cannot resolve proxy reference: ")
+    assert "file:" in text and "\n" not in text

@@ -18,7 +18,7 @@ BASE = {"BACKEND_URL": "http://backend:9000"}
 KUBE_ROWS = [row for row in Settings.kubecache_rows() if row[3] is not None]
 SETTING_NAMES = {name for name, *_ in Settings.help_rows()}
 # Values kubecache accepted that the proxy refuses at start (the table says so and why).
-REFUSED = {"EMF_SEND_LOGS": "true"}
+REFUSED = {"EMF_SEND_LOGS": "true", "BACKEND_TIMEOUT": "0"}
 
 
 def test_doc_table_is_generated_from_the_code() -> None:
@@ -59,3 +59,10 @@ def test_table_marks_differences() -> None:
     text = settings_table.table()
     assert "| `DEBUG_LOG` | `false` |" in text and "**differs**" in text
     assert "| `READY_PATH` |" in text and "tokencache only" in text
+
+
+def test_backend_url_row_says_its_path_now_counts() -> None:
+    # kubecache's parseKey kept only BACKEND_URL's scheme and host; here a path is a prefix
+    # (proxy._target.backend_url), so a kubecache BACKEND_URL with a path changes every URL.
+    row = next(r for r in Settings.kubecache_rows() if r[0] == "BACKEND_URL")
+    assert row[4] and "path" in row[4] and "scheme and host" in row[4]
