@@ -1175,7 +1175,7 @@ def _finish(s: Settings) -> Settings:
         )
     # Workers of one pod are peers too: on loopback when the pod is alone (no secret needed),
     # on the pod's address with static peers.
-    workers = s.proxy_workers or _available_cpus()
+    workers = _worker_count(s)
     several = (
         mode == "kubernetes"
         or (mode == "ecs" and not s.force_single_task)
@@ -1212,9 +1212,19 @@ def _available_cpus() -> int:
     return cpus_from_cgroup(cpu_max, affinity)
 
 
+def _worker_count(s: Settings) -> int:
+    """PROXY_WORKERS, or when unset the CPUs the container may use; unset with a port chosen by
+    the system (port 0) means one worker, since workers need fixed, adjacent ports."""
+    if s.proxy_workers:
+        return s.proxy_workers
+    if s.listen_addr.port == 0 or s.groupcache_port.port == 0:
+        return 1
+    return _available_cpus()
+
+
 def _finish_workers(s: Settings) -> Settings:
     """Worker count, and for worker i of N: its peer port, its self URL and the expanded ring."""
-    workers = s.proxy_workers or _available_cpus()
+    workers = _worker_count(s)
     s = dataclasses.replace(s, proxy_workers=workers)
     if workers == 1 and s.worker_index <= 0:
         return s

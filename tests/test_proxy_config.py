@@ -757,6 +757,7 @@ def test_peer_settings_defaults_and_rules() -> None:
     assert s.groupcache_liveness_timeout == 3.0
     assert (s.groupcache_tls_cert, s.groupcache_tls_key, s.groupcache_tls_ca) == ("", "", "")
     alone = {**BASE, "PEER_DISCOVERY": "static", "GROUPCACHE_PEERS": "http://me:5000"}
+    alone["PROXY_WORKERS"] = "1"  # more workers are more peers on this address
     assert Settings.from_env({**alone, "GROUPCACHE_SELF_URL": "http://me:5000"})  # one peer: ok
     two = {**alone, "GROUPCACHE_PEERS": "http://me:5000,http://you:5000"}
     two["GROUPCACHE_SELF_URL"] = "http://me:5000"

@@ -160,3 +160,10 @@ def test_workers_on_a_pod_address_need_the_peer_secret() -> None:
     # Alone (no peers at all), the workers talk on loopback and need none.
     alone = {**BASE, "PROXY_WORKERS": "2", "GROUPCACHE_PORT": ":5000", "PEER_DISCOVERY": "none"}
     assert Settings.from_env(alone).proxy_workers == 2
+
+
+def test_unset_workers_with_a_system_chosen_port_are_one() -> None:
+    env = {"BACKEND_URL": "http://backend:9000", "GROUPCACHE_PORT": "127.0.0.1:0"}
+    assert Settings.from_env(env).proxy_workers == 1
+    with pytest.raises(ConfigError, match=r"^GROUPCACHE_PORT: workers use ports"):
+        Settings.from_env({**env, "PROXY_WORKERS": "2"})

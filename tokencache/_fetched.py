@@ -6,7 +6,7 @@ bytes what a control record means:
 ``value``      an ordinary value: stored for its TTL, served by every API, counted as a load.
 ``marker``     stored for its TTL and handed to callers of ``get_fetched``/``lookup`` with its kind,
                but not a value: the value APIs (``get``, ``peek``…) never return it; a load
-               that made one counts in ``local_loads`` and also in ``local_load_markers`` (a
+               that made one counts in ``local_load_markers``, not as a successful load (a
                reverse proxy's "hit-for-pass" record).
 ``transient``  handed to the callers waiting on this one load and stored nowhere, whatever its TTL
                (a proxy's backend-error or served-stale answer); counted as a load error.

@@ -303,9 +303,10 @@ class Group:
             self._generations.end(ticket)
 
     async def _call_loader(self, key: str, context: bytes | None) -> Entry:
-        # groupcache's counters: local_loads counts loads that succeeded (markers included),
-        # local_load_errs those that failed (an exception, a broken promise of the loader, or a
-        # transient answer describing a failed load). Cancellation is neither.
+        # groupcache's counters: local_loads counts loads that produced a value, local_load_errs
+        # those that failed (an exception, a broken promise of the loader, or a transient answer
+        # describing a failed load); a marker (a control record) counts in local_load_markers
+        # only. Cancellation is none of them.
         with self._tracer.start_as_current_span(
             "tokencache.load", attributes={"tokencache.group": self.name}
         ):
@@ -332,10 +333,10 @@ class Group:
             raise InvalidArgument(f"value over {self._max_value_bytes} bytes in {self.name!r}")
         if entry.kind is Kind.TRANSIENT:
             self.stats.local_load_errs += 1  # a control answer for a failed load, not a value
-            return entry
-        self.stats.local_loads += 1
-        if entry.kind is Kind.MARKER:
-            self.stats.local_load_markers += 1  # of which stored records that are not values
+        elif entry.kind is Kind.MARKER:
+            self.stats.local_load_markers += 1  # a control record: stored, but not a value
+        else:
+            self.stats.local_loads += 1
         return entry
 
     async def _ask_others(self, key: str, min_ttl: float) -> Fetched | None:
