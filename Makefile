@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,aws,httpx2]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,aws,httpx2]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,8 +18,18 @@ install: $(STAMP)
 tools: install
 	bash scripts/install-tools.sh
 
-demo: tools
-	$(PY) -m proxy.demo
+# The demo needs the proxy alone: a plain install of tokencache[proxy] (no test toolchain, no
+# helm or npm tools). `make test` later adds the rest to the same virtualenv.
+DEMO_STAMP := $(VENV)/.demo-stamp
+
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check '.[proxy]'
+	touch $(DEMO_STAMP)
+
+demo:
+	@if [ -f $(STAMP) ]; then :; else $(MAKE) --no-print-directory $(DEMO_STAMP); fi
+	$(PY) -m tokencache.proxy.demo
 
 engine-demo: install
 	$(PY) -m scripts.engine_demo

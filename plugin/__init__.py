@@ -10,10 +10,10 @@ Pass ``workspace=`` (the process's :class:`tokencache.Workspace`) to share acros
 docs/plugin.md. httpx2 users: :mod:`plugin.httpx2`. Errors are drawn in :mod:`plugin._errors`.
 """
 
-from plugin._auth import ClientCredentialsAuth
-from plugin._cache import Held, Policy, TokenCache
-from plugin._client_auth import AUTH_METHODS
-from plugin._errors import (
+from tokencache.plugin._auth import ClientCredentialsAuth
+from tokencache.plugin._cache import Held, Policy, TokenCache
+from tokencache.plugin._client_auth import AUTH_METHODS
+from tokencache.plugin._errors import (
     ERROR_KINDS,
     AuthClosedError,
     ConfigurationError,
@@ -31,13 +31,18 @@ from plugin._errors import (
     TokenTimeoutError,
     UnauthorizedClientError,
 )
-from plugin._fetch import TokenFetcher
-from plugin._httpx_sender import HttpxTokenSender
-from plugin._key import Credentials, fingerprint_key, secret_fingerprint
-from plugin._metrics import TokenMetricsCollector, TokenStats
-from plugin._request import TokenHttpResponse, TokenRequest, TokenSender, build_token_request
-from plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
-from plugin._token import AccessToken, Token
+from tokencache.plugin._fetch import TokenFetcher
+from tokencache.plugin._httpx_sender import HttpxTokenSender
+from tokencache.plugin._key import Credentials, fingerprint_key, secret_fingerprint
+from tokencache.plugin._metrics import TokenMetricsCollector, TokenStats
+from tokencache.plugin._request import (
+    TokenHttpResponse,
+    TokenRequest,
+    TokenSender,
+    build_token_request,
+)
+from tokencache.plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
+from tokencache.plugin._token import AccessToken, Token
 
 __all__ = [
     "AUTH_METHODS",

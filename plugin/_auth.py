@@ -7,9 +7,9 @@ from typing import Unpack
 
 import httpx
 
-from plugin._core import AuthCore, FlowOptions
-from plugin._flow import CredentialsFlow
-from plugin._httpx_sender import HttpxTokenSender
+from tokencache.plugin._core import AuthCore, FlowOptions
+from tokencache.plugin._flow import CredentialsFlow
+from tokencache.plugin._httpx_sender import HttpxTokenSender
 
 
 def _replayable(request: httpx.Request) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from plugin._errors import ConfigurationError
+from tokencache.plugin._errors import ConfigurationError
 
 T = TypeVar("T")
 CoroFn = Callable[[], Coroutine[Any, Any, T]]

@@ -42,11 +42,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import tokencache
-from plugin._errors import ConfigurationError, TokenError, TokenThrottledError
-from plugin._fetch import TokenFetcher
-from plugin._key import Credentials
-from plugin._metrics import TokenStats
-from plugin._token import Token, cache_ttl
+from tokencache.plugin._errors import ConfigurationError, TokenError, TokenThrottledError
+from tokencache.plugin._fetch import TokenFetcher
+from tokencache.plugin._key import Credentials
+from tokencache.plugin._metrics import TokenStats
+from tokencache.plugin._token import Token, cache_ttl
 
 _log = logging.getLogger("plugin.oauth2")
 #: The load context of a reload caused by a 401 (tokencache.load_context at the owner), followed by

@@ -27,7 +27,7 @@ from typing import Any
 
 from authlib.oauth2.auth import ClientAuth
 
-from plugin._errors import ConfigurationError
+from tokencache.plugin._errors import ConfigurationError
 
 #: Client authentication methods at the token endpoint.
 AUTH_METHODS: tuple[str, ...] = (

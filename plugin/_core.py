@@ -23,16 +23,16 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TypedDict
 
 import tokencache
-from plugin._bridge import EngineBridge
-from plugin._cache import Held, Policy, TokenCache
-from plugin._client_auth import build_client_auth
-from plugin._errors import AuthClosedError, ConfigurationError, TokenTimeoutError
-from plugin._fetch import Sleep, TokenFetcher
-from plugin._key import Credentials, check_token_url, fingerprint_key
-from plugin._request import TokenSender
-from plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
-from plugin._tls import TokenTls, build_tls
-from plugin._token import BEARER_ONLY, AccessToken
+from tokencache.plugin._bridge import EngineBridge
+from tokencache.plugin._cache import Held, Policy, TokenCache
+from tokencache.plugin._client_auth import build_client_auth
+from tokencache.plugin._errors import AuthClosedError, ConfigurationError, TokenTimeoutError
+from tokencache.plugin._fetch import Sleep, TokenFetcher
+from tokencache.plugin._key import Credentials, check_token_url, fingerprint_key
+from tokencache.plugin._request import TokenSender
+from tokencache.plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
+from tokencache.plugin._tls import TokenTls, build_tls
+from tokencache.plugin._token import BEARER_ONLY, AccessToken
 
 _log = logging.getLogger("plugin.oauth2")
 

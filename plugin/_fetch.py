@@ -14,10 +14,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from plugin._errors import TokenEndpointError, TokenError, TokenThrottledError
-from plugin._key import Credentials
-from plugin._request import TokenSender, build_token_request
-from plugin._token import (
+from tokencache.plugin._errors import TokenEndpointError, TokenError, TokenThrottledError
+from tokencache.plugin._key import Credentials
+from tokencache.plugin._request import TokenSender, build_token_request
+from tokencache.plugin._token import (
     BEARER_ONLY,
     Token,
     is_retryable_status,

@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Generator, MutableMapping
 from typing import Protocol, TypeVar
 
-from plugin._cache import TokenCache
-from plugin._core import AuthCore
-from plugin._token import AccessToken
+from tokencache.plugin._cache import TokenCache
+from tokencache.plugin._core import AuthCore
+from tokencache.plugin._token import AccessToken
 
 
 class _Request(Protocol):

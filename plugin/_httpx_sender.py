@@ -6,7 +6,7 @@ import ssl
 
 import httpx
 
-from plugin._sender import PooledTokenSender
+from tokencache.plugin._sender import PooledTokenSender
 
 
 class HttpxTokenSender(PooledTokenSender):

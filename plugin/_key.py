@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from plugin._client_auth import ClientAuthMethod
-from plugin._errors import ConfigurationError
+from tokencache.plugin._client_auth import ClientAuthMethod
+from tokencache.plugin._errors import ConfigurationError
 
 _FINGERPRINT_DOMAIN = b"tokencache/plugin/oauth2-client-secret/v2\x00"
 _HMAC_KEY_LABEL = b"tokencache/plugin/key-fingerprint-hmac/v2"
@@ -148,7 +148,7 @@ class Credentials:
         if not isinstance(client_id, str) or not client_id:
             raise ConfigurationError("client_id must be a non-empty string")
         if auth is None:
-            from plugin._client_auth import build_client_auth
+            from tokencache.plugin._client_auth import build_client_auth
 
             auth = build_client_auth(auth_method, client_id, client_secret)
         extras = tuple(sorted((str(k), str(v)) for k, v in (extra_params or {}).items()))

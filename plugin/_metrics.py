@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from plugin._errors import ERROR_KINDS
+from tokencache.plugin._errors import ERROR_KINDS
 
 if TYPE_CHECKING:
-    from plugin._cache import TokenCache
+    from tokencache.plugin._cache import TokenCache
 
 
 class TokenStats:

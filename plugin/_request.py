@@ -15,8 +15,8 @@ from typing import Protocol
 
 from authlib.oauth2.rfc6749.parameters import prepare_token_request
 
-from plugin._client_auth import build_client_auth
-from plugin._key import Credentials
+from tokencache.plugin._client_auth import build_client_auth
+from tokencache.plugin._key import Credentials
 
 
 @dataclass(frozen=True, repr=False)

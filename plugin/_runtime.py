@@ -31,8 +31,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import tokencache
-from plugin._cache import TokenCache
-from plugin._key import secret_fingerprint
+from tokencache.plugin._cache import TokenCache
+from tokencache.plugin._key import secret_fingerprint
 
 _FINGERPRINT_MEMO = 4096  # credentials per process whose fingerprint is remembered
 

@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Protocol
 
-from plugin._errors import TokenConnectionError, TokenTimeoutError
-from plugin._key import safe_endpoint
-from plugin._request import TokenHttpResponse, TokenRequest, lower_headers
+from tokencache.plugin._errors import TokenConnectionError, TokenTimeoutError
+from tokencache.plugin._key import safe_endpoint
+from tokencache.plugin._request import TokenHttpResponse, TokenRequest, lower_headers
 
 
 class _Response(Protocol):

@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from plugin._errors import ConfigurationError
+from tokencache.plugin._errors import ConfigurationError
 
 PathLike = str | os.PathLike[str]
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from plugin._errors import (
+from tokencache.plugin._errors import (
     InvalidClientError,
     InvalidRequestError,
     InvalidScopeError,

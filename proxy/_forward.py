@@ -45,7 +45,7 @@ from typing import Any
 
 import httpx
 
-from plugin import TokenError
+from tokencache.plugin import TokenError
 
 from ._body import BodyError
 from ._http import Connection

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from proxy._errors import ConfigError
+from tokencache.proxy._errors import ConfigError
 
 __all__ = ["ReferenceKind", "SecretReference", "SecretReferenceError", "parse_reference"]
 

@@ -36,13 +36,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from proxy._secret_refs import (
+from tokencache.proxy._secret_refs import (
     ReferenceKind,
     SecretReference,
     SecretReferenceError,
     parse_reference,
 )
-from proxy._secret_stores import (
+from tokencache.proxy._secret_stores import (
     PROXY_PREFIX,
     StoreError,
     StoreReference,

@@ -46,7 +46,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 import tokencache
-from plugin import ClientCredentialsAuth, ConfigurationError, TokenError, TokenMetricsCollector
+from tokencache.plugin import (
+    ClientCredentialsAuth,
+    ConfigurationError,
+    TokenError,
+    TokenMetricsCollector,
+)
 
 from ._app import ProxyApp
 from ._config import Address, Settings

@@ -69,7 +69,7 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self._command = list(command or (sys.executable, "-m", "proxy"))
+        self._command = list(command or (sys.executable, "-m", "tokencache.proxy"))
         self._clock = clock
         self._dir = Path(tempfile.mkdtemp(prefix="tokencache-proxy-"))
         self._workers = [

@@ -156,7 +156,9 @@ class Processes:
                 **env,
             }
         )
-        proc = self.spawn(["taskset", "-c", cpus, sys.executable, "-m", "proxy"], name, full)
+        proc = self.spawn(
+            ["taskset", "-c", cpus, sys.executable, "-m", "tokencache.proxy"], name, full
+        )
         wait_until(
             lambda: _status(f"http://127.0.0.1:{health}/ready") == 200, 60.0, f"{name} ready"
         )

@@ -30,9 +30,9 @@ from typing import Any
 import httpx
 import httpx2
 
-import plugin
-import plugin.httpx2
+import tokencache.plugin.httpx2  # noqa: F401 - makes plugin.httpx2 available
 from tests.support.net import free_port
+from tokencache import plugin
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_URL = "http://idp.bench/token"

@@ -93,8 +93,8 @@ def serve_backend(port: int) -> None:
 def serve_proxy(port: int, backend_url: str) -> None:
     """The proxy's data path alone, single node, under uvloop when available."""
     import tokencache
-    from proxy._app import ProxyApp
-    from proxy._metrics import ProxyMetrics
+    from tokencache.proxy._app import ProxyApp
+    from tokencache.proxy._metrics import ProxyMetrics
 
     async def run() -> None:
         ws = tokencache.Workspace()

@@ -178,7 +178,7 @@ def run_suite(suite: Path, work: Path, extra_env: dict[str, str]) -> dict[str, A
         with (work / "proxy.log").open("ab") as log:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "proxy"],
+                    [sys.executable, "-m", "tokencache.proxy"],
                     cwd=REPO,
                     env=proxy_env,
                     stdout=log,

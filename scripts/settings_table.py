@@ -32,7 +32,7 @@ def _code(text: str | None) -> str:
 
 def table() -> str:
     """The markdown table, one row per setting, in declaration order."""
-    from proxy import Settings
+    from tokencache.proxy import Settings
 
     lines = [
         "| Variable | Default | Meaning | kubecache default | Compared with kubecache |",

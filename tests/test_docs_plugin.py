@@ -8,7 +8,7 @@ import re
 import tomllib
 from pathlib import Path
 
-import plugin
+from tokencache import plugin
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_MD = (REPO / "docs" / "plugin.md").read_text()

@@ -7,7 +7,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["tokencache", "plugin", "proxy", "tokencache.discovery"])
+@pytest.mark.parametrize(
+    "name", ["tokencache", "tokencache.plugin", "tokencache.proxy", "tokencache.discovery"]
+)
 def test_all_is_sorted_and_complete(name: str) -> None:
     module = importlib.import_module(name)
     exported = module.__all__

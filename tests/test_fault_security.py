@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 import tokencache
-from plugin import ClientCredentialsAuth, InvalidClientError
 from tests.support import peer_wire as pw
 from tests.support.net import free_port
 from tests.support.oauth_server import OAuthClient, OAuthServer
 from tests.support.proxy_cluster import PEER_SECRET, BackendProcess, ProxyCluster
+from tokencache.plugin import ClientCredentialsAuth, InvalidClientError
 
 pytestmark = pytest.mark.slow
 

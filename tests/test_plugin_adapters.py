@@ -20,11 +20,11 @@ import pytest
 import requests
 from aiohttp import web
 
-import plugin
-import plugin.aiohttp
-import plugin.requests
 import tokencache
+import tokencache.plugin.aiohttp
+import tokencache.plugin.requests
 from tests.support.oauth_server import OAuthClient, OAuthServer
+from tokencache import plugin
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-import plugin
 from tests.support.client_keys import (
     LocalPki,
     ec_key,
@@ -23,6 +22,7 @@ from tests.support.client_keys import (
     thumbprint,
 )
 from tests.support.oauth_server import OAuthClient, OAuthServer
+from tokencache import plugin
 
 pytestmark = pytest.mark.slow
 

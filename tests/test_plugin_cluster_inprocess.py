@@ -11,8 +11,8 @@ import httpx
 import pytest
 import respx
 
-import plugin
 import tokencache
+from tokencache import plugin
 from tokencache.testing import FakeClock, LocalTransport
 
 TOKEN_URL = "https://idp.example/token"

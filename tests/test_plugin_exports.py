@@ -8,7 +8,13 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module_name", ["plugin", "plugin.aiohttp", "plugin.httpx2", "plugin.requests"]
+    "module_name",
+    [
+        "tokencache.plugin",
+        "tokencache.plugin.aiohttp",
+        "tokencache.plugin.httpx2",
+        "tokencache.plugin.requests",
+    ],
 )
 def test_all_is_sorted_and_documented(module_name: str) -> None:
     module = importlib.import_module(module_name)
@@ -21,8 +27,7 @@ def test_all_is_sorted_and_documented(module_name: str) -> None:
 
 
 def test_httpx_path_does_not_import_httpx2_modules_of_the_plugin() -> None:
-    import plugin._auth
-    import plugin._httpx_sender
+    from tokencache.plugin import _auth, _httpx_sender
 
-    for module in (plugin._auth, plugin._httpx_sender):
+    for module in (_auth, _httpx_sender):
         assert "httpx2" not in vars(module)

@@ -17,7 +17,7 @@ import pytest
 import respx
 from prometheus_client import CollectorRegistry, generate_latest
 
-import plugin
+from tokencache import plugin
 from tokencache.testing import FakeClock
 
 TOKEN_URL = "https://idp.example/token"

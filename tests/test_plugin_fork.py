@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-import plugin
 import tokencache
 from tests.support.net import free_port
 from tests.support.oauth_server import OAuthClient, OAuthServer
+from tokencache import plugin
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import httpx2
 import pytest
 import respx
 
-import plugin
-import plugin.httpx2
+import tokencache.plugin.httpx2  # noqa: F401 - makes plugin.httpx2 available
+from tokencache import plugin
 from tokencache.testing import FakeClock
 
 TOKEN_URL = "https://idp.example/token"

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-import plugin
 from tests.support.oauth_server import OAuthClient, OAuthServer
+from tokencache import plugin
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import pytest
 
-import plugin
-from plugin._token import cache_ttl, default_leeway, parse_token, rejection, retry_after
+from tokencache import plugin
+from tokencache.plugin._token import cache_ttl, default_leeway, parse_token, rejection, retry_after
 
 SECRET = "MARKER-SECRET-5f1e"
 EP = "https://idp.example/token"

@@ -8,11 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tokencache
-from proxy._conditional import byte_ranges, if_range_holds, not_modified, partial_body
-from proxy._policy import invalidation_targets
-from proxy._request_context import BadContext, decode_context, encode_context
-from proxy._respond import answer
-from proxy._stored import decode_response, encode_response
+from tokencache.proxy._conditional import byte_ranges, if_range_holds, not_modified, partial_body
+from tokencache.proxy._policy import invalidation_targets
+from tokencache.proxy._request_context import BadContext, decode_context, encode_context
+from tokencache.proxy._respond import answer
+from tokencache.proxy._stored import decode_response, encode_response
 
 LM = b"Sun, 06 Nov 1994 08:49:37 GMT"
 

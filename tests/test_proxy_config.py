@@ -17,7 +17,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from proxy._config import (
+from tests.support.net import free_port
+from tokencache.proxy._config import (
     Address,
     Settings,
     parse_address,
@@ -32,11 +33,10 @@ from proxy._config import (
     parse_regexp,
     parse_url,
 )
-from proxy._errors import ConfigError, ProxyError
-from proxy._health import AppServer, Readiness, build_app
-from proxy._logging import JsonFormatter, RedactingFilter, configure_logging
-from proxy._tracing import build_sampler, build_tracer_provider
-from tests.support.net import free_port
+from tokencache.proxy._errors import ConfigError, ProxyError
+from tokencache.proxy._health import AppServer, Readiness, build_app
+from tokencache.proxy._logging import JsonFormatter, RedactingFilter, configure_logging
+from tokencache.proxy._tracing import build_sampler, build_tracer_provider
 
 BASE = {"BACKEND_URL": "http://127.0.0.1:9000", "PEER_DISCOVERY": "none"}
 _OAUTH = {
@@ -691,8 +691,8 @@ class FakePeerSource:
 async def test_service_readiness_follows_discovery_and_drain_leaves_the_ring() -> None:
     from aiohttp import web
 
-    from proxy._service import ProxyService
     from tests.support.demo_backend import build_app as backend_app
+    from tokencache.proxy._service import ProxyService
 
     runner = web.AppRunner(backend_app(), access_log=None)
     await runner.setup()
@@ -774,7 +774,7 @@ def test_peer_settings_defaults_and_rules() -> None:
 
 async def test_an_oauth2_key_the_plugin_cannot_read_stops_the_start() -> None:
     import tokencache
-    from proxy._service import build_backend_auth
+    from tokencache.proxy._service import build_backend_auth
 
     env = {
         **BASE,

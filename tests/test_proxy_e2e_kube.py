@@ -300,7 +300,7 @@ def test_proxies_discover_each_other_through_the_kubernetes_api(
     for node in nodes:
         # unshare and sh exec'd: the PID teardown signals is the proxy itself.
         argv = Path(f"/proc/{node.pid}/cmdline").read_bytes().split(b"\0")
-        assert argv[1:3] == [b"-m", b"proxy"], argv
+        assert argv[1:3] == [b"-m", b"tokencache.proxy"], argv
         started = _started_record(node)
         assert started["peer_discovery"] == "kubernetes"
         assert started["self_url"] == node.peer_url

@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 import tokencache
-from proxy._config import Settings
 from tests.support.proxy_cluster import (
     REPO,
     BackendProcess,
@@ -23,13 +22,14 @@ from tests.support.proxy_cluster import (
     http_get,
     wait_until,
 )
+from tokencache.proxy._config import Settings
 
 pytestmark = pytest.mark.slow
 
 
 def run_proxy(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
+        [sys.executable, "-m", "tokencache.proxy", *args],
         cwd=REPO,
         env=base_env(env),
         stdin=subprocess.DEVNULL,

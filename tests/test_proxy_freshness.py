@@ -8,10 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy._freshness import assess, delta_seconds, http_date, parse_directives
-from proxy._reuse import BACKGROUND, FRESH, REVALIDATE, STALE_OK, request_directives, reuse
-from proxy._stored import MUST_REVALIDATE, NO_CACHE
-from proxy._targeted import targeted_directives
+from tokencache.proxy._freshness import assess, delta_seconds, http_date, parse_directives
+from tokencache.proxy._reuse import (
+    BACKGROUND,
+    FRESH,
+    REVALIDATE,
+    STALE_OK,
+    request_directives,
+    reuse,
+)
+from tokencache.proxy._stored import MUST_REVALIDATE, NO_CACHE
+from tokencache.proxy._targeted import targeted_directives
 
 NOW = 1_800_000_000.0
 

@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 
 import tokencache
-from proxy._app import ProxyApp
-from proxy._http_request import ListenerLimits
-from proxy._metrics import ProxyMetrics
 from tests.support.net import free_port
+from tokencache.proxy._app import ProxyApp
+from tokencache.proxy._http_request import ListenerLimits
+from tokencache.proxy._metrics import ProxyMetrics
 from tokencache.testing import FakeClock
 
 GZIPPED = gzip.compress(b"compressed payload " * 50, mtime=0)

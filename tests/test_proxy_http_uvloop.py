@@ -25,9 +25,9 @@ _RUNNER = r"""
 import asyncio, json, signal, sys
 import uvloop
 import tokencache
-from proxy._app import ProxyApp
-from proxy._http_request import ListenerLimits
-from proxy._metrics import ProxyMetrics
+from tokencache.proxy._app import ProxyApp
+from tokencache.proxy._http_request import ListenerLimits
+from tokencache.proxy._metrics import ProxyMetrics
 
 async def main():
     backend, limits = sys.argv[1], json.loads(sys.argv[2])

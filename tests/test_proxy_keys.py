@@ -13,13 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tokencache
-from proxy._forward import BackendSender
-from proxy._http_rules import check_head
-from proxy._keys import BadKey, base_key, check_key, parse_key, variant_key
-from proxy._loader import BackendLoader
-from proxy._metrics import ProxyMetrics
-from proxy._policy import CachePolicy
-from proxy._stored import encode_response, encode_vary
+from tokencache.proxy._forward import BackendSender
+from tokencache.proxy._http_rules import check_head
+from tokencache.proxy._keys import BadKey, base_key, check_key, parse_key, variant_key
+from tokencache.proxy._loader import BackendLoader
+from tokencache.proxy._metrics import ProxyMetrics
+from tokencache.proxy._policy import CachePolicy
+from tokencache.proxy._stored import encode_response, encode_vary
 
 METHODS = frozenset({"GET", "HEAD"})
 BACKEND = "http://backend.test:8080"

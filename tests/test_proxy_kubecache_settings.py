@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from proxy import ConfigError, ProxyService, Settings
-from proxy._logging import configure_logging
 from tests.support.net import free_port
+from tokencache.proxy import ConfigError, ProxyService, Settings
+from tokencache.proxy._logging import configure_logging
 
 Env = dict[str, str]
 

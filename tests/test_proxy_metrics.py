@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy._metrics import DEFAULT_BUCKETS, ProxyMetrics
+from tokencache.proxy._metrics import DEFAULT_BUCKETS, ProxyMetrics
 
 
 def sample(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> float | None:

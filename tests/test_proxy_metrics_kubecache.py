@@ -21,9 +21,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy._metrics import ProxyMetrics, kubecache_outcome
 from tests.support.proxy_cluster import BackendProcess, ProxyCluster, http_get
 from tokencache.discovery._metrics import Recorder
+from tokencache.proxy._metrics import ProxyMetrics, kubecache_outcome
 
 pytestmark = pytest.mark.slow
 

@@ -26,9 +26,14 @@ from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from proxy import ConfigError
-from proxy._tracing import JAEGER_RETIRED, build_propagator, build_tracer_provider, exporter_names
 from tests.support.proxy_cluster import REPO, BackendProcess, ProxyCluster, base_env, http_get
+from tokencache.proxy import ConfigError
+from tokencache.proxy._tracing import (
+    JAEGER_RETIRED,
+    build_propagator,
+    build_tracer_provider,
+    exporter_names,
+)
 
 KUBECACHE_OTEL = {
     "OTELCONFIG_EXPORTER": "jaeger",
@@ -98,7 +103,11 @@ def test_trace_false_propagates_nothing() -> None:
 @pytest.mark.parametrize("trace_on", ["true", "false"])
 def test_import_and_help_never_crash_on_propagators(value: str, trace_on: str) -> None:
     env = base_env({"OTEL_PROPAGATORS": value, "TRACE": trace_on})
-    for args in (["-c", "import proxy"], ["-m", "proxy", "--help"]):
+    for args in (
+        ["-c", "import tokencache"],
+        ["-c", "import tokencache.proxy"],
+        ["-m", "tokencache.proxy", "--help"],
+    ):
         done = subprocess.run(
             [sys.executable, *args], env=env, capture_output=True, timeout=60, cwd=REPO
         )
@@ -266,7 +275,7 @@ def test_kubecache_otel_defaults_start_and_serve(tmp_path: Path) -> None:
 def test_settings_carry_otelconfig_exporter_to_the_tracer() -> None:
     # The real start-up path: Settings.from_env hands the tracer only what it kept of the
     # environment; kubecache's OTELCONFIG_EXPORTER must be part of it.
-    from proxy import Settings
+    from tokencache.proxy import Settings
 
     env = {"BACKEND_URL": "http://backend.example", "OTELCONFIG_EXPORTER": "http"}
     assert Settings.from_env(env).otel.get("OTELCONFIG_EXPORTER") == "http"

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy._keys import variant_value
-from proxy._policy import (
+from tokencache.proxy._keys import variant_value
+from tokencache.proxy._policy import (
     HOP_BY_HOP,
     CachePolicy,
     base_key,

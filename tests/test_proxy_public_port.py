@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 
 import tokencache
-from proxy._app import ProxyApp
-from proxy._http_request import ListenerLimits
-from proxy._metrics import ProxyMetrics
+from tokencache.proxy._app import ProxyApp
+from tokencache.proxy._http_request import ListenerLimits
+from tokencache.proxy._metrics import ProxyMetrics
 
 BIG = 256 * 1024
 
@@ -427,7 +427,7 @@ class _Broken:
 
 
 async def test_handler_exceptions_end_at_one_boundary(caplog: pytest.LogCaptureFixture):
-    from proxy._http_server import Listener
+    from tokencache.proxy._http_server import Listener
 
     metrics = ProxyMetrics()
     listener = Listener(_Broken(), ListenerLimits(), logging.getLogger("test.boundary"), metrics)

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 import tokencache
-from proxy._push_metrics import PushExporter, Reading, dogstatsd_lines, emf_documents
 from tests.support.proxy_cluster import BackendProcess, ProxyCluster, wait_until
+from tokencache.proxy._push_metrics import PushExporter, Reading, dogstatsd_lines, emf_documents
 
 
 def _datagrams(sock: socket.socket) -> list[str]:
@@ -146,7 +146,7 @@ def test_proxy_writes_emf_lines_on_stdout(tmp_path: Path) -> None:
 
 
 def test_emf_send_logs_is_refused() -> None:
-    from proxy import ConfigError, Settings
+    from tokencache.proxy import ConfigError, Settings
 
     with pytest.raises(ConfigError, match=r"^EMF_SEND_LOGS: .*CloudWatch agent"):
         Settings.from_env({"BACKEND_URL": "http://b:1", "EMF_SEND_LOGS": "true"})
@@ -237,7 +237,7 @@ def test_proxy_sends_discoverys_events_and_peers_to_dogstatsd(tmp_path: Path) ->
 
 
 def test_zero_interval_and_ttl_mean_a_minute_as_in_kubecache() -> None:
-    from proxy import Settings
+    from tokencache.proxy import Settings
 
     env = {
         "BACKEND_URL": "http://b:1",

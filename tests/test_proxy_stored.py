@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy._stored import (
+from tokencache.proxy._stored import (
     decode_error,
     decode_pass,
     decode_response,

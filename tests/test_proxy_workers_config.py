@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy._config import Address, Settings
-from proxy._errors import ConfigError
-from proxy._workers import (
+from tokencache.proxy._config import Address, Settings
+from tokencache.proxy._errors import ConfigError
+from tokencache.proxy._workers import (
     CGROUP_CPU_MAX,
     cpus_from_cgroup,
     expand_peers,

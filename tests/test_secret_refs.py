@@ -20,10 +20,15 @@ import boto3
 import boto3.session
 import pytest
 
-from proxy._errors import ConfigError, ProxyError
-from proxy._secrets import SecretReference, SecretReferenceError, SecretResolver, parse_reference
 from tests.support.moto_server import MotoServer, running_moto_server
 from tests.support.moto_server import moto_server as moto_server  # the module-scoped fixture
+from tokencache.proxy._errors import ConfigError, ProxyError
+from tokencache.proxy._secrets import (
+    SecretReference,
+    SecretReferenceError,
+    SecretResolver,
+    parse_reference,
+)
 
 MARKER = "mk-7f1c9e-do-not-leak"
 REGION = "eu-west-1"

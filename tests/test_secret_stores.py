@@ -16,12 +16,12 @@ from typing import Any
 import boto3
 import pytest
 
-from proxy._config import Settings
-from proxy._errors import ConfigError
-from proxy._secret_stores import StoreError, parse_store_reference
-from proxy._secrets import SecretReferenceError, SecretResolver
 from tests.support.moto_server import MotoServer
 from tests.support.moto_server import moto_server as moto_server  # the module-scoped fixture
+from tokencache.proxy._config import Settings
+from tokencache.proxy._errors import ConfigError
+from tokencache.proxy._secret_stores import StoreError, parse_store_reference
+from tokencache.proxy._secrets import SecretReferenceError, SecretResolver
 
 REGION = "us-east-1"
 MARKER = "s3cr3t-marker-value"

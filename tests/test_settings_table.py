@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from proxy import ConfigError, Settings
 from scripts import settings_table
+from tokencache.proxy import ConfigError, Settings
 
 BASE = {"BACKEND_URL": "http://backend:9000"}
 KUBE_ROWS = [row for row in Settings.kubecache_rows() if row[3] is not None]

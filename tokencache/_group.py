@@ -38,8 +38,9 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
+from . import _propagation
 from ._admission import HotAdmission
 from ._clock import Clock
 from ._context import MAX_CONTEXT_BYTES, _current
@@ -245,7 +246,7 @@ class Group:
                 kind=trace.SpanKind.CLIENT,
                 attributes={"tokencache.group": self.name, "tokencache.peer": owner},
             ):
-                propagate.inject(headers)
+                _propagation.inject(headers)
                 started = time.perf_counter()
                 fetched = await self._peers.transport.fetch(
                     owner, self.name, key, min_ttl=min_ttl, context=context, trace=headers

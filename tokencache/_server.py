@@ -20,8 +20,9 @@ import logging
 import ssl as ssl_module
 from typing import TYPE_CHECKING, cast
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
+from . import _propagation
 from . import _protocol as p
 from ._channel import Channel, Limits
 from ._context import MAX_CONTEXT_BYTES
@@ -267,7 +268,7 @@ class _ServerConnection(asyncio.Protocol):
     async def _serve_get(self, rid: int, req: p.GetRequest) -> None:
         server = self._server
         try:
-            parent = propagate.extract(req.trace) if req.trace else None
+            parent = _propagation.extract(req.trace) if req.trace else None
             with server.tracer.start_as_current_span(
                 "tokencache.peer.serve",
                 context=parent,

@@ -9,6 +9,6 @@ Same parameters and behaviour as :class:`plugin.ClientCredentialsAuth` (token re
 through httpx, a dependency of the plugin).
 """
 
-from plugin.aiohttp._auth import ClientCredentialsAuth
+from tokencache.plugin.aiohttp._auth import ClientCredentialsAuth
 
 __all__ = ["ClientCredentialsAuth"]

@@ -15,9 +15,9 @@ from typing import Unpack
 from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType
 
-from plugin._core import AuthCore, FlowOptions
-from plugin._flow import CredentialsFlow
-from plugin._httpx_sender import HttpxTokenSender
+from tokencache.plugin._core import AuthCore, FlowOptions
+from tokencache.plugin._flow import CredentialsFlow
+from tokencache.plugin._httpx_sender import HttpxTokenSender
 
 
 def _replayable(request: ClientRequest) -> bool:

@@ -4,7 +4,7 @@ Same behaviour and parameters as :class:`plugin.ClientCredentialsAuth`; requests
 fetches go through httpx2 only (install the ``httpx2`` extra).
 """
 
-from plugin.httpx2._auth import ClientCredentialsAuth
-from plugin.httpx2._sender import Httpx2TokenSender
+from tokencache.plugin.httpx2._auth import ClientCredentialsAuth
+from tokencache.plugin.httpx2._sender import Httpx2TokenSender
 
 __all__ = ["ClientCredentialsAuth", "Httpx2TokenSender"]

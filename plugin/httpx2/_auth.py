@@ -7,9 +7,9 @@ from typing import Unpack
 
 import httpx2
 
-from plugin._core import AuthCore, FlowOptions
-from plugin._flow import CredentialsFlow
-from plugin.httpx2._sender import Httpx2TokenSender
+from tokencache.plugin._core import AuthCore, FlowOptions
+from tokencache.plugin._flow import CredentialsFlow
+from tokencache.plugin.httpx2._sender import Httpx2TokenSender
 
 
 def _replayable(request: httpx2.Request) -> bool:

@@ -6,7 +6,7 @@ import ssl
 
 import httpx2
 
-from plugin._sender import PooledTokenSender
+from tokencache.plugin._sender import PooledTokenSender
 
 
 class Httpx2TokenSender(PooledTokenSender):

@@ -5,6 +5,6 @@ same process-wide cache; token requests go through httpx, a dependency of the pl
 the ``requests`` extra; nothing else in the plugin imports ``requests``.
 """
 
-from plugin.requests._auth import ClientCredentialsAuth
+from tokencache.plugin.requests._auth import ClientCredentialsAuth
 
 __all__ = ["ClientCredentialsAuth"]

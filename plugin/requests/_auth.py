@@ -15,10 +15,10 @@ from typing import Any, Unpack
 import requests
 from requests.auth import AuthBase
 
-from plugin._cache import Held
-from plugin._core import AuthCore, FlowOptions
-from plugin._flow import CredentialsFlow
-from plugin._httpx_sender import HttpxTokenSender
+from tokencache.plugin._cache import Held
+from tokencache.plugin._core import AuthCore, FlowOptions
+from tokencache.plugin._flow import CredentialsFlow
+from tokencache.plugin._httpx_sender import HttpxTokenSender
 
 
 def _replayable(request: requests.PreparedRequest) -> bool:

@@ -39,8 +39,8 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-import plugin
 import tokencache
+from tokencache import plugin
 
 _BURST_TIMEOUT = 60.0
 

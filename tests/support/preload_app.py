@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import plugin
+from tokencache import plugin
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 

@@ -128,7 +128,7 @@ class ProxyNode:
         """Start the process (logs to `log`)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy"],
+                [sys.executable, "-m", "tokencache.proxy"],
                 cwd=REPO,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
