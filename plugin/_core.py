@@ -328,7 +328,10 @@ class AuthCore:
         if self._closed:
             return
         self._closed = True
-        if self._bound_here() and not self._engine_gone():
+        # An auth whose own requests never reached the engine has no loop yet, but its token
+        # client may have served a peer's load on this workspace: close it on the loop we are on
+        # (a workspace without loop= runs on its caller's loop).
+        if self._bound_here() and (self.bridge.loop is None or not self._engine_gone()):
             await self.bridge.run(self._release)
         else:
             self._unregister()

@@ -58,6 +58,7 @@ class PooledTokenSender(ABC):
 
     def __init__(self) -> None:
         self._client: _Client | None = None
+        self._closed = False
 
     @abstractmethod
     def _new_client(self) -> _Client:
@@ -65,9 +66,15 @@ class PooledTokenSender(ABC):
 
     async def send(self, request: TokenRequest) -> TokenHttpResponse:
         """POST the token request; timeouts and connection failures become plugin errors."""
+        endpoint = safe_endpoint(request.url)
+        if self._closed:
+            # A load that outlived its credentials' last user (e.g. a peer's request that
+            # arrived late): a new client now would never be closed.
+            raise TokenConnectionError(
+                f"token endpoint {endpoint}: client closed", endpoint=endpoint
+            )
         if self._client is None:
             self._client = self._new_client()
-        endpoint = safe_endpoint(request.url)
         try:
             response = await self._client.request(
                 request.method, request.url, headers=request.headers, content=request.body
@@ -86,7 +93,8 @@ class PooledTokenSender(ABC):
         )
 
     async def aclose(self) -> None:
-        """Close the pooled client."""
+        """Close the pooled client; later sends fail instead of opening a new one."""
+        self._closed = True
         if self._client is not None:
             await self._client.aclose()
             self._client = None

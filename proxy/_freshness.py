@@ -215,13 +215,16 @@ def assess(
     default_error_ttl: float,
     override: bool = False,
     targeted: bytes = b"cdn-cache-control",
+    authorized: bool = False,
 ) -> Assessment:
     """Assess a response (see the module docstring).
 
     `request_time`/`response_time` are monotonic seconds around the backend exchange; `now_wall`
     is the POSIX time at `response_time` (for ``Date``/``Expires``). With `override`, every
     response that may be stored at all lives `default_ttl` (2xx) / `default_error_ttl` (others)
-    whatever it says about freshness: kubecache's behaviour.
+    whatever it says about freshness: kubecache's behaviour. `authorized`: the request carried
+    ``Authorization`` (only possible with CACHE_ALLOW_AUTHORIZED); then the response is stored
+    only when it says a shared cache may (RFC 9111 §3.5: public, s-maxage or must-revalidate).
     """
     cc = parse_directives(header_values(headers, b"cache-control"))
     # An empty or invalid targeted field is ignored (RFC 9213 §2.1): None, and Cache-Control rules.
@@ -244,6 +247,8 @@ def assess(
         return refuse("no-store")
     if "private" in own:
         return refuse("private")
+    if authorized and not ({"public", "s-maxage", "must-revalidate"} & (cc.keys() | own.keys())):
+        return refuse("authorization")
     if _first(headers, b"set-cookie") is not None:
         return refuse("set-cookie")
     vary = _vary(headers)

@@ -221,6 +221,7 @@ class BackendLoader:
             default_error_ttl=self._policy.error_ttl,
             override=self._policy.ttl_override,
             targeted=self._policy.targeted_field,
+            authorized=any(n.lower() == b"authorization" for n, _ in headers),
         )
         if a.why_not is None and len(body) > limit:
             return _marker(encode_pass("too-large"), self._policy.pass_seconds)

@@ -66,7 +66,7 @@ __all__ = [
     "parse_reference",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("proxy.secrets")  # under the "proxy" logger the service configures
 
 
 _FILE = "file"

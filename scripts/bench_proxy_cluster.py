@@ -4,7 +4,7 @@ Called from `scripts.bench_proxy.main` (``run_cluster`` then ``report_cluster``)
 as real processes on 127.0.0.1, each stopped by its PID in a ``finally``:
 
 - **Herd.** A counting backend (tests/support/demo_backend.py, answering after ``?delay=``
-  seconds) and 3 proxies (``python -m proxy`` via tests/support/proxy_cluster.py: static peers,
+  seconds) and 3 proxies (``python -m tokencache.proxy`` via tests/support/proxy_cluster.py: static peers,
   a peer secret). Per round, 500 connections are opened first, spread round-robin over the 3,
   then one GET of one fresh URL is written on every connection back to back, so all 500 are in
   flight while the backend is still answering the first. The backend's count for that URL is the

@@ -3,7 +3,7 @@
     .venv/bin/python -m scripts.cache_tests [--suite DIR] [--save FILE] [--env NAME=VALUE]
 
 What it does: starts the suite's origin server (``server.mjs``, port via ``npm_config_port``), one
-``python -m proxy`` in front of it with ``CACHE_TTL=0 CACHE_ERROR_TTL=0`` (a pure RFC 9111 shared
+``python -m tokencache.proxy`` in front of it with ``CACHE_TTL=0 CACHE_ERROR_TTL=0`` (a pure RFC 9111 shared
 cache: no default freshness, as the suite's published Varnish run), runs the suite's CLI against the
 proxy (``npm_config_base``; ``npm_config_id`` and ``npm_package_config_id`` empty = every test),
 then scores the results the way the suite's ``lib/results.mjs`` does: a test counts as passed only

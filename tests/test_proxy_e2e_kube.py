@@ -1,13 +1,13 @@
 """Three real proxy processes find each other through Kubernetes discovery, end to end.
 
-Nothing here is a stand-in on the proxy's side: each ``python -m proxy`` runs
+Nothing here is a stand-in on the proxy's side: each ``python -m tokencache.proxy`` runs
 ``kubernetes.config.load_incluster_config()`` unmodified, reading the fixed service-account paths
 ``/var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}`` and
 ``KUBERNETES_SERVICE_HOST``/``_PORT``, and lists and watches pods over https at `FakeKube` (the
 wire-faithful fake API server, a trustme CA, a bearer token).
 
 How the fixed path is provided without touching the host: every proxy starts as
-``unshare --mount --propagation private sh -c '…; exec python -m proxy'``. Inside that private
+``unshare --mount --propagation private sh -c '…; exec python -m tokencache.proxy'``. Inside that private
 mount namespace a tmpfs covers ``/var/run`` (so no directory is ever created on the host's file
 system), the service-account directory is made on the tmpfs, and the test's temp directory is
 bind-mounted onto it. ``unshare`` (without ``--fork``) and ``sh`` both exec, so the PID the test
@@ -69,7 +69,7 @@ _WRAPPER = (
     "mount -t tmpfs -o mode=0755,size=1m tokencache-e2e-run /var/run; "
     f"mkdir -p {SA_MOUNT}; "
     f'mount --bind "$1" {SA_MOUNT}; '
-    'exec "$2" -m proxy'
+    'exec "$2" -m tokencache.proxy'
 )
 
 
@@ -87,7 +87,7 @@ class KubeProxyNode(ProxyNode):
         return f"http://{self.pod_ip}:{self.peer_port}"
 
     def start(self) -> None:
-        """Start ``unshare … exec python -m proxy`` (the PID is the proxy's)."""
+        """Start ``unshare … exec python -m tokencache.proxy`` (the PID is the proxy's)."""
         assert self.sa_dir is not None
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _WRAPPER]
         with self.log.open("ab") as out:

@@ -1,6 +1,6 @@
 """Black-box tests: the proxy's OAUTH2_AUTH_METHOD settings against the real authorization server.
 
-A real ``python -m proxy`` process authenticates at the token endpoint (oidc-provider, a real
+A real ``python -m tokencache.proxy`` process authenticates at the token endpoint (oidc-provider, a real
 process that verifies each assertion and certificate itself) with ``private_key_jwt`` (the key
 from a ``file:`` reference, its ``kid`` selecting one of two registered keys) and with RFC 8705
 ``tls_client_auth`` over https with a CA made in the test (OAUTH2_CA_FILE, OAUTH2_CLIENT_CERT,

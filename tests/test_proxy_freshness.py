@@ -305,3 +305,22 @@ def test_pragma_counts_only_without_cache_control():
         "max-age": "9"
     }
     assert request_directives({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "stored"),
+    [
+        (b"max-age=60", False),
+        (b"no-cache, max-age=60", False),
+        (b"public, max-age=60", True),
+        (b"s-maxage=60", True),
+        (b"max-age=60, must-revalidate", True),
+    ],
+)
+def test_a_response_to_an_authorized_request_needs_a_shared_cache_directive(
+    cache_control: bytes, stored: bool
+):
+    # RFC 9111 §3.5 (reachable with CACHE_ALLOW_AUTHORIZED): public, s-maxage or must-revalidate.
+    a = judge(200, (b"cache-control", cache_control), authorized=True)
+    assert (a.why_not is None) is stored, a.why_not
+    assert judge(200, (b"cache-control", cache_control)).why_not is None  # no Authorization

@@ -117,8 +117,8 @@ def test_import_and_help_never_crash_on_propagators(value: str, trace_on: str) -
 def test_trace_false_never_imports_exporters_or_propagators() -> None:
     code = (
         "import sys, proxy\n"
-        "from proxy._config import Settings\n"
-        "from proxy._tracing import build_propagator, build_tracer_provider\n"
+        "from tokencache.proxy._config import Settings\n"
+        "from tokencache.proxy._tracing import build_propagator, build_tracer_provider\n"
         "s = Settings.from_env()\n"
         "assert build_tracer_provider(s.trace, s.otel) is None\n"
         "build_propagator(s.trace, s.otel)\n"

@@ -1,7 +1,7 @@
 """Real proxy processes (and the counting backend) on loopback, for black-box tests and the demo.
 
 Theory of operation: `ProxyCluster` asks the OS for free ports (bind 127.0.0.1:0, read, close),
-starts N ``python -m proxy`` processes with a clean environment (PATH and PYTHONPATH only, plus the
+starts N ``python -m tokencache.proxy`` processes with a clean environment (PATH and PYTHONPATH only, plus the
 settings given), static peers (every node lists all N peer URLs) and a peer secret, then polls each
 node's readiness URL, bounded in count and time. `stop()` sends SIGTERM to each PID, waits bounded,
 then SIGKILLs. Logs go to files in a work directory so a failing test can print them.
