@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -101,6 +102,16 @@ class Backend:
         await response.write_eof()
         return response
 
+    async def trickle(self, request: web.Request) -> web.StreamResponse:
+        self._count(request)
+        response = web.StreamResponse(headers={"Content-Length": "4"})
+        await response.prepare(request)
+        for _ in range(4):  # every read well within the backend timeout, the whole body not
+            await response.write(b"x")
+            await asyncio.sleep(0.15)
+        await response.write_eof()
+        return response
+
     async def slow(self, request: web.Request) -> web.Response:
         self._count(request)
         self.slow_arrived.set()
@@ -117,6 +128,7 @@ class Backend:
         app.router.add_get("/big", self.big)
         app.router.add_get("/status/{code}", self.status)
         app.router.add_get("/slow", self.slow)
+        app.router.add_get("/trickle", self.trickle)
         app.router.add_post("/sink", self.sink)
         app.router.add_get("/blob", self.blob)
         self.runner = web.AppRunner(app, access_log=None)
@@ -534,6 +546,25 @@ async def test_backend_timeout_is_504(backend: Backend, make_proxy: MakeProxy, c
     assert a.status_code == 504
     assert a.text == "backend timeout\n"
     assert b.status_code == 200
+
+
+async def test_a_cache_fill_longer_than_the_backend_timeout_in_total_is_504(
+    backend: Backend, make_proxy: MakeProxy, client: httpx.AsyncClient
+) -> None:
+    # BACKEND_TIMEOUT bounds the whole fill (kubecache's http.Client.Timeout did), not only each
+    # read: a peer waits for the owner BACKEND_TIMEOUT + 1 s and then loads the key itself, so an
+    # owner whose fill could run longer (a trickling body, a slow token) made one miss N loads.
+    app, url = await make_proxy(backend_timeout=0.3)
+    started = time.monotonic()
+    a = await client.get(f"{url}/trickle")
+    elapsed = time.monotonic() - started
+    b = await client.get(f"{url}/trickle")
+    assert a.status_code == 504, a.text
+    assert a.text == "backend timeout\n"
+    assert "detail=timeout" in a.headers["cache-status"]
+    assert elapsed < 0.55, elapsed  # the timeout, not the 0.6 s body
+    assert b.status_code == 504  # nothing was stored
+    assert app.metrics.backend_errors["timeout"] == 2
 
 
 async def test_stale_if_error_serves_a_recently_expired_entry(
