@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,7 +22,7 @@ from proxy._app import ProxyApp
 from proxy._http_request import ListenerLimits
 from proxy._metrics import ProxyMetrics
 from tests.support.net import free_port
-from tokencache.testing import FakeClock
+from tokencache.testing import FakeClock, LocalTransport
 
 GZIPPED = gzip.compress(b"compressed payload " * 50, mtime=0)
 
@@ -537,6 +538,26 @@ async def test_backend_refusing_connections_is_502_and_not_cached(
     assert a.headers["cache-status"] == "tokencache; fwd=miss; detail=connect"
     assert app.metrics.backend_errors["connect"] == 3
     assert app.metrics.count("GET", 502, "error") == 2
+
+
+async def test_an_invalidation_that_misses_a_peer_says_so(
+    make_proxy: MakeProxy, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The engine's remove never raises for a peer it could not reach (that peer, maybe the key's
+    # owner, keeps serving the old response until its TTL ends): the proxy logs it.
+    me, gone = "http://127.0.0.1:1", "http://127.0.0.1:2"
+    ws = tokencache.Workspace(me, transport=LocalTransport())
+    ws.set_peers([me, gone])
+    _, url = await make_proxy(workspace=ws)
+    assert (await client.get(f"{url}/echo")).status_code == 200
+    with caplog.at_level(logging.WARNING, "proxy"):
+        assert (await client.post(f"{url}/echo", content=b"x")).status_code == 200
+    missed = [
+        r for r in caplog.records if r.getMessage() == "invalidation did not reach every peer"
+    ]
+    assert len(missed) == 1
+    assert missed[0].peers_missed == [gone]
+    assert missed[0].path == "/echo"
 
 
 async def test_backend_timeout_is_504(backend: Backend, make_proxy: MakeProxy, client):
