@@ -19,7 +19,8 @@ The response is written back as it arrives: its raw bytes (``aiter_raw``: no dec
 an HTTP/1.1 client, else delimited by closing the connection (HTTP/1.0).
 
 Faults before the response head: connection refused/reset and protocol errors → 502, a timeout
-(``BACKEND_TIMEOUT`` for connect, each read, each write) → 504, each with a short text body. No
+(``BACKEND_TIMEOUT`` for connect, each read, each write; a cache fill in `proxy._loader` is
+bounded by it as a whole) → 504, each with a short text body. No
 OAuth2 token for the backend request (any of the plugin's ``TokenError``: a refused client secret,
 a token endpoint that is down or answers nonsense) → 502 with ``detail=token`` in ``Cache-Status``,
 counted as backend error kind ``token`` and logged as one line naming the token endpoint and the
@@ -225,6 +226,7 @@ class BackendSender:
         self._client = client
         self._fresh = fresh_client
         self._timeout = httpx.Timeout(timeout).as_dict()
+        self.timeout = timeout  # a cache fill is bounded by it as a whole (`BackendLoader`)
         self._auth = auth
         self._metrics = metrics
 

@@ -331,9 +331,17 @@ class CacheHandler:
             key = self._base_key_of("GET" if self._head_as_get else "HEAD", target)
             self._passes.pop(key, None)
             try:
-                await group.remove(key)
+                missed = await group.remove(key)
             except tokencache.TokenCacheError:
                 self._logger.warning("invalidation failed", extra={"path": target[:200]})
+                continue
+            if missed:
+                # The engine never raises for a peer it could not reach: those keep their copy
+                # (an owner serves it to the cluster) until its TTL ends.
+                self._logger.warning(
+                    "invalidation did not reach every peer",
+                    extra={"path": target[:200], "peers_missed": list(missed)},
+                )
 
     def _base_key_of(self, method: str, target: str) -> str:
         return f"{method} {target}"

@@ -43,6 +43,7 @@ What it returns (`proxy._stored` records):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -183,20 +184,28 @@ class BackendLoader:
         )
         limit = self._policy.max_body_bytes
         started = self._monotonic()
+        # BACKEND_TIMEOUT bounds the whole fill (token, connect, head and every body read), as
+        # kubecache's http.Client.Timeout did: peers wait for this owner BACKEND_TIMEOUT + 1 s
+        # (the engine's max load time) and then load the key themselves, so a fill allowed to
+        # run longer (a trickling body, a slow token endpoint) would turn one miss into N loads.
         try:
-            response = await self._sender.send(request, retry=True)
-            try:
-                parts: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_raw():
-                    parts.append(chunk)
-                    size += len(chunk)
-                    if size > limit:
-                        return _marker(encode_pass("too-large"), self._policy.pass_seconds)
-            finally:
-                await self._sender.release(response)
+            async with asyncio.timeout(self._sender.timeout):
+                response = await self._sender.send(request, retry=True)
+                try:
+                    parts: list[bytes] = []
+                    size = 0
+                    async for chunk in response.aiter_raw():
+                        parts.append(chunk)
+                        size += len(chunk)
+                        if size > limit:
+                            return _marker(encode_pass("too-large"), self._policy.pass_seconds)
+                finally:
+                    await self._sender.release(response)
         except BACKEND_FAULTS as exc:  # transport faults, and no OAuth2 token (kind "token")
             return self._fault(key, method, target, exc, existing)
+        except TimeoutError:
+            whole = httpx.ReadTimeout("the backend exchange took longer than BACKEND_TIMEOUT")
+            return self._fault(key, method, target, whole, existing)
         finished = self._monotonic()
         status = response.status_code
         body = b"".join(parts)

@@ -1,10 +1,11 @@
 """`make chaos`: the long versions of the fault scenarios, and a table of their figures.
 
-    python -m scripts.chaos [--only 1,2,2b,3,4,8] [--soak-seconds 600] [--quick]
+    python -m scripts.chaos [--only 1,2,2b,2k,3,4,8] [--soak-seconds 600] [--quick]
 
 Scenarios (tests/support/chaos_*.py; `make test` runs short versions in tests/test_fault_*.py):
 1 peer killed under load, 2 rolling restart, 2b rollout without extra loads (issue 12: two of
-three nodes restarted under load; keys loaded again, target <= 1 %), 3 slow and partitioned peer (network namespaces,
+three nodes restarted under load; keys loaded again, target <= 1 %), 2k the same with
+Kubernetes discovery (fake API, pods in mount namespaces: needs root), 3 slow and partitioned peer (network namespaces,
 needs root), 4 backend and token-server faults, 8 soak (mixed traffic, expiring keys, RSS over
 time). Scenarios 5-7 (fuzzing, authentication, leaks) are pass/fail and run in `make test`.
 Every load is bounded in requests and seconds and targets 127.0.0.1 or namespaces made here.
@@ -24,7 +25,7 @@ from pathlib import Path
 from tests.support.chaos_cluster import peer_killed, rolling_restart, soak
 from tests.support.chaos_figures import Report, render
 from tests.support.chaos_partition import partition
-from tests.support.chaos_rollout import rollout
+from tests.support.chaos_rollout import rollout, rollout_kube
 from tests.support.chaos_upstream import backend_faults, token_faults
 
 
@@ -48,6 +49,7 @@ def _plan(
             work / "2", duration=180.0, max_requests=200_000, keys=200, gap=3.0 * k
         ),
         "2b": lambda: rollout(work / "2b", keys=300, restarts=2, gap=3.0 * k),
+        "2k": lambda: rollout_kube(keys=300, restarts=2, gap=3.0 * k),
         "3": three,
         "4": four,
         "8": lambda: soak(
@@ -88,7 +90,7 @@ async def _main(only: list[str], soak_seconds: float, quick: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen scenarios and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--only", default="1,2,2b,3,4,8")
+    parser.add_argument("--only", default="1,2,2b,2k,3,4,8")
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument("--quick", action="store_true", help="shorter runs (a smoke test)")
     args = parser.parse_args(argv)

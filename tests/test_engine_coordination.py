@@ -160,6 +160,26 @@ async def test_remove_reaches_every_peer_in_parallel_within_one_timeout() -> Non
     await removing
 
 
+async def test_remove_says_which_peers_it_could_not_reach() -> None:
+    # An owner that cannot be reached keeps its copy (and serves it) until the TTL ends: the
+    # caller must be able to tell, since remove itself never raises for a peer.
+    cluster = Cluster(hot_probability=1.0)
+    key = cluster.key_owned_by(A)
+    old = await cluster.group(B).get(key)  # A holds it in main, B a hot copy
+    assert await cluster.group(C).remove(key) == ()
+    old = await cluster.group(B).get(key)
+    cluster.transport.down.add(A)
+    assert await cluster.group(C).remove(key) == (A,)
+    assert cluster.group(B).peek(key) is None  # the copies it reached are gone
+    assert cluster.group(A).peek(key) == old  # the owner's is not
+    cluster.transport.down.discard(A)
+    cluster.transport.black_hole(B)
+    removing = asyncio.create_task(cluster.group(A).remove(key))
+    await settle()
+    cluster.transport.expire_liveness(B)
+    assert await removing == (B,)
+
+
 async def test_compare_and_invalidate_leaves_a_newer_value_and_its_load_alone() -> None:
     cluster = Cluster()
     key = cluster.key_owned_by(A)

@@ -5,17 +5,16 @@ again, becomes Ready). At most 1 % of the 300 cached keys may be loaded again, w
 errors.
 
 The pods and the fake API come from tests/test_proxy_e2e_kube.py (mount namespaces, root);
-the measurement is tests/support/chaos_rollout.py's, the same as the static-peer figure.
+the measurement is tests/support/chaos_rollout.py's, the same as the static-peer figure
+(`make chaos` scenario 2k prints it).
 """
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from tests.support.chaos_figures import Report
-from tests.support.chaos_rollout import measure_rollout, wait_full_rings
+from tests.support.chaos_rollout import measure_kube_rollout
 from tests.test_proxy_e2e_kube import KubeCluster, kube_cluster  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -25,32 +24,8 @@ async def test_kubernetes_rollout_reloads_at_most_one_percent_of_the_keys(
     kube_cluster: KubeCluster,  # noqa: F811 - the imported fixture
 ) -> None:
     c = kube_cluster
-    for node in c.nodes:
-        c.wait(node.ready, f"proxy {node.index} ready")
-    await wait_full_rings(c.nodes, 3)
-    run = uuid.uuid4().hex[:8]
-    paths = [f"/ko/{run}/{i}" for i in range(300)]
     report = Report("rollout, kubernetes discovery", "keys=300 restarts=2")
-
-    async def not_ready(index: int) -> None:
-        c.fake.set_ready(c.nodes[index].pod_name, False)  # terminating: out of the endpoints
-
-    async def ready_again(index: int) -> None:
-        c.fake.set_ready(c.nodes[index].pod_name, True)
-        await wait_full_rings(c.nodes, 3)
-
-    await measure_rollout(
-        report,
-        c.nodes,
-        c.backend,
-        paths,
-        restarts=2,
-        gap=1.0,
-        duration=120.0,
-        max_requests=100_000,
-        before_stop=not_ready,
-        after_start=ready_again,
-    )
+    await measure_kube_rollout(c, report, keys=300, restarts=2, gap=1.0)
     assert not report.failed(), f"{report}\n{c.logs()[-4000:]}"
     assert report.value("keys loaded once before the rollout") == 300, str(report)
     assert int(report.value("keys loaded again during the rollout")) <= 3, str(report)

@@ -5,6 +5,7 @@ liveness, metrics and traces."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import socket
@@ -501,6 +502,40 @@ async def test_without_a_secret_both_sides_run_unauthenticated_and_warn_once(
         await ws.close()
     warnings = [r for r in caplog.records if "no peer secret" in r.getMessage()]
     assert len(warnings) == 1
+
+
+async def test_a_silent_connect_nobody_waits_for_leaves_no_unretrieved_error() -> None:
+    # A health ping gives up after its own timeout (1 s in the proxy) while the shared connect to a
+    # frozen peer (SIGSTOP: the kernel accepts, nobody answers the handshake) runs on to the
+    # liveness timeout (3 s) and fails: its error must not be left for the event loop to log as
+    # "Task exception was never retrieved" (one ERROR with a traceback per ping of a frozen peer).
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepted, never answered
+
+    writers: list[asyncio.StreamWriter] = []
+    srv, url = await _impostor(silent, writers)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    transport = WireTransport(secret=SECRET, liveness_timeout=0.3)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await transport.ping(url)
+        await asyncio.sleep(0.6)  # the connect's own liveness timeout has passed
+        gc.collect()
+        await asyncio.sleep(0)
+        with pytest.raises(PeerError) as caught:
+            await transport.ping(url)  # a caller that waits gets the unreachable error
+        assert caught.value.unreachable
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+        await transport.close()
+        await _stop([srv], writers)
+    assert unhandled == []
 
 
 async def test_connect_refused_is_unreachable() -> None:

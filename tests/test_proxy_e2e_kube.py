@@ -23,6 +23,7 @@ public/health/metrics ports on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import shutil
@@ -190,6 +191,14 @@ class KubeCluster:
 
 @pytest.fixture
 def kube_cluster() -> Iterator[KubeCluster]:
+    with running_kube_cluster() as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def running_kube_cluster() -> Iterator[KubeCluster]:
+    """Three proxy "pods" with Kubernetes discovery against the fake API (mount namespaces:
+    root), started; every process stopped on exit (the fixture, and `make chaos` scenario 2k)."""
     workdir = Path(tempfile.mkdtemp(prefix="tokencache-kube-e2e-"))
     fake: FakeKube | None = None
     backend: BackendProcess | None = None

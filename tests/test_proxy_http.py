@@ -8,6 +8,8 @@ import asyncio
 import gzip
 import hashlib
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,7 +22,7 @@ from tests.support.net import free_port
 from tokencache.proxy._app import ProxyApp
 from tokencache.proxy._http_request import ListenerLimits
 from tokencache.proxy._metrics import ProxyMetrics
-from tokencache.testing import FakeClock
+from tokencache.testing import FakeClock, LocalTransport
 
 GZIPPED = gzip.compress(b"compressed payload " * 50, mtime=0)
 
@@ -101,6 +103,16 @@ class Backend:
         await response.write_eof()
         return response
 
+    async def trickle(self, request: web.Request) -> web.StreamResponse:
+        self._count(request)
+        response = web.StreamResponse(headers={"Content-Length": "4"})
+        await response.prepare(request)
+        for _ in range(4):  # every read well within the backend timeout, the whole body not
+            await response.write(b"x")
+            await asyncio.sleep(0.15)
+        await response.write_eof()
+        return response
+
     async def slow(self, request: web.Request) -> web.Response:
         self._count(request)
         self.slow_arrived.set()
@@ -117,6 +129,7 @@ class Backend:
         app.router.add_get("/big", self.big)
         app.router.add_get("/status/{code}", self.status)
         app.router.add_get("/slow", self.slow)
+        app.router.add_get("/trickle", self.trickle)
         app.router.add_post("/sink", self.sink)
         app.router.add_get("/blob", self.blob)
         self.runner = web.AppRunner(app, access_log=None)
@@ -351,10 +364,16 @@ async def test_credentials_may_use_the_cache_when_allowed(
     backend: Backend, make_proxy: MakeProxy, client: httpx.AsyncClient
 ):
     _, url = await make_proxy(allow_auth_caching=True)
-    await client.get(f"{url}/hello", headers={"Authorization": "Bearer one"})
-    b = await client.get(f"{url}/hello", headers={"Authorization": "Bearer two"})
-    assert b.text == "hello 1"
+    # RFC 9111 §3.5: stored only when the response says a shared cache may (public here).
+    shared = f"{url}/header/Cache-Control=public, max-age=60"
+    await client.get(shared, headers={"Authorization": "Bearer one"})
+    b = await client.get(shared, headers={"Authorization": "Bearer two"})
+    assert b.text == "n=1"
     assert b.headers["cache-status"].startswith("tokencache; hit")
+    # Without public, s-maxage or must-revalidate the answer is the requester's alone.
+    await client.get(f"{url}/hello", headers={"Authorization": "Bearer one"})
+    c = await client.get(f"{url}/hello", headers={"Authorization": "Bearer two"})
+    assert c.text == "hello 2"
 
 
 async def test_error_statuses_live_for_the_error_ttl(
@@ -527,6 +546,26 @@ async def test_backend_refusing_connections_is_502_and_not_cached(
     assert app.metrics.count("GET", 502, "error") == 2
 
 
+async def test_an_invalidation_that_misses_a_peer_says_so(
+    make_proxy: MakeProxy, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The engine's remove never raises for a peer it could not reach (that peer, maybe the key's
+    # owner, keeps serving the old response until its TTL ends): the proxy logs it.
+    me, gone = "http://127.0.0.1:1", "http://127.0.0.1:2"
+    ws = tokencache.Workspace(me, transport=LocalTransport())
+    ws.set_peers([me, gone])
+    _, url = await make_proxy(workspace=ws)
+    assert (await client.get(f"{url}/echo")).status_code == 200
+    with caplog.at_level(logging.WARNING, "proxy"):
+        assert (await client.post(f"{url}/echo", content=b"x")).status_code == 200
+    missed = [
+        r for r in caplog.records if r.getMessage() == "invalidation did not reach every peer"
+    ]
+    assert len(missed) == 1
+    assert missed[0].peers_missed == [gone]
+    assert missed[0].path == "/echo"
+
+
 async def test_backend_timeout_is_504(backend: Backend, make_proxy: MakeProxy, client):
     _, url = await make_proxy(backend_timeout=0.2)
     a = await client.get(f"{url}/slow")
@@ -534,6 +573,25 @@ async def test_backend_timeout_is_504(backend: Backend, make_proxy: MakeProxy, c
     assert a.status_code == 504
     assert a.text == "backend timeout\n"
     assert b.status_code == 200
+
+
+async def test_a_cache_fill_longer_than_the_backend_timeout_in_total_is_504(
+    backend: Backend, make_proxy: MakeProxy, client: httpx.AsyncClient
+) -> None:
+    # BACKEND_TIMEOUT bounds the whole fill (kubecache's http.Client.Timeout did), not only each
+    # read: a peer waits for the owner BACKEND_TIMEOUT + 1 s and then loads the key itself, so an
+    # owner whose fill could run longer (a trickling body, a slow token) made one miss N loads.
+    app, url = await make_proxy(backend_timeout=0.3)
+    started = time.monotonic()
+    a = await client.get(f"{url}/trickle")
+    elapsed = time.monotonic() - started
+    b = await client.get(f"{url}/trickle")
+    assert a.status_code == 504, a.text
+    assert a.text == "backend timeout\n"
+    assert "detail=timeout" in a.headers["cache-status"]
+    assert elapsed < 0.55, elapsed  # the timeout, not the 0.6 s body
+    assert b.status_code == 504  # nothing was stored
+    assert app.metrics.backend_errors["timeout"] == 2
 
 
 async def test_stale_if_error_serves_a_recently_expired_entry(

@@ -432,33 +432,40 @@ class Group:
             self._loads.forget(lambda k: k[0] == key)
         return removed
 
-    async def remove(self, key: str, *, if_value: bytes | None = None) -> None:
+    async def remove(self, key: str, *, if_value: bytes | None = None) -> tuple[str, ...]:
         """Remove ``key`` cluster-wide: the owner's copy first, then every other copy in parallel.
 
         With ``if_value``, only copies whose value still equals it are removed (compare-and-
         invalidate: a newer value someone already loaded survives). After ``remove`` returns, no
         load that began before it stores its result on a process it reached. A peer that cannot
-        be reached within the control timeout is counted as a peer error and skipped; its hot copy
-        ends with its TTL.
+        be reached within the control timeout is counted as a peer error and skipped; its copy
+        ends with its TTL (when it is the owner, it keeps serving that copy to the cluster).
+        Returns the peers that could not be reached (empty: every process was told).
         """
         check_key(key, self._max_key_bytes)
         digest = None if if_value is None else value_digest(if_value)
         owner = self._peers.owner(key)
+        missed: list[str] = []
         if owner is None:
             self.remove_local(key, digest)
         else:
-            await self._remove_at(owner, key, digest)
+            if not await self._remove_at(owner, key, digest):
+                missed.append(owner)
             self.remove_local(key, digest)
         others = [p for p in self._peers.peers if p not in (owner, self._peers.self_url)]
         if others:
-            await asyncio.gather(*(self._remove_at(p, key, digest) for p in others))
+            told = await asyncio.gather(*(self._remove_at(p, key, digest) for p in others))
+            missed.extend(p for p, ok in zip(others, told, strict=True) if not ok)
+        return tuple(missed)
 
-    async def _remove_at(self, peer: str, key: str, digest: str | None) -> None:
+    async def _remove_at(self, peer: str, key: str, digest: str | None) -> bool:
         try:
             async with asyncio.timeout(self._control_timeout):
                 await self._peers.transport.remove(peer, self.name, key, if_digest=digest)
         except (PeerError, TimeoutError):
             self.stats.peer_errors += 1
+            return False
+        return True
 
     def purge_expired(self) -> int:
         """Drop expired entries (past the stale window) from both caches; return how many."""

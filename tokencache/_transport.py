@@ -198,8 +198,16 @@ class WireTransport:
         if pending is None:
             pending = asyncio.ensure_future(self._connect(peer))
             self._connecting[peer] = pending
-            pending.add_done_callback(lambda _: self._connecting.pop(peer, None))
+            pending.add_done_callback(lambda done: self._connected(peer, done))
         return await asyncio.shield(pending)
+
+    def _connected(self, peer: str, done: asyncio.Future[_Connection]) -> None:
+        self._connecting.pop(peer, None)
+        # The connect is shared and shielded: every caller may have stopped waiting (a health
+        # ping's own timeout is shorter than the connect's), so its error is read here, or the
+        # loop logs "Task exception was never retrieved" for each failed connect to a frozen peer.
+        if not done.cancelled():
+            done.exception()
 
     async def _connect(self, peer: str) -> _Connection:
         try:

@@ -18,12 +18,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.support.chaos_figures import Report
 from tests.support.chaos_load import Targets, metric_value, run_load, scrape
 from tests.support.proxy_cluster import BackendProcess, ProxyCluster, ProxyNode
 
-__all__ = ["measure_rollout", "rollout", "wait_full_rings"]
+if TYPE_CHECKING:
+    from tests.test_proxy_e2e_kube import KubeCluster
+
+__all__ = ["measure_kube_rollout", "measure_rollout", "rollout", "rollout_kube", "wait_full_rings"]
 
 _ROUTING_GRACE = 0.1  # what an endpoints controller or a preStop pause gives a pod
 _RING_DEADLINE = 20.0
@@ -160,4 +164,49 @@ async def rollout(
     finally:
         cluster.stop()
         backend.stop()
+    return report
+
+
+async def measure_kube_rollout(
+    c: KubeCluster, report: Report, *, keys: int, restarts: int, gap: float
+) -> None:
+    """The same measurement on pods found through (fake) Kubernetes discovery: a restarted pod
+    stops being Ready before its SIGTERM and is Ready again once it answers /ready."""
+    for node in c.nodes:
+        c.wait(node.ready, f"proxy {node.index} ready")
+    await wait_full_rings(c.nodes, 3)
+    run = uuid.uuid4().hex[:8]
+    paths = [f"/ko/{run}/{i}" for i in range(keys)]
+
+    async def not_ready(index: int) -> None:
+        c.fake.set_ready(c.nodes[index].pod_name, False)  # terminating: out of the endpoints
+
+    async def ready_again(index: int) -> None:
+        c.fake.set_ready(c.nodes[index].pod_name, True)
+        await wait_full_rings(c.nodes, 3)
+
+    await measure_rollout(
+        report,
+        c.nodes,
+        c.backend,
+        paths,
+        restarts=restarts,
+        gap=gap,
+        duration=120.0,
+        max_requests=100_000,
+        before_stop=not_ready,
+        after_start=ready_again,
+    )
+
+
+async def rollout_kube(*, keys: int = 300, restarts: int = 2, gap: float = 1.0) -> Report:
+    """Kubernetes discovery: restart ``restarts`` of three pods one after the other under load
+    (needs root for the pods' mount namespaces, like scenario 3)."""
+    from tests.test_proxy_e2e_kube import running_kube_cluster
+
+    report = Report(
+        "2k rollout, kubernetes (issue 12)", f"keys={keys} restarts={restarts} gap={gap}s"
+    )
+    with running_kube_cluster() as c:
+        await measure_kube_rollout(c, report, keys=keys, restarts=restarts, gap=gap)
     return report
