@@ -2,9 +2,11 @@
 
 The request goes to the backend with its method, its headers minus the hop-by-hop ones (RFC 9110
 §7.6.1 and whatever ``Connection`` names), ``Host`` set to the backend's, and its body streamed as
-the client sends it (chunked upstream unless the client gave a ``Content-Length``). The URL is the
-backend URL with the request's origin-form path and query (`proxy._target.backend_url`): a
-request can choose a path on the backend, never another destination.
+the client sends it (chunked upstream unless the client gave a ``Content-Length``; a body is
+buffered up to the listener's ``body_buffer_bytes`` before the backend is asked, `_body`). The
+URL is the backend URL with the request's origin-form path and query
+(`proxy._target.backend_url`): a request can choose a path on the backend, never another
+destination.
 
 ``X-Forwarded-For``/``-Host``/``-Proto`` and ``Forwarded`` (RFC 7239) get this hop appended: what
 the client sent stays in front as earlier hops (their values are the client's claims, never taken
@@ -323,6 +325,9 @@ class Forwarder:
             content=body,
         )
         try:
+            if req.body is not None:
+                # A small body arrives whole before a backend connection is taken (`_body`).
+                await req.body.prefetch()
             response = await self._sender.send(request, retry=body is None)
         except ConnectionResetError:
             conn.abort()  # the client went away while its body was being streamed
