@@ -16,11 +16,13 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support import peer_wire as pw
 from tests.support.chaos_load import rss_kib
+from tests.support.net import free_port
 from tests.support.proxy_cluster import PEER_SECRET, http_get, wait_until
 from tests.test_proxy_e2e_hostile import READ_BOUND, Stack, metric, stack
 
@@ -147,3 +149,36 @@ def test_connections_that_never_finish_a_handshake_are_capped(shared: Stack):
     finally:
         for sock in socks:
             sock.close()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of listening TCP sockets on `port` (from /proc/net/tcp{,6})."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                address, hex_port = fields[1].split(":")
+                if fields[3] == "0A" and int(hex_port, 16) == port:
+                    found.add(address)
+    return found
+
+
+def test_without_a_peer_secret_the_peer_port_listens_on_loopback_only(tmp_path: Path):
+    # Static discovery with this process as its only peer is allowed without a secret; the
+    # unauthenticated port then took a PUT from anyone who reached GROUPCACHE_PORT (":port":
+    # every interface) and served the planted response to every client as a hit.
+    port = free_port()
+    env = {
+        "GROUPCACHE_PEER_SECRET": "",
+        "GROUPCACHE_PORT": f":{port}",
+        "GROUPCACHE_PEERS": f"http://127.0.0.1:{port}",
+        "GROUPCACHE_SELF_URL": f"http://127.0.0.1:{port}",
+    }
+    with stack(tmp_path, **env) as s:
+        assert http_get(s.proxy.url + "/alone")[0] == 200
+        addresses = listening_addresses(port)
+        print(f"peer port {port} without a secret listens on {sorted(addresses)}")
+        assert addresses == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
+        assert "Traceback" not in s.proxy.log_text()
