@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 import tokencache
 
-from ._forward import BackendSender, Forwarder
+from ._forward import MAX_BACKEND_CONNECTIONS, BackendSender, Forwarder
 from ._handler import CacheHandler
 from ._http_request import ListenerLimits
 from ._http_server import Listener
@@ -49,7 +49,9 @@ def _backend_client(timeout: float, *, keepalive: int = 64) -> httpx.AsyncClient
         trust_env=False,
         follow_redirects=False,
         cookies=jar,
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=keepalive),
+        limits=httpx.Limits(
+            max_connections=MAX_BACKEND_CONNECTIONS, max_keepalive_connections=keepalive
+        ),
     )
 
 

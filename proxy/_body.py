@@ -9,6 +9,11 @@ A body ends in one of three ways, and the consumer learns which at once: complet
 ends), refused (`BodyError` with the status to answer: 400 for a body that does not parse, 413 for
 one over `max_bytes`) or cut short (`ConnectionResetError`: the client went away, nobody to answer).
 Either failure makes httpx drop the backend connection it was streaming to.
+
+The forwarder waits (`prefetch`) until the body is complete or `limit` bytes of it wait before it
+takes a backend connection: a client that trickles a small body (a byte now and then, within the
+idle timeout) holds only its own connection, never one of the backend pool's. Without that, 512
+such clients held every backend connection and every other miss waited for a 504.
 """
 
 from __future__ import annotations
@@ -88,6 +93,18 @@ class BodyStream:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+    async def prefetch(self) -> None:
+        """Wait until the body is complete or more than `limit` bytes of it wait (it streams from
+        then on); raise its failure at once."""
+        while self._error is None and not self.complete and self._size <= self._limit:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._error is not None:
+            raise self._error
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield the body's chunks in order until its end; raise its failure at once."""

@@ -660,7 +660,8 @@ class Settings:
         "GROUPCACHE_PEER_SECRET",
         "",
         parse_text,
-        "shared secret of the peer protocol (required with more than one peer)",
+        "shared secret of the peer protocol (required with more than one peer; "
+        "without it the peer port listens on loopback only)",
         secret=True,
         value="",
     )

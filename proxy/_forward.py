@@ -2,9 +2,11 @@
 
 The request goes to the backend with its method, its headers minus the hop-by-hop ones (RFC 9110
 §7.6.1 and whatever ``Connection`` names), ``Host`` set to the backend's, and its body streamed as
-the client sends it (chunked upstream unless the client gave a ``Content-Length``). The URL is the
-backend URL with the request's origin-form path and query (`proxy._target.backend_url`): a
-request can choose a path on the backend, never another destination.
+the client sends it (chunked upstream unless the client gave a ``Content-Length``; a body is
+buffered up to the listener's ``body_buffer_bytes`` before the backend is asked, `_body`). The
+URL is the backend URL with the request's origin-form path and query
+(`proxy._target.backend_url`): a request can choose a path on the backend, never another
+destination.
 
 ``X-Forwarded-For``/``-Host``/``-Proto`` and ``Forwarded`` (RFC 7239) get this hop appended: what
 the client sent stays in front as earlier hops (their values are the client's claims, never taken
@@ -35,10 +37,17 @@ streamed yet) that fails with a protocol or read/write error before any response
 is sent once more on a *fresh* connection (a client that keeps none); the failed connection is
 closed by the pool, never reused. A connect error or a timeout is not retried (the backend is
 down or slow: a retry only doubles the wait).
+
+Concurrency. At most `MAX_BACKEND_CONNECTIONS` requests are inside the HTTP client at a time (its
+pool's size); the rest wait on a semaphore, in order, for at most the backend timeout (then
+``httpx.PoolTimeout``: 504). The client's own pool queue re-scans every waiting request on each
+event, so tens of thousands of concurrent misses (a peer asking for distinct keys, or as many
+public connections) queued there would stall the event loop for minutes — quadratic time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -57,7 +66,11 @@ from ._policy import strip_hop_by_hop
 from ._stored import status_line
 from ._target import backend_url
 
+# The backend clients' pool size: also how many requests may be inside a client at once.
+MAX_BACKEND_CONNECTIONS = 512
+
 __all__ = [
+    "MAX_BACKEND_CONNECTIONS",
     "BackendSender",
     "Forwarder",
     "classify_fault",
@@ -229,6 +242,7 @@ class BackendSender:
         self.timeout = timeout  # a cache fill is bounded by it as a whole (`BackendLoader`)
         self._auth = auth
         self._metrics = metrics
+        self._slots = asyncio.Semaphore(MAX_BACKEND_CONNECTIONS)
 
     async def send(self, request: httpx.Request, *, retry: bool) -> httpx.Response:
         """The streamed response; `retry` allows the one retry (the request has no body)."""
@@ -251,9 +265,18 @@ class BackendSender:
             await connection.aclose()
 
     async def _send(self, client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
-        if self._auth is not None:
-            return await client.send(request, stream=True, auth=self._auth)
-        return await client.send(request, stream=True)
+        # Wait here, not in the client's pool queue (see the module docstring).
+        try:
+            async with asyncio.timeout(self._timeout["pool"]):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no backend connection within the timeout") from None
+        try:
+            if self._auth is not None:
+                return await client.send(request, stream=True, auth=self._auth)
+            return await client.send(request, stream=True)
+        finally:
+            self._slots.release()
 
 
 class Forwarder:
@@ -304,6 +327,9 @@ class Forwarder:
             content=body,
         )
         try:
+            if req.body is not None:
+                # A small body arrives whole before a backend connection is taken (`_body`).
+                await req.body.prefetch()
             response = await self._sender.send(request, retry=body is None)
         except ConnectionResetError:
             conn.abort()  # the client went away while its body was being streamed

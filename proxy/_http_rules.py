@@ -3,6 +3,8 @@
 Pure functions, no I/O; the listener calls `check_head` once per request head, after httptools has
 accepted its syntax, and before anything is forwarded or looked up. In order:
 
+0. Version (RFC 9110 §6.2, §15.6.6): only HTTP/1.0 and HTTP/1.1; llhttp also passes a request line
+   without a version (HTTP/0.9) and ``HTTP/2.0``, which get 505 (the answer is HTTP/1.1 either way).
 1. Framing (RFC 9112 §6): ``Transfer-Encoding`` in an HTTP/1.0 request is faulty framing (400);
    any transfer coding but a single ``chunked`` is 501 (``gzip, chunked`` included: the proxy
    would otherwise have to drop or apply a coding it does not implement); a ``Content-Length``
@@ -40,6 +42,7 @@ _TEXT = {
     431: b"request header too large\n",
     500: b"internal error\n",
     501: b"transfer coding not implemented\n",
+    505: b"HTTP version not supported\n",
 }
 
 
@@ -75,6 +78,8 @@ def check_head(
     max_body_bytes: int,
 ) -> Verdict:
     """Check one parsed request head (see the module docstring for the rules, in order)."""
+    if version != "1.1" and version != "1.0":
+        return Verdict(505, "version")
     coding = hmap.get(b"transfer-encoding")
     if coding is not None:
         if version == "1.0":

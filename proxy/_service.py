@@ -161,7 +161,7 @@ class ProxyService:
             await ws.start()  # background purge of expired entries; no peer port to serve
         else:
             # serve() also logs the one warning when GROUPCACHE_PEER_SECRET is unset.
-            await ws.serve(s.groupcache_port.bind_host, s.groupcache_port.port)
+            await ws.serve(peer_bind_host(s), s.groupcache_port.port)
         await self._start_peers(ws)
         if s.oauth2_token_url:
             self._auth = build_backend_auth(s, ws)
@@ -600,3 +600,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # found while starting (e.g. an OTEL_* value)
         print(f"tokencache-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def peer_bind_host(s: Settings) -> str:
+    """Where the peer port listens: GROUPCACHE_PORT's host, but loopback without a peer secret.
+
+    The settings allow no secret only when this process is its own only peer, or its peers are
+    the pod's workers on loopback; nobody else has a reason to reach the port then, and anyone who
+    could would be unauthenticated: able to PUT a response into the cache (served to every
+    client as a hit), REMOVE keys or make this process LEAVE its ring.
+    """
+    host = s.groupcache_port.bind_host
+    if s.groupcache_peer_secret or host in _LOOPBACK:
+        return host
+    return "127.0.0.1"

@@ -219,6 +219,9 @@ def test_request_rules_on_a_real_process(shared: Stack):
         (b"GET /echo HTTP/1.1\r\n\r\n", 400),
         (b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         (b"OPTIONS * HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", 200),
+        # llhttp passes these two versions; h11 refuses both (they were served, hits included).
+        (b"GET /echo\r\n\r\n", 505),  # HTTP/0.9: a request line without a version
+        (b"GET /echo HTTP/2.0\r\nHost: h\r\n\r\n", 505),
     ]
     for request, expected in cases:
         assert status_of(exchange(node, request)) == expected, request[:80]
@@ -300,3 +303,28 @@ def test_hostile_keys_on_the_peer_port_are_bad_requests(shared: Stack, key: byte
         assert kind == pw.OK
     assert shared.backend.stats()["requests"] == before
     assert metric(shared.proxy, 'proxy_refused_requests_total{reason="key"}') == refused + 1
+
+
+def test_slow_request_bodies_hold_no_backend_connection(shared: Stack):
+    # 520 clients each send a head announcing a body and 10 bytes of it, then nothing (within
+    # the idle timeout they may go on like this for ever). Before the body was buffered first,
+    # each held one of the 512 backend connections and every other miss got a 504.
+    socks: list[socket.socket] = []
+    try:
+        for i in range(520):
+            sock = connect(shared.proxy)
+            sock.sendall(
+                b"POST /echo?slow=%d HTTP/1.1\r\nHost: h\r\nContent-Length: 50000\r\n\r\n" % i
+                + b"x" * 10
+            )
+            socks.append(sock)
+        time.sleep(1.0)
+        started = time.monotonic()
+        status, body, _ = http_get(shared.proxy.url + f"/victim-{time.time_ns()}", timeout=30.0)
+        took = time.monotonic() - started
+        print(f"520 slow bodies held: a miss answered {status} in {took:.2f}s")
+        assert status == 200, body
+        assert took < 8.0  # BACKEND_TIMEOUT is 10 s
+    finally:
+        for sock in socks:
+            sock.close()

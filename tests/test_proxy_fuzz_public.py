@@ -288,7 +288,11 @@ def test_fuzzed_request_sequences(target: Target, data: st.DataObject) -> None:
     methods = [r.split(b" ", 1)[0] for r in sequence]
     got = statuses(converse(target.node, blob), heads, methods)
     assert 500 not in got, heads
-    assert len(got) <= len(sequence)
+    # One answer per request at most, plus one 400 when bytes after the last whole request do
+    # not parse (a drawn request may carry more body than its framing says): then it closes.
+    assert len(got) <= len(sequence) + 1, heads
+    if len(got) == len(sequence) + 1:
+        assert got[-1] == 400, heads
     for status in got:
         key = str(status)
         target.counts[key] = target.counts.get(key, 0) + 1

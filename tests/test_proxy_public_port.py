@@ -245,6 +245,8 @@ async def test_absolute_form_authority_replaces_host(backend: Backend, make_prox
         (b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         (b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n", 413),
         (b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+        (b"GET /x\r\n\r\n", 505),  # HTTP/0.9 (llhttp passes it)
+        (b"GET /x HTTP/2.0\r\nHost: h\r\n\r\n", 505),
     ],
 )
 async def test_heads_the_proxy_refuses(

@@ -116,11 +116,12 @@ class GroupcacheCollector(Collector):
         yield from counters.values()
         refused = CounterMetricFamily(
             self._own_prefix + "peer_requests_refused",
-            "Peer requests refused before reaching a group (unauthenticated or malformed)",
+            "Peer requests refused before reaching a group (unauthenticated, malformed or busy)",
             labels=["reason"],
         )
         refused.add_metric(["unauthorized"], self._ws.server_stats.unauthorized)
         refused.add_metric(["bad_request"], self._ws.server_stats.bad_requests)
+        refused.add_metric(["busy"], self._ws.server_stats.busy)
         yield refused
         yield from self._membership()
 

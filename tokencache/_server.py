@@ -11,6 +11,24 @@ A GET that the cache can answer is answered inside ``data_received`` (no task, n
 miss starts a task, and while tasks run the connection sends a heartbeat frame per running request
 at the interval the client asked for in its hello, so the client can tell a slow owner from a
 frozen one.
+
+Write flow control: while the transport's write buffer is above its high-water mark
+(``pause_writing``) the connection stops reading and stops answering: frames already read wait,
+in order, until ``resume_writing``. A client that sends requests and never reads their answers
+therefore costs about one read's frames and one high-water mark of answers, not an answer per
+request; one that takes nothing for ``write_timeout`` seconds is aborted.
+
+Connection bounds: at most ``max_handshaking`` connections may be between accept and a completed
+handshake (each for at most ``handshake_timeout`` seconds; with TLS the TLS handshake has the same
+deadline); one beyond that is closed at once and counted as ``busy``. Without the peer secret a
+client can do nothing else, so that is all it can hold: one client had held ~10,000 sockets
+(half the process's file descriptors) with a trickle of two bytes each.
+
+Load bounds: at most ``max_loads_per_connection`` GETs of one connection and ``max_loads`` of the
+whole server run (as tasks) at a time; a GET that misses beyond either is answered ``DECLINED``
+at once (the caller then loads it itself, as from any owner that cannot) and counted as ``busy``.
+Without them, one connection sending 20,000 GETs of distinct keys made 20,000 tasks (~400 MiB)
+and stalled the event loop for seconds.
 """
 
 from __future__ import annotations
@@ -18,13 +36,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as ssl_module
+from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from opentelemetry import trace
 
 from . import _propagation
 from . import _protocol as p
-from ._channel import Channel, Limits
+from ._channel import Channel, Frame, Limits
 from ._context import MAX_CONTEXT_BYTES
 from ._errors import Declined, InvalidArgument, NotFound
 from ._ratelog import RateLimitedLog
@@ -71,6 +90,10 @@ class PeerServer:
         max_key_bytes: int = 32 << 10,
         max_value_bytes: int = 64 << 20,
         handshake_timeout: float = 10.0,
+        max_handshaking: int = 1024,
+        write_timeout: float = 30.0,
+        max_loads: int = 4096,
+        max_loads_per_connection: int = 512,
         refusals: RateLimitedLog | None = None,
     ) -> None:
         self.service = service
@@ -82,6 +105,12 @@ class PeerServer:
         self.max_value_bytes = max_value_bytes
         self.limits = _request_limits(max_key_bytes, max_value_bytes)
         self.handshake_timeout = handshake_timeout
+        self.max_handshaking = max_handshaking
+        self.handshaking = 0  # connections accepted whose handshake has not completed
+        self.write_timeout = write_timeout
+        self.max_loads = max_loads
+        self.max_loads_per_connection = max_loads_per_connection
+        self.loads = 0  # GET tasks running on all connections
         self.refusals = refusals or RateLimitedLog(log)
         self._server: asyncio.Server | None = None
         self._connections: set[_ServerConnection] = set()
@@ -95,7 +124,12 @@ class PeerServer:
             )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ServerConnection(self), host, port, ssl=self.ssl, reuse_address=True
+            lambda: _ServerConnection(self),
+            host,
+            port,
+            ssl=self.ssl,
+            ssl_handshake_timeout=self.handshake_timeout if self.ssl is not None else None,
+            reuse_address=True,
         )
 
     @property
@@ -137,6 +171,10 @@ class _ServerConnection(asyncio.Protocol):
         self._remote = "?"
         self._heartbeat: asyncio.TimerHandle | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._frames: deque[Frame] = deque()  # read, authenticated, not yet dispatched
+        self._write_paused = False
+        self._stalled: asyncio.TimerHandle | None = None  # the write timeout while paused
+        self._handshaking = False  # counted in the server's `handshaking`
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -144,14 +182,25 @@ class _ServerConnection(asyncio.Protocol):
         self._writer = BatchWriter(self._transport, asyncio.get_running_loop())
         peer = transport.get_extra_info("peername")
         self._remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
-        self._server._connections.add(self)
+        server = self._server
+        if server.handshaking >= server.max_handshaking:
+            server.stats.busy += 1
+            server.refusals.refused(self._remote, "too many connections in their handshake")
+            self._transport.abort()
+            self._transport = None
+            return
+        server.handshaking += 1
+        self._handshaking = True
+        server._connections.add(self)
         self._deadline = asyncio.get_running_loop().call_later(
             self._server.handshake_timeout, self._handshake_too_slow
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
+        self._handshake_over()
         self._stop_timers()
+        self._frames.clear()
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
@@ -163,10 +212,43 @@ class _ServerConnection(asyncio.Protocol):
             self._transport.abort()
 
     def _stop_timers(self) -> None:
-        for timer in (self._heartbeat, self._deadline):
+        for timer in (self._heartbeat, self._deadline, self._stalled):
             if timer is not None:
                 timer.cancel()
-        self._heartbeat = self._deadline = None
+        self._heartbeat = self._deadline = self._stalled = None
+
+    def pause_writing(self) -> None:
+        # The client is not taking our answers as fast as we make them: stop reading and
+        # answering until it does (frames already read wait in `_frames`).
+        self._write_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+            if self._stalled is None:
+                self._stalled = asyncio.get_running_loop().call_later(
+                    self._server.write_timeout, self._write_too_slow
+                )
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        self._dispatch_frames()
+        if not self._write_paused and self._transport is not None:
+            self._transport.resume_reading()
+
+    def _write_too_slow(self) -> None:
+        self._stalled = None
+        if self._write_paused and self._transport is not None:
+            self._server.refuse(
+                self._remote, p.ProtocolError(p.BAD_REQUEST, "answers not read within the timeout")
+            )
+            self.abort()
+
+    def _handshake_over(self) -> None:
+        if self._handshaking:
+            self._handshaking = False
+            self._server.handshaking -= 1
 
     def _handshake_too_slow(self) -> None:
         self._deadline = None
@@ -197,9 +279,21 @@ class _ServerConnection(asyncio.Protocol):
             if channel.state == "open" and self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
-            for kind, rid, payload in frames:
-                self._dispatch(kind, rid, payload)
+                self._handshake_over()
         except p.ProtocolError as exc:
+            self._refuse(exc)
+            return
+        self._frames.extend(frames)
+        self._dispatch_frames()
+
+    def _dispatch_frames(self) -> None:
+        """Answer the frames read so far, in order, until the write buffer fills up."""
+        frames = self._frames
+        try:
+            while frames and not self._write_paused and self._transport is not None:
+                self._dispatch(*frames.popleft())
+        except p.ProtocolError as exc:
+            frames.clear()
             self._refuse(exc)
 
     # -- requests ----------------------------------------------------------------------------
@@ -215,6 +309,13 @@ class _ServerConnection(asyncio.Protocol):
                 found = service.serve_cached(req.group, req.key, req.min_ttl)
                 if found is not None:
                     self._send(p.VALUE, rid, p.encode_value(found))
+                    return
+                if (
+                    len(self._tasks) >= server.max_loads_per_connection
+                    or server.loads >= server.max_loads
+                ):
+                    server.stats.busy += 1
+                    self._send(p.ERROR, rid, p.encode_error(p.DECLINED, "busy"))
                     return
                 self._start(rid, req)
             elif kind == p.LOOKUP:
@@ -250,8 +351,13 @@ class _ServerConnection(asyncio.Protocol):
     def _start(self, rid: int, req: p.GetRequest) -> None:
         task = asyncio.get_running_loop().create_task(self._serve_get(rid, req))
         self._tasks[rid] = task
+        self._server.loads += 1
+        task.add_done_callback(self._load_done)
         if self._heartbeat is None and self._channel.heartbeat_ms:
             self._arm_heartbeat()
+
+    def _load_done(self, _task: asyncio.Task[None]) -> None:
+        self._server.loads -= 1
 
     def _arm_heartbeat(self) -> None:
         delay = self._channel.heartbeat_ms / 1000

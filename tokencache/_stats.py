@@ -42,7 +42,11 @@ class GroupStats:
 
 @dataclass
 class ServerStats:
-    """Counters of the peer server shared by all groups."""
+    """Counters of the peer server shared by all groups.
+
+    ``busy`` counts GETs declined because too many loads already ran (the caller loads itself).
+    """
 
     unauthorized: int = 0
     bad_requests: int = 0
+    busy: int = 0

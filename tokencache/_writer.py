@@ -7,28 +7,39 @@ is a ``send`` system call per frame; coalescing a burst into one write costs not
 and saves most of the system calls under load.
 
 Invariant: bytes reach the transport in the order they were given (MACs depend on the order).
+The batch is bounded: once `FLUSH_BYTES` are queued they go to the transport at once, so its
+write flow control (``pause_writing``) sees them in the same loop iteration — a burst of large
+answers is never held here out of the transport's sight.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+# Queued bytes that are written at once instead of at the end of the loop iteration.
+FLUSH_BYTES = 64 << 10
+
 
 class BatchWriter:
     """Writes the first frame of a loop iteration at once and the rest together at its end."""
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "_transport")
+    __slots__ = ("_loop", "_pending", "_pending_bytes", "_scheduled", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._scheduled = False
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` behind everything written before."""
         if self._scheduled:
             self._pending.append(data)
+            self._pending_bytes += len(data)
+            if self._pending_bytes >= FLUSH_BYTES:
+                self._flush()
+                self._scheduled = True  # the scheduled call still comes; it finds nothing
             return
         self._transport.write(data)
         self._scheduled = True
@@ -44,5 +55,6 @@ class BatchWriter:
             return
         data = b"".join(self._pending)
         self._pending.clear()
+        self._pending_bytes = 0
         if not self._transport.is_closing():
             self._transport.write(data)
