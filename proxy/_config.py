@@ -711,6 +711,13 @@ class Settings:
         _positive_duration,
         "a client that reads none of its answer this long is disconnected",
     )
+    max_client_connections: int = _setting(
+        "MAX_CLIENT_CONNECTIONS",
+        "0",
+        _non_negative_int,
+        "open public connections at most; idle keep-alive ones make room first "
+        "(0 = three quarters of the file-descriptor limit)",
+    )
     oauth2_token_url: str = _setting(
         "OAUTH2_TOKEN_URL",
         "",

@@ -78,8 +78,12 @@ class Connection(InputFlow, asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = self.transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
-        self.listener.connections.add(self)
         self._since = self.listener.now
+        if not self.listener.admit():
+            self._closing = True
+            self.transport.close()
+            return
+        self.listener.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -326,10 +330,17 @@ class Connection(InputFlow, asyncio.Protocol):
         self._close()
         return tasks
 
-    def close_if_idle(self) -> None:
-        """Close when nothing is being answered or read (draining)."""
+    @property
+    def idle_since(self) -> float:
+        """When this connection last made progress (loop time)."""
+        return self._since
+
+    def close_if_idle(self) -> bool:
+        """Close when nothing is being answered or read (draining); True when it closed."""
         if self._active is None and not self._queue and not self._reading_head:
             self._close()
+            return True
+        return False
 
     def check_timeouts(self, now: float) -> None:
         """Close on a slow request head, a stalled body or reader, or a long-idle connection."""

@@ -34,6 +34,9 @@ class ListenerLimits:
     max_body_bytes: int = 10 << 20
     # A client that takes none of our answer for this long is disconnected (WRITE_TIMEOUT).
     write_timeout: float = 60.0
+    # Open client connections at most (MAX_CLIENT_CONNECTIONS; 0 = no cap). At the cap an idle
+    # keep-alive connection is closed to make room, else the new one is closed at once.
+    max_connections: int = 0
 
 
 class Request:

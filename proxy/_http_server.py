@@ -83,6 +83,19 @@ class Listener:
         if self._busy == 0:
             self._idle.set()
 
+    def admit(self) -> bool:
+        """Whether a new connection may stay: under ``max_connections``, or once an idle
+        keep-alive connection (the longest idle) has been closed to make room."""
+        cap = self.limits.max_connections
+        if not cap or len(self.connections) < cap:
+            return True
+        for conn in sorted(self.connections, key=lambda c: c.idle_since):
+            if conn.close_if_idle():
+                self.connections.discard(conn)
+                return True
+        self.refused("connections")
+        return False
+
     def refused(self, reason: str) -> None:
         """Count a request the listener refused itself (`proxy._http_rules.Verdict.reason`)."""
         if self.metrics is not None:

@@ -33,6 +33,7 @@ import asyncio
 import inspect
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -190,7 +191,9 @@ class ProxyService:
             trace_client_sampled_hits=s.trace_client_sampled_hits,
             logger=logging.getLogger("proxy.app"),
             limits=ListenerLimits(
-                max_body_bytes=s.max_request_body_bytes, write_timeout=s.write_timeout
+                max_body_bytes=s.max_request_body_bytes,
+                write_timeout=s.write_timeout,
+                max_connections=s.max_client_connections or _connection_cap(),
             ),
             group_name=s.groupcache_group_name,
         )
@@ -617,3 +620,12 @@ def peer_bind_host(s: Settings) -> str:
     if s.groupcache_peer_secret or host in _LOOPBACK:
         return host
     return "127.0.0.1"
+
+
+def _connection_cap() -> int:
+    """Three quarters of this process's file-descriptor limit: the rest stays for backend,
+    peer, token and metrics connections, so a flood of clients cannot starve them."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(64, soft * 3 // 4)
