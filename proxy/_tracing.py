@@ -35,7 +35,9 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any, TextIO
+from importlib.metadata import entry_points
+from typing import Any, TextIO, cast
+from urllib.parse import unquote
 
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
@@ -94,11 +96,18 @@ def build_sampler(otel: Mapping[str, str]) -> Sampler:
         "parentbased_always_off": ParentBased(ALWAYS_OFF),
         "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
     }
-    if name not in samplers:
-        raise ConfigError(
-            f"OTEL_TRACES_SAMPLER: {name!r} is not one of {', '.join(sorted(samplers))}"
-        )
-    return samplers[name]
+    if name in samplers:
+        return samplers[name]
+    # As the SDK does: other names come from installed packages' sampler entry points
+    # (group opentelemetry_traces_sampler), called with OTEL_TRACES_SAMPLER_ARG.
+    found = entry_points(group="opentelemetry_traces_sampler", name=name)
+    if found:
+        factory = next(iter(found)).load()
+        return cast(Sampler, factory(otel.get("OTEL_TRACES_SAMPLER_ARG", "")))
+    raise ConfigError(
+        f"OTEL_TRACES_SAMPLER: {name!r} is not one of {', '.join(sorted(samplers))} "
+        "nor an installed sampler (entry point group opentelemetry_traces_sampler)"
+    )
 
 
 def _resource(otel: Mapping[str, str]) -> Resource:
@@ -106,7 +115,8 @@ def _resource(otel: Mapping[str, str]) -> Resource:
     for pair in otel.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
         key, sep, value = pair.partition("=")
         if sep and key.strip():
-            attrs[key.strip()] = value.strip()
+            # W3C Baggage octets, percent-encoded (the SDK's OTELResourceDetector decodes too)
+            attrs[unquote(key.strip())] = unquote(value.strip())
     attrs["service.name"] = otel.get("OTEL_SERVICE_NAME", "").strip() or attrs.get(
         "service.name", SERVICE_NAME
     )

@@ -586,6 +586,22 @@ def test_console_exporter_and_resource() -> None:
     assert span["resource"]["attributes"]["deployment.environment"] == "test"
 
 
+def test_resource_attributes_are_percent_decoded_as_the_sdk_does() -> None:
+    out = io.StringIO()
+    otel = {
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_RESOURCE_ATTRIBUTES": "team=caf%C3%A9%20ops,k%3Dv=a%2Cb",
+    }
+    provider = build_tracer_provider(True, otel, console_out=out)
+    assert provider is not None
+    with provider.get_tracer("t").start_as_current_span("span-two"):
+        pass
+    provider.shutdown()
+    attributes = json.loads(out.getvalue())["resource"]["attributes"]
+    assert attributes["team"] == "café ops"
+    assert attributes["k=v"] == "a,b"
+
+
 def test_default_exporter_is_none_without_endpoint_and_otlp_with_one() -> None:
     provider = build_tracer_provider(True, {})
     assert provider is not None
@@ -619,6 +635,7 @@ def test_samplers(otel: dict[str, str], description: str) -> None:
     ("otel", "message"),
     [
         ({"OTEL_TRACES_SAMPLER": "sometimes"}, r"^OTEL_TRACES_SAMPLER: 'sometimes' is not one of"),
+        ({"OTEL_TRACES_SAMPLER": "sometimes"}, r"nor an installed sampler"),
         (
             {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"},
             r"^OTEL_TRACES_SAMPLER_ARG: '2' is not a ratio",
