@@ -63,6 +63,7 @@ LONE_BYTES = 128 << 20
 NODE_BYTES = 48 << 20
 PROXY_CPUS = "0"
 WRK_CPUS = "1"
+GROUP = "path"  # the proxy's group (GROUPCACHE_GROUP_NAME's default)
 # Every wait is bounded: a wrk run may overrun its -d by WRK_GRACE; a warm-up sweep gets
 # SWEEP_BASE_S + SWEEP_PER_KEY_S per key; one read or connect IO_TIMEOUT_S.
 WRK_GRACE = 30.0
@@ -240,11 +241,11 @@ def _metric(node: Node, name: str, labels: str = "") -> float:
 
 
 def _hot_counters(node: Node) -> tuple[float, float, float]:
-    """(hot hits, hot gets, peer loads) of the http group on ``node``."""
+    """(hot hits, hot gets, peer loads) of the proxy's group on ``node``."""
     return (
-        _metric(node, "groupcache_cache_hits_total", 'type="hot"'),
-        _metric(node, "groupcache_cache_gets_total", 'type="hot"'),
-        _metric(node, "groupcache_peer_loads_total", 'group="http"'),
+        _metric(node, "groupcache_cache_hits_total", f'group="{GROUP}",type="hot"'),
+        _metric(node, "groupcache_cache_gets_total", f'group="{GROUP}",type="hot"'),
+        _metric(node, "groupcache_peer_loads_total", f'group="{GROUP}"'),
     )
 
 
