@@ -21,6 +21,12 @@ keys others own; CPU of all three nodes), the peer hop's p50/p99 (one connection
 local), and a lone proxy with PROXY_WORKERS=1 versus 2 on both cores (CPU per request: wrk shares
 the cores).
 
+Every wait is bounded and fails with a message naming what did not finish: each wrk run (its
+``-d`` plus WRK_GRACE), each warm-up sweep (a Python keep-alive client, SWEEP_BASE_S plus
+SWEEP_PER_KEY_S per key, IO_TIMEOUT_S per read), each start (the readiness deadlines). The warm-up
+is the slow part: a proxy miss costs milliseconds of CPU (httpx), so 30,000 keys on 4 proxies
+take several minutes; ``--keys 3000`` for a quicker run.
+
 Memory: the lone node gets 128 MiB; cluster nodes 48 MiB each with the proxy's default hot
 fraction (0.5), so the hot budget (~24 MiB) holds the remote keys of the 3000-key set but not of
 the 30,000-key set, which is the point of that case.
@@ -29,6 +35,7 @@ the 30,000-key set, which is the point of that case.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
@@ -56,6 +63,13 @@ LONE_BYTES = 128 << 20
 NODE_BYTES = 48 << 20
 PROXY_CPUS = "0"
 WRK_CPUS = "1"
+GROUP = "path"  # the proxy's group (GROUPCACHE_GROUP_NAME's default)
+# Every wait is bounded: a wrk run may overrun its -d by WRK_GRACE; a warm-up sweep gets
+# SWEEP_BASE_S + SWEEP_PER_KEY_S per key; one read or connect IO_TIMEOUT_S.
+WRK_GRACE = 30.0
+SWEEP_BASE_S = 30.0
+SWEEP_PER_KEY_S = 0.05
+IO_TIMEOUT_S = 10.0
 
 _RANDOM_LUA = """
 local n = {n}
@@ -70,22 +84,6 @@ function init(args)
 end
 function request()
   return wrk.format("GET", prefix .. math.random(0, n - 1) .. "?size={size}")
-end
-"""
-
-# Sequential: every key once (one thread, so one counter), then the thread stops.
-_SWEEP_LUA = """
-local n = {n}
-local prefix = "{prefix}"
-local i = -1
-local done = 0
-function request()
-  i = i + 1
-  return wrk.format("GET", prefix .. (i % n) .. "?size={size}")
-end
-function response(status, headers, body)
-  done = done + 1
-  if done >= n then wrk.thread:stop() end
 end
 """
 
@@ -245,11 +243,11 @@ def _metric(node: Node, name: str, labels: str = "") -> float:
 
 
 def _hot_counters(node: Node) -> tuple[float, float, float]:
-    """(hot hits, hot gets, peer loads) of the http group on ``node``."""
+    """(hot hits, hot gets, peer loads) of the proxy's group on ``node``."""
     return (
-        _metric(node, "groupcache_cache_hits_total", 'type="hot"'),
-        _metric(node, "groupcache_cache_gets_total", 'type="hot"'),
-        _metric(node, "groupcache_peer_loads_total", 'group="http"'),
+        _metric(node, "groupcache_cache_hits_total", f'group="{GROUP}",type="hot"'),
+        _metric(node, "groupcache_cache_gets_total", f'group="{GROUP}",type="hot"'),
+        _metric(node, "groupcache_peer_loads_total", f'group="{GROUP}"'),
     )
 
 
@@ -271,12 +269,26 @@ def wrk(
     """One wrk run against ``url`` with ``script``; CPU of ``pids`` per request."""
     argv = [
         *("taskset", "-c", WRK_CPUS, "wrk", f"-t{threads}", f"-c{connections}"),
-        *(f"-d{duration}s", "--latency", "-s", str(script), url),
+        *(
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ),  # whole seconds only
     ]
     before = sum(_cpu_seconds(p) for p in pids)
-    out = subprocess.run(
-        argv, check=True, capture_output=True, text=True, timeout=duration + 120
-    ).stdout
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + WRK_GRACE)
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(
+            f"wrk against {url} did not end within {duration + WRK_GRACE:.0f} s"
+        ) from err
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"wrk against {url} exited {done.returncode}:\n{done.stderr}{done.stdout}"
+        )
+    out = done.stdout
     cpu = sum(_cpu_seconds(p) for p in pids) - before
     if re.search(r"Non-2xx or 3xx responses|Socket errors", out):
         raise RuntimeError(f"errors from {url}:\n{out}")
@@ -291,10 +303,67 @@ def wrk(
     return Sample(rps, pct("50"), pct("99"), requests, cpu / max(requests, 1) * 1e6)
 
 
-def sweep(tmp: Path, node: Node, prefix: str, n: int) -> None:
-    """Request every key of the set once on ``node`` (stops after n answers)."""
-    script = _lua(tmp, _SWEEP_LUA.format(n=n, prefix=prefix, size=BODY))
-    wrk(node.url, script, duration=600, pids=[], threads=1, connections=16)
+def sweep(node: Node, prefix: str, n: int) -> None:
+    """Request every key of the set once on ``node``; every answer must be a 200.
+
+    Not wrk: its Lua ``wrk.thread:stop()`` stops the thread's loop but wrk's main thread still
+    sleeps for the whole ``-d``, so a "sweep until n answers" with ``-d600s`` took 10 minutes per
+    node (the hang of the unverified version). Here a few keep-alive connections, every read and
+    the whole sweep bounded in time.
+    """
+    targets = [f"{prefix}{i}?size={BODY}" for i in range(n)]
+    deadline = SWEEP_BASE_S + n * SWEEP_PER_KEY_S
+    try:
+        asyncio.run(asyncio.wait_for(_get_all(node.port, targets), deadline))
+    except TimeoutError as err:
+        raise RuntimeError(f"warming {n} keys on {node.name}: not within {deadline:.0f} s") from err
+
+
+async def _get_all(port: int, targets: list[str], connections: int = 16) -> None:
+    """GET every target over ``connections`` keep-alive HTTP/1.1 connections (Content-Length).
+
+    A server may close a connection between answers (nginx after ``keepalive_requests``, 1000
+    by default, or with ``Connection: close``): the connection is opened again and a request
+    that got no answer head is sent once more (GETs of cached keys; bounded per target).
+    """
+    queue = iter(targets)
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), IO_TIMEOUT_S)
+
+    async def one_connection() -> None:
+        reader, writer = await connect()
+        try:
+            for target in queue:
+                request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+                for attempt in range(2):
+                    writer.write(request)
+                    try:
+                        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT_S)
+                        break
+                    except (asyncio.IncompleteReadError, ConnectionError):
+                        if attempt:
+                            raise
+                        writer.close()
+                        reader, writer = await connect()
+                status_line, *lines = head.decode("latin-1").split("\r\n")
+                fields = {}
+                for line in lines:
+                    name, _, value = line.partition(":")
+                    fields[name.strip().lower()] = value.strip()
+                if "content-length" not in fields:
+                    raise RuntimeError(f"{target} on port {port}: no Content-Length: {head!r}")
+                length = int(fields["content-length"])
+                await asyncio.wait_for(reader.readexactly(length), IO_TIMEOUT_S)
+                if status_line.split(" ", 2)[1] != "200":
+                    raise RuntimeError(f"{target} on port {port}: {status_line}")
+                if fields.get("connection", "").lower() == "close":
+                    writer.close()
+                    reader, writer = await connect()
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one_connection() for _ in range(connections)))
 
 
 def _med(values: Iterator[float] | list[float]) -> float:
@@ -325,7 +394,7 @@ def run_keysets(
             for name, nodes in setups.items():
                 backend.reset()
                 for node in nodes:
-                    sweep(tmp, node, prefix, n)
+                    sweep(node, prefix, n)
                 by_target = backend.stats()["by_target"]
                 loads[name] = sum(c for t, c in by_target.items() if t.startswith(prefix)) / n
         script = _lua(tmp, _RANDOM_LUA.format(n=n, prefix=prefix, size=BODY))
@@ -389,7 +458,7 @@ def run_hits(procs: Processes, nodes: list[Node], rounds: int, duration: float) 
     tmp = procs.tmp
     prefix, n = "/hop/", 600
     for node in nodes:
-        sweep(tmp, node, prefix, n)
+        sweep(node, prefix, n)
     kinds = {
         "local": owned_targets(nodes, prefix, n, True),
         "remote": owned_targets(nodes, prefix, n, False),
@@ -445,7 +514,7 @@ def run_workers(procs: Processes, backend: str, rounds: int, duration: float) ->
             env["GROUPCACHE_PORT"] = f"127.0.0.1:{free_port_range(workers)}"
         nodes[workers] = procs.proxy(f"workers-{workers}", backend, env, cpus="0,1")
         for _ in range(2 * workers):  # every worker's cache, whichever worker the kernel picks
-            sweep(tmp, nodes[workers], prefix, n)
+            sweep(nodes[workers], prefix, n)
     script = _lua(tmp, _RANDOM_LUA.format(n=n, prefix=prefix, size=BODY))
     samples: dict[int, list[Sample]] = {1: [], 2: []}
     for r in range(rounds):
@@ -475,7 +544,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--keys", default="3000,30000", help="key set sizes, comma-separated")
-    parser.add_argument("--parts", default="keys,hits,workers")
+    parser.add_argument(
+        "--parts", default="keys,hits,workers", help="some of keys,hits,workers (comma-separated)"
+    )
     args = parser.parse_args(argv or [])
     parts = set(args.parts.split(","))
     print("## Cluster (a node of 3 against a lone node and nginx)", flush=True)
