@@ -124,13 +124,22 @@ def test_connections_that_never_finish_a_handshake_are_capped(shared: Stack):
             sock.send(b"TK")  # the first bytes of a hello, and nothing more
             socks.append(sock)
 
+        most = [0]
+
         def settled() -> bool:
+            # Every connection over the cap is refused once accepted; on a loaded machine the
+            # first ones may reach their handshake deadline (10 s) before the last is accepted,
+            # so the count of refusals is 276 only when the accepts keep up: wait for it, but
+            # what must hold is the bound on descriptors, at every moment.
+            most[0] = max(most[0], fds(pid) - base)
             return busy(shared) - declined_before >= 1300 - 1024
 
-        wait_until(settled, 10.0, "connections over the cap refused")
-        held = fds(pid) - base
-        print(f"1300 unfinished handshakes: the proxy holds {held} more descriptors")
-        assert held <= 1024 + 16
+        with contextlib.suppress(TimeoutError):
+            wait_until(settled, 20.0, "connections over the cap refused")
+        refused = busy(shared) - declined_before
+        print(f"1300 unfinished handshakes: {refused} refused, at most {most[0]} more descriptors")
+        assert refused >= 1
+        assert most[0] <= 1024 + 16
         # A real peer is not locked out for long: the stalled ones go at the handshake timeout.
         for sock in socks:
             sock.close()
