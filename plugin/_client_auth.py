@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from authlib.oauth2.auth import ClientAuth
 
@@ -115,7 +116,13 @@ class ClientAuthMethod:
             method = "none"  # RFC 8705 2: client_id in the body, the proof is the TLS handshake
         else:
             method = self.name
-        auth = ClientAuth(self.client_id, secret, method)
+        client_id = self.client_id
+        if method == "client_secret_basic":
+            # RFC 6749 2.3.1: id and secret are form-urlencoded (UTF-8) before Basic encoding;
+            # authlib's client joins them raw (a ':', '%' or '+' then breaks at a compliant
+            # server, and a character outside latin-1 raised UnicodeEncodeError, secret in repr).
+            client_id, secret = quote(client_id, safe=""), quote(self.secret, safe="")
+        auth = ClientAuth(client_id, secret, method)
         _, out_headers, out_body = auth.prepare("POST", token_url, headers, body)
         return dict(out_headers), str(out_body)
 

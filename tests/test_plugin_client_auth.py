@@ -296,3 +296,28 @@ def test_a_certificate_that_does_not_match_its_key_fails_at_construction(pki: Lo
             client_cert=one.cert,
             client_key=two.key,
         )
+
+
+# -- client_secret_basic encoding (RFC 6749 2.3.1) -----------------------------------------------
+
+RESERVED_SECRET = "MARKER-a:b%41+c d&e/=?"
+
+
+def test_client_secret_basic_form_urlencodes_id_and_secret() -> None:
+    # A ':' '%' '+' or space in the id or secret must reach a compliant server intact (oidc-provider
+    # form-urldecodes both); authlib's client joined them raw and this client was refused.
+    clients = [OAuthClient("svc:odd%id", RESERVED_SECRET, ("read",))]
+    with OAuthServer(clients, token_ttl=600) as server:
+        token = fetch_one(make(server, "svc:odd%id", RESERVED_SECRET, "client_secret_basic"))
+        assert token.access_token
+        assert server.token_requests_by_client() == {"svc:odd%id": 1}
+
+
+def test_a_secret_outside_latin1_is_a_token_error_not_a_unicode_error() -> None:
+    # Before: UnicodeEncodeError at the first request, the "id:secret" string in its repr.
+    secret = "MARKER-p\u20acss"
+    clients = [OAuthClient("svc-euro", "other-secret", ("read",))]
+    with OAuthServer(clients, token_ttl=600) as server:
+        with pytest.raises(plugin.TokenRejectedError) as info:
+            fetch_one(make(server, "svc-euro", secret, "client_secret_basic"))
+        assert secret not in repr(info.value) and secret not in str(info.value)
