@@ -39,6 +39,10 @@ _FINGERPRINT_DOMAIN = b"tokencache/plugin/oauth2-client-secret/v2\x00"
 _HMAC_KEY_LABEL = b"tokencache/plugin/key-fingerprint-hmac/v2"
 _KEY_VERSION = "oauth2/v2"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1
+#: Token request parameters the plugin sets itself: not accepted in ``extra_params``.
+_RESERVED_PARAMS = frozenset(
+    {"grant_type", "scope", "client_secret", "client_assertion", "client_assertion_type"}
+)
 
 
 def _framed(*parts: bytes) -> bytes:
@@ -152,6 +156,14 @@ class Credentials:
 
             auth = build_client_auth(auth_method, client_id, client_secret)
         extras = tuple(sorted((str(k), str(v)) for k, v in (extra_params or {}).items()))
+        reserved = sorted({k for k, _ in extras} & _RESERVED_PARAMS)
+        if reserved:
+            # grant_type raised TypeError at the first request; scope was silently replaced; the
+            # client authentication's own parameters would send credentials twice (and a secret
+            # here would sit in the cache key in clear).
+            raise ConfigurationError(
+                f"extra_params must not set {', '.join(reserved)} (use scope= and auth_method=)"
+            )
         if fingerprint is None:
             fingerprint = secret_fingerprint(client_id, auth.material(), token_url=token_url)
         return cls(

@@ -241,6 +241,27 @@ def test_bad_arguments_fail_at_construction(
         assert secret not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"grant_type": "password"},
+        {"scope": "admin"},
+        {"client_secret": SECRET},
+        {"client_assertion_type": "x", "audience": "api"},
+    ],
+)
+def test_extra_params_that_the_plugin_sets_itself_fail_at_construction(
+    extra: dict[str, str],
+) -> None:
+    # grant_type was a TypeError at the first request, scope silently replaced, and a secret
+    # passed here sat in the cache key in clear.
+    with pytest.raises(plugin.ConfigurationError, match="extra_params must not set") as info:
+        plugin.ClientCredentialsAuth(
+            "https://idp.test/token", "svc", SECRET, scope="read", extra_params=extra
+        )
+    assert SECRET not in str(info.value)
+
+
 def test_userinfo_in_the_token_url_never_reaches_a_message(
     oauth: OAuthServer, runtime: plugin.PluginRuntime
 ) -> None:
