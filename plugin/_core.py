@@ -105,8 +105,9 @@ class AuthCore:
         self._group_name = options.get("group_name", "oauth2")
         loop = options.get("loop")
         self._loop = loop.loop if isinstance(loop, tokencache.BackgroundLoop) else loop
+        leeway = options.get("leeway")
         self.policy = Policy(
-            leeway=options.get("leeway"),
+            leeway=None if leeway is None else _number(options, "leeway", 0.0),
             refresh_fraction=_number(options, "refresh_fraction", 0.2),
             cooldown=_number(options, "cooldown", 2.0),
             unauthorized_cooldown=_number(options, "unauthorized_cooldown", 30.0),
@@ -114,6 +115,15 @@ class AuthCore:
         if not self.policy.refresh_fraction < 1:
             raise ConfigurationError("refresh_fraction must be in [0, 1)")
         self.sync_timeout = _number(options, "sync_timeout", 60.0)
+        if not self.sync_timeout > 0:
+            raise ConfigurationError("sync_timeout must be a number > 0")
+        attempts = options.get("max_attempts", 3)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ConfigurationError("max_attempts must be an integer >= 1")
+        types = options.get("token_types", BEARER_ONLY)
+        if isinstance(types, str) or not all(isinstance(t, str) and t for t in types):
+            # A bare string was taken letter by letter ("DPoP" -> d, p, o, p).
+            raise ConfigurationError("token_types must be an iterable of non-empty strings")
         check_token_url(token_url)
         if not isinstance(client_id, str) or not client_id:
             raise ConfigurationError("client_id must be a non-empty string")

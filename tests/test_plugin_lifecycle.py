@@ -262,6 +262,24 @@ def test_extra_params_that_the_plugin_sets_itself_fail_at_construction(
     assert SECRET not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"leeway": -10}, "leeway"),
+        ({"leeway": "60"}, "leeway"),
+        ({"sync_timeout": 0}, "sync_timeout"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"token_types": "DPoP"}, "token_types"),
+        ({"token_types": ["bearer", ""]}, "token_types"),
+    ],
+)
+def test_bad_options_fail_at_construction(options: dict[str, Any], message: str) -> None:
+    # Before: a string leeway was a TypeError after each fetch, max_attempts=0 a ValueError at the
+    # first request, token_types="DPoP" accepted d/p/o/p, sync_timeout=0 a bare TimeoutError.
+    with pytest.raises(plugin.ConfigurationError, match=message):
+        plugin.ClientCredentialsAuth("https://idp.test/token", "svc", SECRET, **options)
+
+
 def test_userinfo_in_the_token_url_never_reaches_a_message(
     oauth: OAuthServer, runtime: plugin.PluginRuntime
 ) -> None:
