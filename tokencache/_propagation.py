@@ -9,6 +9,7 @@ checked the variable), and an unusable setting falls back to W3C trace context.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 _FALLBACK = TraceContextTextMapPropagator()  # stateless: a constant, not process state
 
 
+@functools.cache  # one import attempt: a failed import searches the whole module path
 def _propagator() -> Any:
     try:
         from opentelemetry import propagate
