@@ -14,6 +14,13 @@ that stops sending the body it announced and a client that stops reading our ans
 after ``idle_timeout`` of silence. The listener's sweeper checks these against a coarse clock, so
 the hot path only stores a float.
 
+The head memo (`Listener.heads`): parsing a head and checking it are pure functions of its bytes,
+and clients repeat their requests byte for byte. A read that was exactly one complete request
+head without a body, which `check_head` accepted, is remembered with its `Request`; a later read
+of the same bytes at a message boundary of an idle connection skips the parser and the checks and
+goes straight to the handler with a copy (`Request.again`). Anything else — part of a head,
+several requests, a body, a refusal — takes the parser as before.
+
 What a request head must satisfy is `proxy._http_rules.check_head`; a head it refuses is answered
 by the listener itself, in order, and the connection closes after it. Only origin-form targets
 reach the handler (an absolute-form one arrives rewritten to origin-form, its authority as Host).
@@ -46,7 +53,10 @@ from ._http_rules import check_head, local_response
 if TYPE_CHECKING:
     from ._http_server import Listener
 
-__all__ = ["Connection"]
+__all__ = ["HEAD_MEMO_BYTES", "Connection"]
+
+# Reads up to this size are looked up in the listener's head memo (hashing costs ~1 ns a byte).
+HEAD_MEMO_BYTES = 2048
 
 
 class Connection(InputFlow, asyncio.Protocol):
@@ -70,6 +80,8 @@ class Connection(InputFlow, asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._written = 0  # bytes written so far: tells whether a request was answered at all
+        self._messages = 0  # request heads begun in the slice being parsed
+        self._candidate: Request | None = None  # the slice's request, if the memo may keep it
 
     # --- asyncio.Protocol -------------------------------------------------------------------
 
@@ -108,6 +120,25 @@ class Connection(InputFlow, asyncio.Protocol):
             self._held += data
             self._pause_socket()
             return
+        if len(data) <= HEAD_MEMO_BYTES:
+            head = self.listener.heads.get(data)
+            if (
+                head is not None
+                and not self._reading_head
+                and self._parsing is None
+                and not self._queue
+                and self._active is None
+                and not self._write_paused
+            ):
+                # The same bytes as a complete, accepted request head seen before: the same
+                # parse and the same verdict, so neither is done again (see Listener.heads).
+                self._since = self.listener.now
+                req = head.again()
+                if self._serve_fast(req):
+                    self._finished(req)
+                else:
+                    self._start(req)
+                return
         if len(data) <= SLICE:
             self._feed_slice(data)
         else:
@@ -145,7 +176,28 @@ class Connection(InputFlow, asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------
 
+    def _feed_slice(self, data: bytes | memoryview) -> None:
+        self._new_slice()
+        InputFlow._feed_slice(self, data)
+        req = self._candidate
+        if (
+            req is not None
+            and self._messages == 1
+            and self._parsing is None
+            and not self._reading_head
+            and not self._discard
+            and type(data) is bytes
+            and len(data) <= HEAD_MEMO_BYTES
+        ):
+            # This slice was exactly one complete request without a body, accepted as it is.
+            self.listener.remember_head(data, req)
+
+    def _new_slice(self) -> None:
+        self._messages = 0
+        self._candidate = None
+
     def on_message_begin(self) -> None:
+        self._messages += 1
         self._reading_head = True
         self._since = self.listener.now
         self._url = b""
@@ -199,6 +251,8 @@ class Connection(InputFlow, asyncio.Protocol):
                 req.body = BodyStream(
                     self, self.limits.body_buffer_bytes, self.limits.max_body_bytes
                 )
+            elif req.keep_alive:
+                self._candidate = req  # (the memo keeps it only if it was the whole slice)
         self._parsing = req
         queue = self._queue
         if (

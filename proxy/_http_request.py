@@ -37,6 +37,8 @@ class ListenerLimits:
     # Open client connections at most (MAX_CLIENT_CONNECTIONS; 0 = no cap). At the cap an idle
     # keep-alive connection is closed to make room, else the new one is closed at once.
     max_connections: int = 0
+    # Entries of the listener's head memo (`Listener.heads`; 0 = no memo).
+    head_memo_entries: int = 2048
 
 
 class Request:
@@ -95,7 +97,29 @@ class Request:
         headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
         headers.append((b"Host", authority))
         self.headers = headers
-        self.hmap[b"host"] = authority
+        # A new map, not an update: a request's head is never changed in place (see `again`).
+        self.hmap = {**self.hmap, b"host": authority}
+
+    def again(self) -> Request:
+        """A new request with this one's head (shared: heads are never changed in place).
+
+        What the listener's head memo hands out for a repeat of the same request bytes; the
+        handler's scratch fields start empty.
+        """
+        req = Request.__new__(Request)
+        req.method = self.method
+        req.target = self.target
+        req.version = self.version
+        req.headers = self.headers
+        req.hmap = self.hmap
+        req.keep_alive = self.keep_alive
+        req.has_body = self.has_body
+        req.body = None
+        req.key = None
+        req.bypass = None
+        req.reject = 0
+        req.sent_status = 0
+        return req
 
 
 class Handler(Protocol):

@@ -17,7 +17,7 @@ import contextlib
 import logging
 
 from ._http import Connection
-from ._http_request import Handler, ListenerLimits
+from ._http_request import Handler, ListenerLimits, Request
 from ._metrics import ProxyMetrics
 
 __all__ = ["ERROR_LOG_INTERVAL", "Listener"]
@@ -49,6 +49,13 @@ class Listener:
         self._idle.set()
         self._error_logged_at: float | None = None
         self._errors_unlogged = 0
+        # The head memo: exact bytes of a read that held one complete request head without a
+        # body, which check_head accepted, mapped to that request. Parsing and checking are
+        # pure functions of those bytes, so a read of the same bytes on any connection at a
+        # message boundary reuses the result (clients repeat their requests byte for byte).
+        # Bounded: emptied when full, so hostile variety costs at most `head_memo_entries`
+        # entries of at most HEAD_MEMO_BYTES each.
+        self.heads: dict[bytes, Request] = {}
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
         """Listen on host:port (port 0 = any free port) and return the bound address.
@@ -95,6 +102,15 @@ class Listener:
                 return True
         self.refused("connections")
         return False
+
+    def remember_head(self, data: bytes, req: Request) -> None:
+        """Keep `req` as the parse of `data` in the head memo (`heads`)."""
+        heads = self.heads
+        if len(heads) >= self.limits.head_memo_entries:
+            heads.clear()
+            if not self.limits.head_memo_entries:
+                return
+        heads[data] = req
 
     def refused(self, reason: str) -> None:
         """Count a request the listener refused itself (`proxy._http_rules.Verdict.reason`)."""

@@ -1,0 +1,254 @@
+"""The public listener's head memo (`Listener.heads`), from the attacker's side.
+
+The memo lets a read that repeats an accepted request head byte for byte skip the parser and the
+checks. It must never change what any byte sequence gets: a hypothesis differential feeds the same
+reads (well-formed, malformed, split, pipelined, with bodies, random bytes) to a connection whose
+listener has learnt every one of them and to one whose listener has the memo off, and compares
+every byte answered and every request the handler saw. Refusals are never remembered, and the
+memo stays bounded under endless variety.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokencache.proxy._http import Connection
+from tokencache.proxy._http_request import ListenerLimits, Request
+from tokencache.proxy._http_server import Listener
+from tokencache.proxy._metrics import ProxyMetrics
+
+
+class _Transport:
+    """What a Connection needs of a transport, recording what is written."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Echo:
+    """A handler that answers with everything it was given: a hit for /hit*, else a task."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, ...]] = []
+
+    def _answer(self, conn: Connection, req: Request, path: str) -> None:
+        seen = (
+            path,
+            req.method,
+            req.target,
+            req.version,
+            list(req.headers),
+            sorted(req.hmap.items()),
+            req.keep_alive,
+            req.has_body,
+        )
+        self.seen.append(seen)
+        body = repr(seen).encode()
+        conn.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (len(body), conn.connection_header(req), body)
+        )
+
+    def serve_fast(self, conn: Connection, req: Request) -> bool:
+        if req.has_body or not req.target.startswith("/hit"):
+            return False
+        self._answer(conn, req, "fast")
+        return True
+
+    async def serve(self, conn: Connection, req: Request) -> None:
+        body = b""
+        if req.body is not None:
+            try:
+                body = b"".join([chunk async for chunk in req.body.chunks()])
+            except Exception as exc:  # a failed body is part of the answer
+                body = repr(exc).encode()
+        await asyncio.sleep(0)
+        self._answer(conn, req, "slow " + body.decode("latin-1"))
+
+
+def _listener(entries: int) -> tuple[Listener, _Echo, ProxyMetrics]:
+    echo, metrics = _Echo(), ProxyMetrics()
+    listener = Listener(echo, ListenerLimits(head_memo_entries=entries), metrics=metrics)
+    listener.now = 1.0
+    return listener, echo, metrics
+
+
+async def _settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def _converse(
+    listener: Listener, reads: list[bytes], *, settle: bool = True
+) -> tuple[bytes, bool]:
+    """Feed `reads` to a new connection (letting tasks run between reads when `settle`)."""
+    conn = Connection(listener)
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    for data in reads:
+        conn.data_received(data)
+        if settle:
+            await _settle()
+    await _settle()
+    conn.eof_received()
+    await _settle()
+    conn.connection_lost(None)
+    await asyncio.sleep(0)
+    return bytes(transport.out), transport.closed
+
+
+_HEADS = [
+    b"GET /hit HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /hit?q=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\nUser-Agent: t\r\n\r\n",
+    b"HEAD /hit HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /hit HTTP/1.0\r\n\r\n",
+    b"GET /hit HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET /hit HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET http://other.example/hit HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /hit HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET /hit HTTP/1.1\r\n\r\n",
+    b"GET /hit HTTP/1.1\r\nHost: bad host\r\n\r\n",
+    b"GET /h\xffit HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"TRACE /hit HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /hit HTTP/2.0\r\nHost: h\r\n\r\n",
+    b"POST /hit HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+    b"POST /hit HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"GET /hit HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"GET /hit HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"\r\nGET /hit HTTP/1.1\r\nHost: h\r\n\r\n",
+]
+
+
+@st.composite
+def _reads(draw: st.DrawFn) -> list[bytes]:
+    """A connection's reads: known heads, whole or split, joined, mixed with random bytes."""
+    pieces = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from(_HEADS),
+                st.binary(max_size=40),
+                st.lists(st.sampled_from(_HEADS), min_size=2, max_size=3).map(b"".join),
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    reads: list[bytes] = []
+    for piece in pieces:
+        if len(piece) > 1 and draw(st.booleans()):
+            cut = draw(st.integers(1, len(piece) - 1))
+            reads += [piece[:cut], piece[cut:]]
+        else:
+            reads.append(piece)
+    return reads
+
+
+@settings(max_examples=400, deadline=None)
+@given(reads=_reads(), settle=st.booleans())
+def test_the_memo_never_changes_an_answer(reads: list[bytes], settle: bool) -> None:
+    async def run() -> None:
+        plain, plain_echo, plain_metrics = _listener(0)
+        learnt, learnt_echo, learnt_metrics = _listener(4096)
+        # Teach the memo every read (and every known head) on connections of their own.
+        for data in [*reads, *_HEADS]:
+            await _converse(learnt, [data])
+        learnt_echo.seen.clear()
+        refused_before = sum(learnt_metrics.refused_requests.values())
+        assert learnt.heads, "the memo learnt nothing: the comparison would be empty"
+        assert not plain.heads
+        expected = await _converse(plain, reads, settle=settle)
+        got = await _converse(learnt, reads, settle=settle)
+        assert got == expected
+        assert learnt_echo.seen == plain_echo.seen
+        refused = sum(learnt_metrics.refused_requests.values()) - refused_before
+        assert refused == sum(plain_metrics.refused_requests.values())
+
+    asyncio.run(run())
+
+
+async def test_only_accepted_whole_heads_are_remembered() -> None:
+    listener, _, _ = _listener(4096)
+    for data in _HEADS:
+        await _converse(listener, [data])
+    remembered = set(listener.heads)
+    assert b"GET /hit HTTP/1.1\r\nHost: h\r\n\r\n" in remembered
+    assert b"GET http://other.example/hit HTTP/1.1\r\nHost: h\r\n\r\n" in remembered
+    # Refusals, bodies, close, upgrades and the proxy's own answers are parsed every time.
+    for data in (
+        b"GET /hit HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /hit HTTP/1.1\r\n\r\n",
+        b"GET /hit HTTP/1.1\r\nHost: bad host\r\n\r\n",
+        b"GET /h\xffit HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"TRACE /hit HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /hit HTTP/2.0\r\nHost: h\r\n\r\n",
+        b"POST /hit HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc",
+        b"GET /hit HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET /hit HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ):
+        assert data not in remembered, data
+    # A read of two requests is not one head.
+    await _converse(listener, [_HEADS[0] + _HEADS[0]])
+    assert _HEADS[0] + _HEADS[0] not in listener.heads
+
+
+async def test_a_refused_head_is_refused_and_counted_every_time() -> None:
+    listener, _, metrics = _listener(4096)
+    bad = b"GET /hit HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    for _ in range(3):
+        out, closed = await _converse(listener, [bad])
+        assert out.startswith(b"HTTP/1.1 400 ") and closed
+    assert metrics.refused_requests == {"host": 3}
+
+
+async def test_the_memo_is_bounded_under_endless_variety() -> None:
+    listener, echo, _ = _listener(64)
+    for i in range(1000):
+        await _converse(listener, [b"GET /hit/%d HTTP/1.1\r\nHost: h\r\n\r\n" % i])
+        assert len(listener.heads) <= 64
+    assert len(echo.seen) == 1000
+    # Large reads are never kept (hashing them would cost more than parsing).
+    big = b"GET /hit HTTP/1.1\r\nHost: h\r\nX-Pad: %s\r\n\r\n" % (b"p" * 4000)
+    await _converse(listener, [big])
+    assert big not in listener.heads
+
+
+async def test_a_remembered_head_on_a_busy_connection_waits_its_turn() -> None:
+    # A repeat that arrives while a slow answer is under way is queued, not answered first.
+    listener, echo, _ = _listener(4096)
+    fast = b"GET /hit HTTP/1.1\r\nHost: h\r\n\r\n"
+    await _converse(listener, [fast])
+    assert fast in listener.heads
+    echo.seen.clear()
+    slow = b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"
+    out, _ = await _converse(listener, [slow, fast], settle=False)
+    assert [(s[0], s[2]) for s in echo.seen] == [("slow ", "/slow"), ("fast", "/hit")]
+    assert out.count(b"HTTP/1.1 200 OK") == 2
