@@ -52,6 +52,7 @@ from ._generations import Generations
 from ._lru import LRUCache, entry_size
 from ._membership import PeerPicker
 from ._singleflight import SingleFlight
+from ._spans import Spans
 from ._stats import GroupStats
 
 # A handed-over entry for a key removed this recently is refused: the put may have been on its
@@ -77,7 +78,7 @@ class Group:
         loader: Loader | Callable[[str], Awaitable[Entry]],
         *,
         clock: Clock,
-        tracer: trace.Tracer,
+        spans: Spans,
         max_key_bytes: int,
         max_value_bytes: int,
         control_timeout: float,
@@ -91,7 +92,7 @@ class Group:
         self.name = name
         self.max_bytes = max_bytes
         self.loader = loader  # public: integrations find their own groups by it
-        self._tracer = tracer
+        self._spans = spans
         self._max_key_bytes = max_key_bytes
         self._max_value_bytes = max_value_bytes
         self._control_timeout = control_timeout
@@ -199,9 +200,7 @@ class Group:
         if context is not None and len(context) > MAX_CONTEXT_BYTES:
             raise InvalidArgument(f"load context longer than {MAX_CONTEXT_BYTES} bytes")
         self.stats.loads += 1
-        with self._tracer.start_as_current_span(
-            "tokencache.get", attributes={"tokencache.group": self.name}
-        ):
+        with self._spans.span("tokencache.get", attributes={"tokencache.group": self.name}):
             fetched, _ = await self._gets.do(
                 (key, min_ttl), lambda: self._load(key, min_ttl, context)
             )
@@ -241,12 +240,14 @@ class Group:
         headers: dict[str, str] = {}
         ticket = self._generations.begin()
         try:
-            with self._tracer.start_as_current_span(
+            spans = self._spans
+            with spans.span(
                 "tokencache.peer.fetch",
                 kind=trace.SpanKind.CLIENT,
                 attributes={"tokencache.group": self.name, "tokencache.peer": owner},
             ):
-                _propagation.inject(headers)
+                if spans.on:
+                    _propagation.inject(headers)
                 started = time.perf_counter()
                 fetched = await self._peers.transport.fetch(
                     owner, self.name, key, min_ttl=min_ttl, context=context, trace=headers
@@ -308,9 +309,7 @@ class Group:
         # those that failed (an exception, a broken promise of the loader, or a transient answer
         # describing a failed load); a marker (a control record) counts in local_load_markers
         # only. Cancellation is none of them.
-        with self._tracer.start_as_current_span(
-            "tokencache.load", attributes={"tokencache.group": self.name}
-        ):
+        with self._spans.span("tokencache.load", attributes={"tokencache.group": self.name}):
             token = _current.set(context)
             try:
                 entry = await self.loader(key)

@@ -48,6 +48,7 @@ from ._context import MAX_CONTEXT_BYTES
 from ._errors import Declined, InvalidArgument, NotFound
 from ._ratelog import RateLimitedLog
 from ._signing import as_key
+from ._spans import Spans
 from ._stats import ServerStats
 from ._writer import BatchWriter
 
@@ -86,7 +87,7 @@ class PeerServer:
         secret: bytes | str | None = None,
         ssl: ssl_module.SSLContext | None = None,
         stats: ServerStats | None = None,
-        tracer: trace.Tracer | None = None,
+        spans: Spans | None = None,
         max_key_bytes: int = 32 << 10,
         max_value_bytes: int = 64 << 20,
         handshake_timeout: float = 10.0,
@@ -100,7 +101,7 @@ class PeerServer:
         self.secret = as_key(secret) if secret else None
         self.ssl = ssl
         self.stats = stats or ServerStats()
-        self.tracer = tracer or trace.get_tracer("tokencache")
+        self.spans = spans or Spans()
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
         self.limits = _request_limits(max_key_bytes, max_value_bytes)
@@ -374,8 +375,9 @@ class _ServerConnection(asyncio.Protocol):
     async def _serve_get(self, rid: int, req: p.GetRequest) -> None:
         server = self._server
         try:
-            parent = _propagation.extract(req.trace) if req.trace else None
-            with server.tracer.start_as_current_span(
+            spans = server.spans
+            parent = _propagation.extract(req.trace) if req.trace and spans.on else None
+            with spans.span(
                 "tokencache.peer.serve",
                 context=parent,
                 kind=trace.SpanKind.SERVER,

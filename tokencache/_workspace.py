@@ -28,6 +28,7 @@ from ._health import HealthChecker
 from ._membership import LEFT, Membership
 from ._peering import PeerTransport
 from ._server import PeerServer
+from ._spans import Spans
 from ._stats import ServerStats
 from ._transport import WireTransport
 
@@ -96,7 +97,8 @@ class Workspace:
             connect_timeout=peer_connect_timeout,
             max_value_bytes=max_value_bytes,
         )
-        self.tracer = trace.get_tracer("tokencache", tracer_provider=tracer_provider)
+        self.spans = Spans(tracer_provider)
+        self.tracer = self.spans.tracer
         self.server_stats = ServerStats()
         self._groups: dict[str, Group] = {}
         self._server: PeerServer | None = None
@@ -285,7 +287,7 @@ class Workspace:
             max_bytes,
             loader,
             clock=self.clock,
-            tracer=self.tracer,
+            spans=self.spans,
             max_key_bytes=self.max_key_bytes,
             max_value_bytes=self.max_value_bytes,
             control_timeout=self.control_timeout,
@@ -338,7 +340,7 @@ class Workspace:
             secret=self._peer_secret,
             ssl=self._ssl_server,
             stats=self.server_stats,
-            tracer=self.tracer,
+            spans=self.spans,
             max_key_bytes=self.max_key_bytes,
             max_value_bytes=self.max_value_bytes,
         )
