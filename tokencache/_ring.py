@@ -10,7 +10,9 @@ keys that move are those whose nearest point is now one of the new peer's (about
 when a peer leaves only its own keys move.
 
 The ring is immutable; a membership change builds a new one. Every process given the same peer list,
-replicas and probes computes the same owners.
+replicas and probes computes the same owners. Since a ring never changes, it remembers the owners it
+computed (a hashed key costs a BLAKE2b call and eight bisections: on a node's remote-hit path that was
+the largest single step), for keys up to `MEMO_KEY_CHARS` and at most `MEMO_ENTRIES` of them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Iterable
 
 _MASK = (1 << 64) - 1
 _MAX_PROBES = 8  # BLAKE2b gives at most 64 bytes: eight 64-bit probes from one call
+MEMO_ENTRIES = 16384  # owners remembered per ring (emptied when full): about 2 MiB at most
+MEMO_KEY_CHARS = 256  # longer keys are hashed every time
 
 
 def _point(data: bytes) -> int:
@@ -30,7 +34,7 @@ def _point(data: bytes) -> int:
 class Ring:
     """An immutable consistent-hash ring over peer names (URLs)."""
 
-    __slots__ = ("_owners", "_peers", "_points", "_probes")
+    __slots__ = ("_memo", "_owners", "_peers", "_points", "_probes")
 
     def __init__(self, peers: Iterable[str] = (), replicas: int = 50, probes: int = 8) -> None:
         if replicas < 1:
@@ -44,6 +48,7 @@ class Ring:
         )
         self._points = [point for point, _ in pairs]
         self._owners = [peer for _, peer in pairs]
+        self._memo: dict[str, str] = {}
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -60,6 +65,19 @@ class Ring:
             return None
         if len(self._peers) == 1:
             return self._peers[0]
+        memo = self._memo
+        owner = memo.get(key)
+        if owner is not None:
+            return owner
+        owner = self._hashed_owner(key)
+        if len(key) <= MEMO_KEY_CHARS:
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[key] = owner
+        return owner
+
+    def _hashed_owner(self, key: str) -> str:
+        points = self._points
         digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8 * self._probes)
         raw = digest.digest()
         best_distance = _MASK + 1
