@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import inspect
 import logging
 import os
@@ -149,7 +150,8 @@ class ProxyService:
             peer_liveness_timeout=s.groupcache_liveness_timeout,
             ssl_server=ssl_server,
             ssl_client=ssl_client,
-            tracer_provider=self._provider,
+            # TRACE=false: the engine's own spans are off too (not left to the global provider).
+            tracer_provider=self._provider or trace.NoOpTracerProvider(),
             purge_interval=(
                 0.0
                 if s.groupcache_disable_purge_expired
@@ -204,6 +206,10 @@ class ProxyService:
         self._register_metrics(ws)
         self._start_pushers(ws)
         await self._start_side_servers()
+        # Everything made so far (modules, settings, the app) lives as long as the process: out
+        # of the collector's sight, so a full collection does not walk it again and again.
+        gc.collect()
+        gc.freeze()
         self.readiness.started = True
         _log.info(
             "proxy started",
