@@ -214,7 +214,7 @@ class CacheHandler:
         key = base_key("GET" if method == "HEAD" and self._head_as_get else method, req.target)
         found = self._peek(key)
         if found is None:
-            return False
+            return self._fetch_soon(conn, req, key, started)
         value, ttl = found
         if value[:4] != RESPONSE:
             if value[:4] != VARY:
@@ -231,6 +231,64 @@ class CacheHandler:
                 value, ttl = found
                 if value[:4] != RESPONSE:
                     return False
+        status = self._write_hit(conn, req, key, value, ttl)
+        if status is None:
+            return False
+        self._metrics.observe(method, status, "hit", self._now() - started, req.target)
+        if self._hit_tracer is not None and client_sampled(hmap.get(b"traceparent")):
+            self._hit_span(req, status)
+        return True
+
+    def _fetch_soon(self, conn: Connection, req: Request, key: str, started: float) -> bool:
+        """A key this node does not hold: ask its owner without a task (`Group.fetch_soon`) and
+        hold the request until the answer; False when that does not apply (the slow path)."""
+        group = self._group
+        if group is None or self._tracer is not None or key in self._passes:
+            return False
+        flight = _Flight(self, conn, req)
+
+        def answered(fetched: tokencache.Fetched | None) -> None:
+            self._fetched_soon(conn, req, flight, key, fetched, started)
+
+        if not group.fetch_soon(key, flight.context(), answered):
+            return False
+        req.flight = flight
+        conn.hold()
+        return True
+
+    def _fetched_soon(
+        self,
+        conn: Connection,
+        req: Request,
+        flight: _Flight,
+        key: str,
+        fetched: tokencache.Fetched | None,
+        started: float,
+    ) -> None:
+        # The owner's answer to `_fetch_soon`: a fresh stored response it had cached is a hit
+        # written here; anything else (a load the owner ran for us, a variant record, stale,
+        # a failure) goes down the slow path with this flight and, when there is one, this
+        # answer, so the owner is not asked twice and hit-for-pass knows its trigger.
+        try:
+            status = None
+            if fetched is not None and not fetched.loaded and fetched.value[:4] == RESPONSE:
+                status = self._write_hit(conn, req, key, fetched.value, fetched.ttl)
+            if status is None:
+                flight.prefetched = (key, fetched) if fetched is not None else None
+                conn.continue_slow(req)
+                return
+            self._metrics.observe(req.method, status, "hit", self._now() - started, req.target)
+        except Exception as exc:  # noqa: BLE001 - the held request's one boundary
+            conn.fail_held(req, exc)
+            return
+        conn.release(req)
+
+    def _write_hit(
+        self, conn: Connection, req: Request, key: str, value: bytes, ttl: float | None
+    ) -> int | None:
+        """Answer from the fresh ``TCR2`` record `value` (`ttl` left); its status, or None
+        (nothing written) when it may not answer without the slow path (stale, no-cache)."""
+        method = req.method
         # Fresh? (stored ttl - remaining = time in the cache, against the stored freshness)
         connection = conn.connection_header(req)
         ready = self._ready.get(key)
@@ -244,24 +302,21 @@ class CacheHandler:
             )
             elapsed = stored_ttl - ttl if ttl is not None else 0.0
             if elapsed >= fresh:
-                return False
+                return None
             ttl_s, age = int(fresh - elapsed), base_age + int(elapsed)
             if ready.ttl_s == ttl_s and ready.age == age and not connection and method != "HEAD":
                 conn.write(ready.data)
-                self._metrics.observe(method, status, "hit", self._now() - started, req.target)
-                if self._hit_tracer is not None and client_sampled(hmap.get(b"traceparent")):
-                    self._hit_span(req, status)
-                return True
+                return status
             head_start, head_end = ready.head_start, ready.head_end
         else:
             status, base_age, stored_ttl, fresh, flags, head_start, head_end = response_layout(
                 value
             )
             if flags & NO_CACHE:
-                return False
+                return None
             elapsed = stored_ttl - ttl if ttl is not None else 0.0
             if elapsed >= fresh:
-                return False
+                return None
             ttl_s, age = int(fresh - elapsed), base_age + int(elapsed)
         # The hit: stored head, spliced Cache-Status/Age/Connection, stored body.
         view = memoryview(value)
@@ -285,10 +340,7 @@ class CacheHandler:
                 value, status, base_age, stored_ttl, fresh, head_start, head_end, ttl_s, age, data
             )
             self._ready_bytes += len(data) + len(value)
-        self._metrics.observe(method, status, "hit", self._now() - started, req.target)
-        if self._hit_tracer is not None and client_sampled(hmap.get(b"traceparent")):
-            self._hit_span(req, status)
-        return True
+        return status
 
     def _hit_span(self, req: Request, status: int) -> None:
         assert self._hit_tracer is not None
@@ -425,7 +477,7 @@ class CacheHandler:
             if passing[0] > self._now():
                 return await self._forward(conn, req, "bypass", passing[1])
             del self._passes[key]
-        flight = _Flight(self, conn, req)
+        flight = req.flight if isinstance(req.flight, _Flight) else _Flight(self, conn, req)
         got = await flight.lookup(key, only_cached="only-if-cached" in directives)
         if got is None:
             return await self._forward(conn, req, "bypass", "key")
@@ -650,6 +702,9 @@ class _Flight:
         self.request_id = handler.new_request_id()
         self._context: bytes | None = None
         self._made = False
+        # An answer the owner already gave for (key) on the hit path: the first lookup of that
+        # key takes it instead of asking again.
+        self.prefetched: tuple[str, tokencache.Fetched] | None = None
 
     def context(self) -> bytes | None:
         """The load context: the request's end-to-end headers for the owner's loader."""
@@ -670,6 +725,11 @@ class _Flight:
         cluster's (loaded once by the owner). None: the engine refused the key."""
         group = self._handler.group
         assert group is not None
+        prefetched = self.prefetched
+        if prefetched is not None and prefetched[0] == key and not min_ttl and not only_cached:
+            self.prefetched = None
+            fetched = prefetched[1]
+            return fetched.value, fetched.ttl, fetched.loaded
         if not min_ttl:
             found = group.peek_with_ttl(key)
             if found is not None:

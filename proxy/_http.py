@@ -59,6 +59,18 @@ __all__ = ["HEAD_MEMO_BYTES", "Connection"]
 HEAD_MEMO_BYTES = 2048
 
 
+class _Held:
+    """Stands in `Connection._active` for a request the handler answers from a callback."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        """Nothing to cancel: the callback finds the connection closed and only releases it."""
+
+
+_HELD = _Held()
+
+
 class Connection(InputFlow, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -71,7 +83,8 @@ class Connection(InputFlow, asyncio.Protocol):
         self.peer: str = ""
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()
-        self._active: asyncio.Task[None] | None = None
+        self._active: asyncio.Task[None] | _Held | None = None
+        self._held_written = 0
         self._parsing: Request | None = None
         self._since = listener.now
         self._progress = listener.now  # last read, or last change of write flow control
@@ -134,10 +147,10 @@ class Connection(InputFlow, asyncio.Protocol):
                 # parse and the same verdict, so neither is done again (see Listener.heads).
                 self._since = self.listener.now
                 req = head.again()
-                if self._serve_fast(req):
-                    self._finished(req)
-                else:
+                if not self._serve_fast(req):
                     self._start(req)
+                elif self._active is None:
+                    self._finished(req)
                 return
         if len(data) <= SLICE:
             self._feed_slice(data)
@@ -263,10 +276,10 @@ class Connection(InputFlow, asyncio.Protocol):
             and not self._write_paused
         ):
             # The common case, a lone request: offer it to the hit path without queueing it.
-            if self._serve_fast(req):
-                self._finished(req)
-            else:
+            if not self._serve_fast(req):
                 self._start(req)
+            elif self._active is None:
+                self._finished(req)
             return
         queue.append(req)
         if len(queue) > self.limits.max_pipeline:
@@ -303,10 +316,10 @@ class Connection(InputFlow, asyncio.Protocol):
                     return
                 self._finished(req)
                 continue
-            if self._serve_fast(req):
+            if not self._serve_fast(req):
+                self._start(req)
+            elif self._active is None:
                 self._finished(req)
-                continue
-            self._start(req)
 
     def _serve_fast(self, req: Request) -> bool:
         written = self._written
@@ -378,9 +391,40 @@ class Connection(InputFlow, asyncio.Protocol):
                 self._write_waiter = asyncio.get_running_loop().create_future()
             await self._write_waiter
 
+    def hold(self) -> None:
+        """The handler's `serve_fast` answers the current request later, from a callback, and
+        then calls `release` (answered), `continue_slow` or `fail_held`; until then the
+        connection answers nothing else, as while a `serve` task runs."""
+        self.listener._task_started()
+        self._active = _HELD
+        self._held_written = self._written
+
+    def release(self, req: Request) -> None:
+        """The held request `req` was answered."""
+        self._active = None
+        self.listener._task_done()
+        self._finished(req)
+        if not self._closing:
+            self._next()
+
+    def continue_slow(self, req: Request) -> None:
+        """The held request `req` goes down the handler's `serve` after all."""
+        self._active = None
+        self.listener._task_done()
+        if self._closing:
+            return  # the client went away: nobody to answer
+        self._start(req)
+
+    def fail_held(self, req: Request, exc: Exception) -> None:
+        """Answering the held request `req` raised `exc`: the one boundary, as for `serve`."""
+        self._active = None
+        self.listener._task_done()
+        self._failed(req, exc, self._held_written)
+
     def abort(self) -> list[asyncio.Task[None]]:
         """Close at once; return the task still answering a request, if any."""
-        tasks = [self._active] if self._active is not None else []
+        active = self._active
+        tasks = [active] if isinstance(active, asyncio.Task) else []
         self._close()
         return tasks
 

@@ -47,6 +47,7 @@ class Request:
     __slots__ = (
         "body",
         "bypass",
+        "flight",
         "has_body",
         "headers",
         "hmap",
@@ -86,6 +87,7 @@ class Request:
         # Scratch space for the handler: set by serve_fast, read by serve.
         self.key: str | None = None
         self.bypass: str | None = None
+        self.flight: object = None  # the handler's own state for a held request
         # Set on the placeholder for a request the listener refused (the status to answer).
         self.reject = 0
         # The status of a response head already written for this request (0: none yet), so a
@@ -117,6 +119,7 @@ class Request:
         req.body = None
         req.key = None
         req.bypass = None
+        req.flight = None
         req.reject = 0
         req.sent_status = 0
         return req

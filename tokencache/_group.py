@@ -234,6 +234,73 @@ class Group:
                     self._peers.mark_unreachable(owner)
         return await self._load_local(key, min_ttl, context)
 
+    def fetch_soon(
+        self, key: str, context: bytes | None, done: Callable[[Fetched | None], None]
+    ) -> bool:
+        """Start fetching ``key`` from its owner without a task, for a server's hit path.
+
+        Applies when another process owns ``key``, is not in its back-off, no spans are being
+        made, and the transport can send at once (``start_fetch``, an open connection): then
+        True, and ``done`` later gets the owner's answer, handled as :meth:`get_fetched` handles
+        it (hot admission under the same generation rule, the same counters), or ``None`` when
+        the owner did not answer with a value — the caller then takes :meth:`get_fetched`, which
+        retries, loads locally or raises as usual. False: nothing was sent. No singleflight: the
+        owner's own loads are deduplicated, so the one-load-per-key guarantee is unchanged.
+        """
+        peers = self._peers
+        start = getattr(peers.transport, "start_fetch", None)
+        if start is None or self._spans.on:
+            return False
+        owner = peers.owner(key)
+        if owner is None or not peers.peer_reachable(owner):
+            return False
+        if context is not None and len(context) > MAX_CONTEXT_BYTES:
+            return False
+        try:
+            check_key(key, self._max_key_bytes)
+        except InvalidArgument:
+            return False
+        ticket = self._generations.begin()
+        started = time.perf_counter()
+
+        def answered(result: Fetched | BaseException) -> None:
+            fetched: Fetched | None = None
+            try:
+                if isinstance(result, BaseException):
+                    if isinstance(result, PeerError):
+                        self.stats.peer_errors += 1
+                        if result.unreachable:
+                            peers.mark_unreachable(owner)
+                else:
+                    fetched = result
+                    self._fetched_soon(key, result, ticket, started)
+            finally:
+                self._generations.end(ticket)
+                done(fetched)  # always: the caller holds a client's request until then
+
+        if not start(owner, self.name, key, context=context, done=answered):
+            self._generations.end(ticket)
+            return False
+        return True
+
+    def _fetched_soon(self, key: str, fetched: Fetched, ticket: int, started: float) -> None:
+        # What get_fetched's miss path counts and decides for a value from the owner.
+        stats = self.stats
+        stats.gets += 1
+        stats.loads += 1
+        stats.loads_deduped += 1
+        if fetched.kind is Kind.VALUE:
+            stats.peer_loads += 1
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if elapsed_ms > stats.get_from_peers_latency_slowest_ms:
+            stats.get_from_peers_latency_slowest_ms = elapsed_ms
+        if (
+            _stores(fetched.ttl, fetched.kind)
+            and self._rng.random() < self._hot_probability
+            and self._generations.may_store(key, ticket)
+        ):
+            self._offer_hot(key, fetched)
+
     async def _fetch_from_peer(
         self, owner: str, key: str, min_ttl: float, context: bytes | None
     ) -> Fetched:

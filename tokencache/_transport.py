@@ -273,6 +273,51 @@ class WireTransport:
             return self._value(peer, data)
         raise self._error(peer, kind, data, key)
 
+    def start_fetch(
+        self,
+        peer: str,
+        group: str,
+        key: str,
+        *,
+        context: bytes | None,
+        done: Callable[[Fetched | BaseException], None],
+    ) -> bool:
+        """A fetch without a task: send the GET now when a connection to ``peer`` is open and
+        idle enough (else False, nothing sent); ``done`` later gets the value or the exception
+        :meth:`fetch` would raise. The hit path's way to a remote value (see `Group.fetch_soon`).
+        """
+        pool = self._pools.get(peer)
+        if not pool or len(pool) < self._per_peer:
+            return False  # connecting (or growing the pool) is for the awaiting path
+        self._turn += 1
+        conn = pool[self._turn % len(pool)]
+        if not conn.open:
+            return False
+        waiter = conn.request(
+            p.GET, p.encode_get(group, key, 0.0, context, None), self.max_load_time
+        )
+
+        def answered(future: _Waiter) -> None:
+            result: Fetched | BaseException
+            if future.cancelled():
+                result = PeerError(peer, "cancelled")
+            elif (error := future.exception()) is not None:
+                result = error
+            else:
+                kind, data = future.result()
+                try:
+                    result = (
+                        self._value(peer, data)
+                        if kind == p.VALUE
+                        else self._error(peer, kind, data, key)
+                    )
+                except PeerError as exc:
+                    result = exc
+            done(result)
+
+        waiter.add_done_callback(answered)
+        return True
+
     async def lookup(self, peer: str, group: str, key: str) -> Fetched | None:
         """See :meth:`PeerTransport.lookup`."""
         payload = p.encode_lookup(group, key)
