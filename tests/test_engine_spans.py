@@ -37,9 +37,11 @@ def test_an_sdk_provider_gets_every_span() -> None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     spans = Spans(provider)
     assert spans.on
-    with spans.span("outer", attributes={"tokencache.group": "g"}):
-        with spans.span("inner", kind=trace.SpanKind.CLIENT):
-            pass
+    with (
+        spans.span("outer", attributes={"tokencache.group": "g"}),
+        spans.span("inner", kind=trace.SpanKind.CLIENT),
+    ):
+        pass
     finished = {s.name: s for s in exporter.get_finished_spans()}
     assert set(finished) == {"outer", "inner"}
     assert finished["inner"].parent is not None

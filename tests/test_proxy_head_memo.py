@@ -16,39 +16,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.fake_transport import FakeTransport
 from tokencache.proxy._http import Connection
 from tokencache.proxy._http_request import ListenerLimits, Request
 from tokencache.proxy._http_server import Listener
 from tokencache.proxy._metrics import ProxyMetrics
-
-
-class _Transport:
-    """What a Connection needs of a transport, recording what is written."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else None
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class _Echo:
@@ -109,7 +81,7 @@ async def _converse(
 ) -> tuple[bytes, bool]:
     """Feed `reads` to a new connection (letting tasks run between reads when `settle`)."""
     conn = Connection(listener)
-    transport = _Transport()
+    transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     for data in reads:
         conn.data_received(data)
