@@ -54,7 +54,7 @@ from ._policy import (
     invalidation_targets,
     variant_lines,
 )
-from ._request_context import encode_context
+from ._request_context import context_fields, with_request_id
 from ._respond import answer
 from ._reuse import (
     BACKGROUND,
@@ -108,6 +108,8 @@ class _Ready(NamedTuple):
     data: bytes
 
 
+# Entries a request head keeps of what is derived from it (one per client address).
+_DERIVED_MAX = 8
 # Request fields that need more than a lookup: conditionals, Range, request directives.
 _SLOW_FIELDS = frozenset(
     {b"if-none-match", b"if-modified-since", b"range", b"cache-control", b"pragma"}
@@ -710,11 +712,18 @@ class _Flight:
         """The load context: the request's end-to-end headers for the owner's loader."""
         if not self._made:
             self._made = True
-            handler = self._handler
-            headers = handler.forwarder.request_headers(self._conn, self._req)
-            data = encode_context(
-                self.request_id, headers, credentials=handler.policy.allow_auth_caching
-            )
+            handler, conn, req = self._handler, self._conn, self._req
+            credentials = handler.policy.allow_auth_caching
+            # The header part is the same for every repeat of a request head from one client
+            # address: kept with the head (`Request.derived`), only the request id is new.
+            memo = ("context", conn.peer, credentials)
+            fields = req.derived.get(memo)
+            if not isinstance(fields, bytes):
+                headers = handler.forwarder.request_headers(conn, req)
+                fields = context_fields(headers, credentials=credentials)
+                if len(req.derived) < _DERIVED_MAX:
+                    req.derived[memo] = fields
+            data = with_request_id(self.request_id, fields)
             self._context = data if len(data) <= _MAX_CONTEXT_BYTES else None
         return self._context
 

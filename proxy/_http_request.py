@@ -47,6 +47,7 @@ class Request:
     __slots__ = (
         "body",
         "bypass",
+        "derived",
         "flight",
         "has_body",
         "headers",
@@ -88,6 +89,8 @@ class Request:
         self.key: str | None = None
         self.bypass: str | None = None
         self.flight: object = None  # the handler's own state for a held request
+        # What the handler derives from the head alone: shared by every repeat of it (`again`).
+        self.derived: dict[object, object] = {}
         # Set on the placeholder for a request the listener refused (the status to answer).
         self.reject = 0
         # The status of a response head already written for this request (0: none yet), so a
@@ -101,6 +104,7 @@ class Request:
         self.headers = headers
         # A new map, not an update: a request's head is never changed in place (see `again`).
         self.hmap = {**self.hmap, b"host": authority}
+        self.derived = {}
 
     def again(self) -> Request:
         """A new request with this one's head (shared: heads are never changed in place).
@@ -116,6 +120,7 @@ class Request:
         req.hmap = self.hmap
         req.keep_alive = self.keep_alive
         req.has_body = self.has_body
+        req.derived = self.derived
         req.body = None
         req.key = None
         req.bypass = None

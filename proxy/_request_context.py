@@ -30,7 +30,15 @@ import tokencache
 
 from ._policy import HOP_BY_HOP
 
-__all__ = ["EXCLUDED", "BadContext", "RequestContext", "decode_context", "encode_context"]
+__all__ = [
+    "EXCLUDED",
+    "BadContext",
+    "RequestContext",
+    "context_fields",
+    "decode_context",
+    "encode_context",
+    "with_request_id",
+]
 
 _MAGIC = b"TCX1"
 # Request fields the cache answers itself or sets itself; never part of a backend fill request.
@@ -72,9 +80,18 @@ def encode_context(
     request_id: bytes, headers: Sequence[tuple[bytes, bytes]], *, credentials: bool
 ) -> bytes:
     """The context for `headers` (already without hop-by-hop fields, with ``X-Forwarded-*``)."""
+    return with_request_id(request_id, context_fields(headers, credentials=credentials))
+
+
+def context_fields(headers: Sequence[tuple[bytes, bytes]], *, credentials: bool) -> bytes:
+    """The header part of a context (what repeats of one request share)."""
     excluded = _excluded(credentials)
-    lines = [b"%s: %s" % (n, v) for n, v in headers if n.lower() not in excluded]
-    return b"".join((_MAGIC, bytes((len(request_id),)), request_id, b"\r\n".join(lines)))
+    return b"\r\n".join([b"%s: %s" % (n, v) for n, v in headers if n.lower() not in excluded])
+
+
+def with_request_id(request_id: bytes, fields: bytes) -> bytes:
+    """A whole context: `request_id` and the header part `fields` (`context_fields`)."""
+    return b"".join((_MAGIC, bytes((len(request_id),)), request_id, fields))
 
 
 def decode_context(data: bytes | None, *, credentials: bool) -> RequestContext | None:

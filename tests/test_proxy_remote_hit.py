@@ -90,9 +90,9 @@ async def setup() -> AsyncIterator[tuple[ProxyApp, _Backend, _Owner]]:
         await backend.stop()
 
 
-def _connect(app: ProxyApp) -> tuple[Connection, FakeTransport]:
+def _connect(app: ProxyApp, peer: str = "127.0.0.1") -> tuple[Connection, FakeTransport]:
     conn = Connection(app.listener)
-    transport = FakeTransport()
+    transport = FakeTransport(peer)
     conn.connection_made(transport)  # type: ignore[arg-type]
     return conn, transport
 
@@ -191,3 +191,20 @@ async def test_a_broken_answer_ends_at_the_one_boundary(setup: Any) -> None:
     assert transport.closed
     assert app.metrics.internal_errors == 1
     assert app.in_flight == 0
+
+
+async def test_repeats_of_a_head_share_its_fields_but_not_the_client_address(setup: Any) -> None:
+    app, _, owner = setup
+    for peer in ("10.0.0.1", "10.0.0.2", "10.0.0.1"):
+        conn, _ = _connect(app, peer)  # (each held request keeps its connection alive)
+        conn.data_received(_get("/same"))  # the same bytes: one remembered head
+    contexts = [context or b"" for _, context, _ in owner.asked]
+    clients = []
+    for context in contexts:
+        lines = [line for line in context.split(b"\r\n") if b"X-Forwarded-For: " in line]
+        clients.append(lines[0].split(b"X-Forwarded-For: ", 1)[1])
+    assert clients == [b"10.0.0.1", b"10.0.0.2", b"10.0.0.1"]
+    assert len(set(contexts)) == 3  # each request has its own id
+    for _, _, done in owner.asked:
+        done(None)
+    await _until(lambda: app.in_flight == 0, "every answer")

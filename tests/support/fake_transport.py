@@ -8,15 +8,16 @@ from typing import Any
 class FakeTransport:
     """What a Connection needs of a transport, recording what is written."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: str = "127.0.0.1") -> None:
         self.out = bytearray()
         self.closed = False
+        self.peer = peer
 
     def write(self, data: bytes) -> None:
         self.out += data
 
     def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else None
+        return (self.peer, 40000) if name == "peername" else None
 
     def close(self) -> None:
         self.closed = True
