@@ -190,11 +190,15 @@ class Connection(InputFlow, asyncio.Protocol):
     # --- httptools callbacks ----------------------------------------------------------------
 
     def _feed_slice(self, data: bytes | memoryview) -> None:
+        # Only a slice that starts at a message boundary can be a head by itself: one that ends
+        # an earlier request's body (or head) holds bytes the parser did not read as this head.
+        boundary = self._parsing is None and not self._reading_head
         self._new_slice()
         InputFlow._feed_slice(self, data)
         req = self._candidate
         if (
             req is not None
+            and boundary
             and self._messages == 1
             and self._parsing is None
             and not self._reading_head
@@ -265,7 +269,10 @@ class Connection(InputFlow, asyncio.Protocol):
                     self, self.limits.body_buffer_bytes, self.limits.max_body_bytes
                 )
             elif req.keep_alive:
-                self._candidate = req  # (the memo keeps it only if it was the whole slice)
+                # A copy as parsed and checked (the memo keeps it only if it was the whole
+                # slice): what happens to `req` later (keep_alive cleared by a refusal behind
+                # it, a failure, a response without length) is this request's, not the head's.
+                self._candidate = req.again()
         self._parsing = req
         queue = self._queue
         if (

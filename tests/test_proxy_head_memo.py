@@ -224,3 +224,35 @@ async def test_a_remembered_head_on_a_busy_connection_waits_its_turn() -> None:
     out, _ = await _converse(listener, [slow, fast], settle=False)
     assert [(s[0], s[2]) for s in echo.seen] == [("slow ", "/slow"), ("fast", "/hit")]
     assert out.count(b"HTTP/1.1 200 OK") == 2
+
+
+async def test_a_read_that_ends_a_body_is_not_remembered_as_a_head() -> None:
+    # A read that finishes a POST's body and then holds one whole head must not be kept under
+    # its bytes: the same bytes at a message boundary are two pipelined requests, not one.
+    learnt, echo, _ = _listener(4096)
+    plain, plain_echo, _ = _listener(0)
+    hit = b"GET /hit HTTP/1.1\r\nHost: h\r\n\r\n"
+    secret = b"GET /hit/secret HTTP/1.1\r\nHost: h\r\n\r\n"
+    post = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(secret)
+    await _converse(learnt, [post, secret + hit])
+    assert secret + hit not in learnt.heads
+    echo.seen.clear()
+    got = await _converse(learnt, [secret + hit])
+    expected = await _converse(plain, [secret + hit])
+    assert [s[2] for s in echo.seen] == [s[2] for s in plain_echo.seen] == ["/hit/secret", "/hit"]
+    assert got == expected
+
+
+async def test_what_happens_to_a_request_later_does_not_change_its_remembered_head() -> None:
+    # A head queued behind a slow answer is remembered; a malformed read after it clears that
+    # request's keep-alive, which must not make every later repeat close its connection.
+    learnt, _, _ = _listener(4096)
+    plain, _, _ = _listener(0)
+    hit = b"GET /hit HTTP/1.1\r\nHost: h\r\n\r\n"
+    slow = b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"
+    await _converse(learnt, [slow, hit, b"\x01bad\r\n\r\n"], settle=False)
+    assert hit in learnt.heads
+    got = await _converse(learnt, [hit, hit])
+    expected = await _converse(plain, [hit, hit])
+    assert got == expected
+    assert got[0].count(b"HTTP/1.1 200 OK") == 2
