@@ -632,8 +632,10 @@ class CacheHandler:
             return await self._forward(conn, req, fwd, record.reason)
         if kind == STALE:
             stale = decode_stale(value)
+            # The loader's record carries how long the response has been stale (`_stale`),
+            # not how long ago the engine entry expired: its Age is freshness + that.
             return self._write_stale(
-                conn, req, key, stale.inner, stale.fwd_status, stale.expired_ago
+                conn, req, key, stale.inner, stale.fwd_status, 0.0, staleness=stale.expired_ago
             )
         if kind == ERROR:
             error = decode_error(value)
@@ -674,6 +676,8 @@ class CacheHandler:
         value: bytes,
         fwd_status: int,
         expired_ago: float,
+        *,
+        staleness: float | None = None,
     ) -> tuple[int, str]:
         if value[:4] == VARY:
             vary = decode_vary(value)
@@ -690,7 +694,11 @@ class CacheHandler:
         stored = decode_response(value)
         # RFC 9211: the stale response went to the origin first (fwd=stale), which failed.
         status_value = cache_status(hit=True, fwd="stale", fwd_status=fwd_status, detail="stale")
-        status, _ = self._deliver(conn, req, stored, 0.0, status_value, extra_age=expired_ago)
+        if staleness is not None:  # Age: what it had when stored, its freshness, then stale
+            age_from, extra_age = None, stored.fresh + staleness
+        else:  # the engine entry expired `expired_ago` seconds ago, after its whole ttl
+            age_from, extra_age = 0.0, expired_ago
+        status, _ = self._deliver(conn, req, stored, age_from, status_value, extra_age=extra_age)
         return status, "stale"
 
 

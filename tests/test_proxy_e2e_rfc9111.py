@@ -190,6 +190,9 @@ def test_stale_if_error_on_5xx_keeps_the_right_variant(
         assert stale.status_code == 200
         assert stale.text == fr.text  # the fr variant, not the one the base key holds
         assert "fwd=stale" in cache_status(stale) and "fwd-status=503" in cache_status(stale)
+        # Age is the response's current age (RFC 9111 §4.2.3): 40 on arrival, plus seconds since,
+        # not the 630 s the entry is kept for.
+        assert 40 <= int(stale.headers["age"]) <= 50, stale.headers["age"]
     set_failing(backend, target, 0)
 
 
