@@ -12,6 +12,14 @@ destination.
 the client sent stays in front as earlier hops (their values are the client's claims, never taken
 as ours), and the last element is always what this proxy saw (`forwarded_headers`).
 
+A cache fill is different (``shared=True``): its response may be stored and served to every
+client, so it carries nothing a client chooses that the cache key does not hold — no client-sent
+``X-Forwarded-*``/``Forwarded`` chain and no host at all (neither ``X-Forwarded-Host`` nor
+``host=``): a backend that builds absolute links from them would otherwise let one request plant
+``evil.example`` links in the response every client gets (cache poisoning through unkeyed
+headers). The fill says only which client triggered it and how (``X-Forwarded-For``/``-Proto``,
+``Forwarded: for=…;proto=…``).
+
 A request body that is refused (`proxy._body.BodyError`: bad chunk, too large) fails the forward at
 once: the backend connection is dropped, the client gets 400/413 when nothing of an answer was sent
 yet, and the connection closes. ``100 Continue`` is sent only to HTTP/1.1 clients that ask.
@@ -99,19 +107,22 @@ def _quoted(value: bytes) -> bytes:
 
 
 def forwarded_headers(
-    hmap: dict[bytes, bytes], peer: str, proto: bytes = b"http"
+    hmap: dict[bytes, bytes], peer: str, proto: bytes = b"http", *, shared: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """This hop's ``X-Forwarded-*`` and ``Forwarded`` fields, the client's values kept in front.
 
     `hmap` is the request's (repeated fields already joined by ", "); `peer` the client's address.
+    `shared`: for a cache fill, only this hop's client and protocol (see the module docstring).
     """
     client = peer.encode("ascii", "replace")
-    host = hmap.get(b"host", b"")
+    host = b"" if shared else hmap.get(b"host", b"")
     ours = {
         b"X-Forwarded-For": client,
         b"X-Forwarded-Host": host,
         b"X-Forwarded-Proto": proto,
     }
+    if shared:
+        hmap = {}  # the client's chain is not forwarded
     out = []
     for name, value in ours.items():
         earlier = hmap.get(name.lower())
@@ -295,11 +306,13 @@ class Forwarder:
         self._metrics = metrics
         self._logger = logger
 
-    def request_headers(self, conn: Connection, req: Request) -> list[tuple[bytes, bytes]]:
+    def request_headers(
+        self, conn: Connection, req: Request, *, shared: bool = False
+    ) -> list[tuple[bytes, bytes]]:
         """The headers a backend request for `req` carries: the client's end-to-end fields and
-        ``X-Forwarded-*`` (the one place they are made: forwards and cache fills alike)."""
+        ``X-Forwarded-*`` (the one place they are made: forwards and, `shared`, cache fills)."""
         headers = [(n, v) for n, v in strip_hop_by_hop(req.headers) if n.lower() not in _REPLACED]
-        headers.extend(forwarded_headers(req.hmap, conn.peer))
+        headers.extend(forwarded_headers(req.hmap, conn.peer, shared=shared))
         return headers
 
     async def forward(

@@ -727,7 +727,7 @@ class _Flight:
             memo = ("context", conn.peer, credentials)
             fields = req.derived.get(memo)
             if not isinstance(fields, bytes):
-                headers = handler.forwarder.request_headers(conn, req)
+                headers = handler.forwarder.request_headers(conn, req, shared=True)
                 fields = context_fields(headers, credentials=credentials)
                 if len(req.derived) < _DERIVED_MAX:
                     req.derived[memo] = fields

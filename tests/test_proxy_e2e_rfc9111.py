@@ -331,9 +331,36 @@ def test_a_miss_carries_the_clients_end_to_end_headers(
     assert headers["x-custom"] == "kept"
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
-    assert headers["x-forwarded-host"].startswith("127.0.0.1:")
-    for absent in ("if-none-match", "range", "x-hop", "authorization"):
+    assert headers["forwarded"] == "for=127.0.0.1;proto=http"
+    # A fill's response is shared: no host a client chose (cache poisoning through unkeyed
+    # headers), see the next test.
+    for absent in ("if-none-match", "range", "x-hop", "authorization", "x-forwarded-host"):
         assert absent not in headers
+
+
+def test_a_fill_carries_no_host_or_forwarding_chain_a_client_chose(
+    cluster: ProxyCluster, backend: BackendProcess
+) -> None:
+    # One request with a hostile Host and forwarding chain fills the cache for every client: the
+    # backend must not see them, or links it builds from them reach everyone.
+    target = unique("poison") + "?cc=max-age=600"
+    get(
+        cluster,
+        0,
+        target,
+        Host="evil.example",
+        **{
+            "X-Forwarded-Host": "evil.example",
+            "X-Forwarded-For": "10.6.6.6",
+            "X-Forwarded-Proto": "https",
+            "Forwarded": "for=10.6.6.6;host=evil.example",
+        },
+    )
+    assert get(cluster, 1, target).status_code == 200  # another client: a hit on that fill
+    (request,) = log(backend, target)
+    assert "evil.example" not in json.dumps(request["headers"])
+    assert request["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert request["headers"]["x-forwarded-proto"] == "http"
 
 
 def test_head_is_answered_from_the_stored_get(
