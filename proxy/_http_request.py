@@ -37,8 +37,10 @@ class ListenerLimits:
     # Open client connections at most (MAX_CLIENT_CONNECTIONS; 0 = no cap). At the cap an idle
     # keep-alive connection is closed to make room, else the new one is closed at once.
     max_connections: int = 0
-    # Entries of the listener's head memo (`Listener.heads`; 0 = no memo).
+    # Entries of the listener's head memo (`Listener.heads`; 0 = no memo), and the memory they
+    # may take by the memo's estimate (`Listener.remember_head`).
     head_memo_entries: int = 2048
+    head_memo_bytes: int = 8 << 20
 
 
 class Request:

@@ -23,6 +23,8 @@ from ._metrics import ProxyMetrics
 __all__ = ["ERROR_LOG_INTERVAL", "Listener"]
 
 ERROR_LOG_INTERVAL = 10.0
+# Heads with more fields than this are never remembered (see `Listener.remember_head`).
+HEAD_MEMO_FIELDS = 48
 
 
 class Listener:
@@ -54,8 +56,10 @@ class Listener:
         # pure functions of those bytes, so a read of the same bytes on any connection at a
         # message boundary reuses the result (clients repeat their requests byte for byte).
         # Bounded: emptied when full, so hostile variety costs at most `head_memo_entries`
-        # entries of at most HEAD_MEMO_BYTES each.
+        # entries of at most HEAD_MEMO_BYTES and HEAD_MEMO_FIELDS each, and about
+        # `head_memo_bytes` of memory in all.
         self.heads: dict[bytes, Request] = {}
+        self._heads_cost = 0
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
         """Listen on host:port (port 0 = any free port) and return the bound address.
@@ -104,13 +108,25 @@ class Listener:
         return False
 
     def remember_head(self, data: bytes, req: Request) -> None:
-        """Keep `req` as the parse of `data` in the head memo (`heads`)."""
+        """Keep `req` as the parse of `data` in the head memo (`heads`), within its limits."""
+        fields = len(req.headers)
+        if fields > HEAD_MEMO_FIELDS:
+            return  # real clients send a dozen or so; many fields are parsed every time
+        # What an entry may take: its key, the parse (~256 bytes a field in the list and the
+        # map), and the contexts derived from it (`Request.derived`, a few key-sized strings).
+        cost = 6 * len(data) + 256 * fields + 1024
+        limits = self.limits
         heads = self.heads
-        if len(heads) >= self.limits.head_memo_entries:
+        if (
+            len(heads) >= limits.head_memo_entries
+            or self._heads_cost + cost > limits.head_memo_bytes
+        ):
             heads.clear()
-            if not self.limits.head_memo_entries:
+            self._heads_cost = 0
+            if not limits.head_memo_entries or cost > limits.head_memo_bytes:
                 return
         heads[data] = req
+        self._heads_cost += cost
 
     def refused(self, reason: str) -> None:
         """Count a request the listener refused itself (`proxy._http_rules.Verdict.reason`)."""

@@ -11,6 +11,7 @@ memo stays bounded under endless variety.
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from typing import Any
 
 from hypothesis import given, settings
@@ -211,6 +212,34 @@ async def test_the_memo_is_bounded_under_endless_variety() -> None:
     big = b"GET /hit HTTP/1.1\r\nHost: h\r\nX-Pad: %s\r\n\r\n" % (b"p" * 4000)
     await _converse(listener, [big])
     assert big not in listener.heads
+
+
+async def test_hostile_variety_of_large_heads_stays_within_the_memory_budget() -> None:
+    # Distinct heads with many fields: each parse costs far more than its bytes (a review
+    # measured ~40 MB for 2047 such heads before the memo counted fields).
+    budget = 2 << 20
+    echo = _Echo()
+    listener = Listener(
+        echo, ListenerLimits(head_memo_entries=4096, head_memo_bytes=budget), metrics=None
+    )
+    listener.now = 1.0
+    fields = b"".join(b"X-F%d: v\r\n" % i for i in range(40))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1500):
+            await _converse(listener, [b"GET /hit/%d HTTP/1.1\r\nHost: h\r\n%s\r\n" % (i, fields)])
+            echo.seen.clear()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert listener.heads  # remembered, within the budget
+    assert grown < 2 * budget, grown
+    # A head with more fields than any client sends is never remembered.
+    many = b"".join(b"X-G%d: v\r\n" % i for i in range(60))
+    data = b"GET /hit HTTP/1.1\r\nHost: h\r\n%s\r\n" % many
+    await _converse(listener, [data])
+    assert data not in listener.heads
 
 
 async def test_a_remembered_head_on_a_busy_connection_waits_its_turn() -> None:
