@@ -416,11 +416,14 @@ class Connection(InputFlow, asyncio.Protocol):
 
     def continue_slow(self, req: Request) -> None:
         """The held request `req` goes down the handler's `serve` after all."""
-        self._active = None
-        self.listener._task_done()
         if self._closing:
+            self._active = None
+            self.listener._task_done()
             return  # the client went away: nobody to answer
+        # The task is counted before the hold ends: in between, in_flight would read 0 and
+        # wake a drain (wait_idle), which then closed the connection and cancelled the task.
         self._start(req)
+        self.listener._task_done()
 
     def fail_held(self, req: Request, exc: Exception) -> None:
         """Answering the held request `req` raised `exc`: the one boundary, as for `serve`."""

@@ -208,3 +208,23 @@ async def test_repeats_of_a_head_share_its_fields_but_not_the_client_address(set
     for _, _, done in owner.asked:
         done(None)
     await _until(lambda: app.in_flight == 0, "every answer")
+
+
+async def test_a_drain_waits_for_a_held_request_that_goes_down_the_slow_path(setup: Any) -> None:
+    # SIGTERM's drain (wait_idle) must not see the request as finished between the owner's
+    # answer and the slow path's task: that moment of "idle" let the shutdown close the
+    # connection and cancel the task, and the client got no answer at all.
+    app, backend, owner = setup
+    conn, transport = _connect(app)
+    conn.data_received(_get("/d"))
+    assert app.in_flight == 1
+    app.begin_drain()
+    drained = asyncio.create_task(app.wait_idle(5))
+    await asyncio.sleep(0)
+    owner.asked[0][2](None)  # no value from the owner: the slow path takes over
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert app.in_flight == 1
+    assert not drained.done(), "the drain ended while the request was still being answered"
+    await _until(lambda: b"body of /d" in transport.out, "the slow path's answer")
+    assert await drained
