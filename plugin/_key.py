@@ -100,6 +100,13 @@ def check_token_url(url: object) -> str:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ConfigurationError("token_url is not a valid URL") from None
+    if "@" in parts.netloc:
+        # httpx turns user:password@ into its own Authorization header (clashing with the client
+        # authentication) and logs the URL at INFO; the key would carry it too. Never echoed.
+        raise ConfigurationError(
+            "token_url must not contain userinfo (user:password@): pass the client's "
+            "credentials as client_id and client_secret"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"token_url must be an absolute http or https URL, not {safe_endpoint(url)!r}"

@@ -283,13 +283,20 @@ def test_bad_options_fail_at_construction(options: dict[str, Any], message: str)
 def test_userinfo_in_the_token_url_never_reaches_a_message(
     oauth: OAuthServer, runtime: plugin.PluginRuntime
 ) -> None:
-    url = oauth.token_url.replace("://", "://user:PASSWORD-IN-URL@") + "?k=QUERY-SECRET"
+    # Before: accepted; it cannot work (httpx turns it into its own Authorization header) and it
+    # showed in auth.key and in httpx's INFO log. Now refused at construction, never echoed.
+    for userinfo in ("user:PASSWORD-IN-URL@", "PASSWORD-IN-URL@", "user:PASSWORD-IN-URL:x@"):
+        url = oauth.token_url.replace("://", f"://{userinfo}")
+        with pytest.raises(plugin.ConfigurationError, match="userinfo") as info:
+            plugin.ClientCredentialsAuth(url, "svc-life", SECRET, scope="read", runtime=runtime)
+        assert "PASSWORD-IN-URL" not in str(info.value) and SECRET not in str(info.value)
+    # A query stays allowed but never reaches a message either.
+    url = oauth.token_url + "?k=QUERY-SECRET"
     auth = plugin.ClientCredentialsAuth(url, "svc-life", "wrong", scope="read", runtime=runtime)
-    with pytest.raises(plugin.InvalidClientError) as info:
+    with pytest.raises(plugin.InvalidClientError) as refused:
         auth.token()
-    assert "PASSWORD-IN-URL" not in str(info.value) and "QUERY-SECRET" not in str(info.value)
-    assert oauth.token_url in str(info.value)
-    assert "PASSWORD-IN-URL" not in repr(auth.token_cache.group) + repr(auth._core.creds)
+    assert "QUERY-SECRET" not in str(refused.value)
+    assert oauth.token_url in str(refused.value)
     auth.close()
 
 
