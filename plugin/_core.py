@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import ssl
@@ -32,7 +33,7 @@ from tokencache.plugin._key import Credentials, check_token_url, fingerprint_key
 from tokencache.plugin._request import TokenSender
 from tokencache.plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
 from tokencache.plugin._tls import TokenTls, build_tls
-from tokencache.plugin._token import BEARER_ONLY, AccessToken
+from tokencache.plugin._token import BEARER_ONLY, MAX_LIFETIME, AccessToken
 
 _log = logging.getLogger("plugin.oauth2")
 
@@ -68,11 +69,23 @@ class FlowOptions(TypedDict, total=False):
     rng: random.Random | None
 
 
-def _number(options: FlowOptions, name: str, default: float, low: float = 0.0) -> float:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
-        raise ConfigurationError(f"{name} must be a number >= {low}")
+def _checked(name: str, value: object, low: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not value >= low
+    ):
+        raise ConfigurationError(f"{name} must be a finite number >= {low}")
     return float(value)
+
+
+def _number(options: FlowOptions, name: str, default: float, low: float = 0.0) -> float:
+    return _checked(name, options.get(name, default), low)
+
+
+def _path(value: str | os.PathLike[str] | None) -> str | None:
+    return None if value is None else os.path.abspath(os.fspath(value))
 
 
 class AuthCore:
@@ -89,7 +102,11 @@ class AuthCore:
         auth_method: str,
         sender_factory: SenderFactory,
         options: FlowOptions,
+        timeout: object = 10.0,
+        transport: object = None,
     ) -> None:
+        """``timeout`` and ``transport`` are the adapter's token-sender settings (the factory
+        uses them); they are checked here."""
         workspace = options.get("workspace")
         runtime = options.get("runtime")
         clock = options.get("clock")
@@ -117,6 +134,13 @@ class AuthCore:
         self.sync_timeout = _number(options, "sync_timeout", 60.0)
         if not self.sync_timeout > 0:
             raise ConfigurationError("sync_timeout must be a number > 0")
+        timeout_s = _checked("timeout", timeout, 0.0)
+        if not timeout_s > 0:
+            raise ConfigurationError("timeout must be a finite number > 0")
+        max_retry_after = _number(options, "max_retry_after", 30.0)
+        default_lifetime = _number(options, "default_lifetime", 300.0, low=1.0)
+        if default_lifetime > MAX_LIFETIME:
+            raise ConfigurationError(f"default_lifetime must be at most {MAX_LIFETIME:g} s")
         attempts = options.get("max_attempts", 3)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigurationError("max_attempts must be an integer >= 1")
@@ -160,7 +184,8 @@ class AuthCore:
         )
         self.key = self.creds.key
         self._types = tuple(t.lower() for t in options.get("token_types", BEARER_ONLY))
-        self._default_lifetime = _number(options, "default_lifetime", 300.0, low=1.0)
+        self._default_lifetime = default_lifetime
+        self._max_retry_after = max_retry_after
         self._options = options
         self._tls = tls
         self._sender_factory = sender_factory
@@ -183,7 +208,7 @@ class AuthCore:
             self.creds,
             self._sender_factory(self._tls),
             max_attempts=int(options.get("max_attempts", 3)),
-            max_retry_after=options.get("max_retry_after", 30.0),
+            max_retry_after=self._max_retry_after,
             default_lifetime=self._default_lifetime,
             token_types=self._types or BEARER_ONLY,
             sleep=options.get("sleep"),

@@ -117,11 +117,21 @@ def check_token_url(url: object) -> str:
 
 
 def normalize_scopes(scope: str | Iterable[str] | None) -> tuple[str, ...]:
-    """Split a space-separated scope string (or take an iterable) into sorted, unique scopes."""
-    if scope is None:
+    """Split a space-separated scope string (or take an iterable) into sorted, unique scopes.
+
+    Anything but None, a string or an iterable of strings is a :class:`ConfigurationError`.
+    """
+    raw: object = scope  # checked at run time: callers are not always typed
+    if raw is None:
         return ()
-    items = scope.split() if isinstance(scope, str) else [s for part in scope for s in part.split()]
-    return tuple(sorted(set(items)))
+    if isinstance(raw, str):
+        return tuple(sorted(set(raw.split())))
+    parts: list[object] | None = None
+    if isinstance(raw, Iterable) and not isinstance(raw, bytes | bytearray):
+        parts = list(raw)
+    if parts is None or not all(isinstance(part, str) for part in parts):
+        raise ConfigurationError("scope must be a string or an iterable of strings")
+    return tuple(sorted({s for part in parts if isinstance(part, str) for s in part.split()}))
 
 
 @dataclass(frozen=True, repr=False)

@@ -271,6 +271,22 @@ def test_extra_params_that_the_plugin_sets_itself_fail_at_construction(
         ({"max_attempts": 0}, "max_attempts"),
         ({"token_types": "DPoP"}, "token_types"),
         ({"token_types": ["bearer", ""]}, "token_types"),
+        # Before: scope=["read", 5] raised AttributeError; timeouts <= 0, NaN and inf were taken.
+        ({"scope": ["read", 5]}, "scope"),
+        ({"scope": 5}, "scope"),
+        ({"scope": b"read"}, "scope"),
+        ({"scope": [b"read"]}, "scope"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": "10"}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"sync_timeout": float("inf")}, "sync_timeout"),
+        ({"cooldown": float("inf")}, "cooldown"),
+        ({"max_retry_after": -1}, "max_retry_after"),
+        ({"max_retry_after": "30"}, "max_retry_after"),
+        ({"default_lifetime": 1e300}, "default_lifetime"),
     ],
 )
 def test_bad_options_fail_at_construction(options: dict[str, Any], message: str) -> None:
