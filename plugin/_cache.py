@@ -1,7 +1,8 @@
 """The token group of one workspace: loader, credential registry, local copies, cooldown, refresh.
 
 Theory of operation. One :class:`TokenCache` exists per (workspace, group name); every
-``ClientCredentialsAuth`` built on that workspace registers its credentials here. The engine's group
+``ClientCredentialsAuth`` built on that workspace registers its credentials here (one registration
+per key, shared by every auth whose fetch options are equal; one with other options is refused). The engine's group
 (created with ``hot_probability=1``, so every process keeps a copy of what its owner sent) makes a
 token load happen once for the cluster: the owner of a key runs :meth:`TokenCache._load` with the
 credentials registered *in its own process*, or raises ``Declined`` when it has none, and the asking
@@ -38,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -58,6 +60,7 @@ def _after_401_context(rejected: bytes) -> bytes:
     return AFTER_401 + hashlib.sha256(rejected).digest()[:16]
 
 
+_LAST_OPTIONS = 4096  # closed registrations whose options are remembered (see register)
 _REFRESH_PAUSE = 0.1  # share of the refresh window to wait after one refresh before another
 
 
@@ -83,11 +86,32 @@ class Policy:
     unauthorized_cooldown: float = 30.0
 
 
+class Same:
+    """A registration option compared by identity (an ``ssl.SSLContext``, a transport, a test
+    hook): objects without value equality. ``Same(None) == Same(None)``."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+
+#: ``(name, value)`` pairs of everything that changes how a token is fetched or accepted.
+Options = tuple[tuple[str, object], ...]
+
+
 @dataclass
 class _Registered:
     creds: Credentials
     fetcher: TokenFetcher
     policy: Policy
+    options: Options = ()
     users: int = 1
 
 
@@ -110,6 +134,10 @@ class TokenCache:
         self._background: set[Future[None]] = set()
         self._unauthorized_until: dict[str, float] = {}  # this process: 401 cooldown end
         self._after_401: dict[str, tuple[float, bytes, float]] = {}  # owner: (at, value, expiry)
+        # The options of the last registration of a key no auth uses any more, and the keys whose
+        # cached token was fetched under other options than the current registration's.
+        self._last_options: OrderedDict[str, Options] = OrderedDict()
+        self._distrusted: set[str] = set()
         self.group = workspace.new_group(
             group_name, max_bytes=max_bytes, loader=self._load, hot_probability=1.0
         )
@@ -135,16 +163,48 @@ class TokenCache:
 
     # -- registry -------------------------------------------------------------------------------
 
-    def register(self, creds: Credentials, fetcher: TokenFetcher, policy: Policy) -> str:
-        """Make ``creds`` loadable by this process; return the cache key."""
+    def register(
+        self, creds: Credentials, fetcher: TokenFetcher, policy: Policy, options: Options = ()
+    ) -> str:
+        """Make ``creds`` loadable by this process; return the cache key.
+
+        A second registration of the same key shares the first one (its fetcher and policy) and
+        must come with equal ``options``, else :class:`ConfigurationError` (see
+        :meth:`check_options`).
+        """
         key = creds.key
         with self._lock:
             reg = self._registry.get(key)
             if reg is None:
-                self._registry[key] = _Registered(creds, fetcher, policy)
+                self._registry[key] = _Registered(creds, fetcher, policy, options)
+                last = self._last_options.pop(key, None)
+                if last is not None and last != options:
+                    # A token still in the group was fetched (and accepted) under the options of
+                    # a closed registration: this one does not use it (dropped at the next get).
+                    self._distrusted.add(key)
             else:
+                self._refuse_other_options(reg, creds, options)
                 reg.users += 1
         return key
+
+    def check_options(self, creds: Credentials, options: Options) -> None:
+        """Raise :class:`ConfigurationError` when ``creds`` are registered here with options
+        other than ``options`` (the names of the differing options, never their values)."""
+        reg = self._registry.get(creds.key)
+        if reg is not None:
+            self._refuse_other_options(reg, creds, options)
+
+    def _refuse_other_options(self, reg: _Registered, creds: Credentials, options: Options) -> None:
+        if reg.options == options:
+            return
+        mine, theirs = dict(options), dict(reg.options)
+        names = sorted(n for n in mine.keys() | theirs.keys() if mine.get(n) != theirs.get(n))
+        raise ConfigurationError(
+            f"client {creds.client_id!r} at {creds.endpoint} is already in use in this process "
+            f"(token group {self.name!r}) with another {', '.join(names)}: auth objects with the "
+            "same credentials share one token cache and token client, so they must be built with "
+            "equal options (or pass another group_name=)"
+        )
 
     def unregister(self, key: str) -> TokenFetcher | None:
         """Drop one registration; return the fetcher when it was the last one (to close it)."""
@@ -156,6 +216,10 @@ class TokenCache:
             if reg.users > 0:
                 return None
             del self._registry[key]
+            self._last_options[key] = reg.options
+            self._last_options.move_to_end(key)
+            while len(self._last_options) > _LAST_OPTIONS:
+                self._last_options.popitem(last=False)
             self._memo.pop(key, None)
             self._unauthorized_until.pop(key, None)
             self._after_401.pop(key, None)
@@ -272,6 +336,10 @@ class TokenCache:
 
     async def get(self, key: str, min_ttl: float = 0.0) -> Held:
         """Engine loop: the token for ``key`` from the cluster (loading it once if needed)."""
+        if key in self._distrusted:
+            with self._lock:
+                self._distrusted.discard(key)
+            self.group.remove_local(key)
         value, ttl = await self.group.get_with_ttl(key, min_ttl=min_ttl)
         return self._remember(key, value, ttl)
 

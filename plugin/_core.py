@@ -5,7 +5,8 @@ a process using httpx never runs httpx2 code for its tokens and vice versa.
 
 Life of an :class:`AuthCore`: the constructor checks and computes (arguments, TLS files, the
 private key, the key fingerprint): no thread, no loop, no I/O. *Binding* registers the credentials
-in a token cache (where every other auth with the same credentials shares the registration): on a
+in a token cache (where every other auth with the same credentials shares the registration, when
+its fetch options are equal: :attr:`AuthCore.registration`; else it is refused): on a
 caller's workspace at once (so this process can serve as the key's owner from the start), on the
 runtime's standalone engine at the first token request (the engine's thread starts only then). A
 fork moves the runtime's generation on; the next call rebinds.
@@ -25,7 +26,7 @@ from typing import TypedDict
 
 import tokencache
 from tokencache.plugin._bridge import EngineBridge
-from tokencache.plugin._cache import Held, Policy, TokenCache
+from tokencache.plugin._cache import Held, Policy, Same, TokenCache
 from tokencache.plugin._client_auth import build_client_auth
 from tokencache.plugin._errors import AuthClosedError, ConfigurationError, TokenTimeoutError
 from tokencache.plugin._fetch import Sleep, TokenFetcher
@@ -106,7 +107,7 @@ class AuthCore:
         transport: object = None,
     ) -> None:
         """``timeout`` and ``transport`` are the adapter's token-sender settings (the factory
-        uses them); they are checked here."""
+        uses them); they are checked here and are part of the registration's options."""
         workspace = options.get("workspace")
         runtime = options.get("runtime")
         clock = options.get("clock")
@@ -186,6 +187,29 @@ class AuthCore:
         self._types = tuple(t.lower() for t in options.get("token_types", BEARER_ONLY))
         self._default_lifetime = default_lifetime
         self._max_retry_after = max_retry_after
+        # Everything that changes how or where this auth's token is fetched or accepted. Auth
+        # objects with the same credentials share one registration (one fetcher, one token client)
+        # only when these are equal; otherwise the later one is refused (ConfigurationError naming
+        # the options, never a value). Objects without value equality compare by identity.
+        self.registration: tuple[tuple[str, object], ...] = (
+            ("token_types", tuple(sorted(set(self._types)))),
+            ("timeout", timeout_s),
+            ("token_transport", Same(transport)),
+            ("ssl_context", Same(options.get("ssl_context"))),
+            ("ca_file", _path(options.get("ca_file"))),
+            ("client_cert", _path(options.get("client_cert"))),
+            ("client_key", _path(options.get("client_key"))),
+            ("max_attempts", attempts),
+            ("max_retry_after", max_retry_after),
+            ("default_lifetime", default_lifetime),
+            ("leeway", self.policy.leeway),
+            ("refresh_fraction", self.policy.refresh_fraction),
+            ("cooldown", self.policy.cooldown),
+            ("unauthorized_cooldown", self.policy.unauthorized_cooldown),
+            ("sleep", Same(options.get("sleep"))),
+            ("wall_clock", Same(options.get("wall_clock"))),
+            ("rng", Same(options.get("rng"))),
+        )
         self._options = options
         self._tls = tls
         self._sender_factory = sender_factory
@@ -195,7 +219,13 @@ class AuthCore:
         self._fetcher: TokenFetcher | None = None
         self.bridge = EngineBridge(None)
         self._closed = False
-        if workspace is not None:
+        if workspace is None:
+            # The standalone engine runs already: refuse conflicting options now rather than at
+            # the first token request (an engine not started yet checks when this auth binds).
+            existing = runtime.existing_cache(self._group_name)
+            if existing is not None:
+                existing.check_options(self.creds, self.registration)
+        else:
             # Registered at once on a caller's workspace (that starts no thread): a peer that
             # asks this process, as the key's owner, finds the credentials already here.
             self._bind()
@@ -238,7 +268,7 @@ class AuthCore:
             cache = TokenCache.for_workspace(self._workspace, self._group_name)
             loop = self._loop
         fetcher = self._new_fetcher()
-        cache.register(self.creds, fetcher, self.policy)
+        cache.register(self.creds, fetcher, self.policy, self.registration)
         self.bridge = EngineBridge(loop)
         self._cache, self._fetcher, self._generation = cache, fetcher, generation
         return cache

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
+import tokencache
 from tests.support.oauth_server import OAuthClient, OAuthServer
 from tokencache import plugin
 
@@ -148,6 +153,162 @@ async def test_sync_and_async_auths_on_many_loops_share_one_token(
     )
     assert len(set(results)) == 1
     assert oauth.token_requests() == 1
+
+
+# Options that change how or where a token is fetched or accepted: two auth objects with the same
+# credentials share one registration (token cache, fetcher, token client) only when these are equal.
+# Before, the first registration's options won silently (an auth with default TLS verification
+# could fetch through another auth's CERT_NONE context).
+def _unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+OTHER_OPTIONS: list[tuple[dict[str, Any], str]] = [
+    ({"ssl_context": _unverified()}, "ssl_context"),
+    ({"token_types": ("Bearer", "DPoP")}, "token_types"),
+    ({"timeout": 3.0}, "timeout"),
+    ({"token_transport": httpx.AsyncHTTPTransport()}, "token_transport"),
+    ({"max_attempts": 1}, "max_attempts"),
+    ({"max_retry_after": 5}, "max_retry_after"),
+    ({"leeway": 5}, "leeway"),
+    ({"refresh_fraction": 0.5}, "refresh_fraction"),
+    ({"cooldown": 0}, "cooldown"),
+    ({"unauthorized_cooldown": 1}, "unauthorized_cooldown"),
+    ({"default_lifetime": 60}, "default_lifetime"),
+    ({"rng": random.Random(1)}, "rng"),
+]
+
+
+@pytest.mark.parametrize(("options", "name"), OTHER_OPTIONS)
+def test_an_auth_with_other_fetch_options_is_refused_at_construction_naming_the_option(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, options: dict[str, Any], name: str
+) -> None:
+    oauth.reset()
+    first = make(oauth, runtime, **options)  # the first registration (e.g. CERT_NONE)
+    try:
+        first.token()  # the engine runs and holds the registration
+        with pytest.raises(plugin.ConfigurationError, match=name) as info:
+            make(oauth, runtime)  # default options: must not fetch through the first's
+        message = str(info.value)
+        assert "svc-life" in message and oauth.token_url in message and SECRET not in message
+        assert "equal options" in message
+        # The other way round as well, and the refused auths left nothing registered.
+        make(oauth, runtime, **options, group_name="other").close()
+        second = make(oauth, runtime, group_name="other")
+        second.token()
+        with pytest.raises(plugin.ConfigurationError, match=name):
+            make(oauth, runtime, **options, group_name="other")
+        second.close()
+        assert first.token_cache.registered(first.key)
+    finally:
+        first.close()
+
+
+def test_an_auth_with_other_options_built_before_the_engine_runs_is_refused_at_first_use(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    unverified = make(oauth, runtime, ssl_context=_unverified())
+    verified = make(oauth, runtime)  # no engine yet: checked when it binds
+    try:
+        unverified.token()
+        with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
+            verified.token()
+        with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
+            httpx.Client(
+                auth=verified, transport=httpx.MockTransport(lambda r: httpx.Response(200))
+            ).get(API)
+        assert oauth.token_requests() == 1
+    finally:
+        unverified.close()
+    # Once the other registration is gone, this one registers with its own options.
+    assert verified.token().access_token
+    verified.close()
+
+
+def test_auths_with_equal_options_share_one_registration_per_process(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, tmp_path: Path
+) -> None:
+    oauth.reset()
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(ca_file)
+    context = _unverified()
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, text=r.headers["authorization"]))
+    fetched = 0
+    for shared in (
+        {"ca_file": ca_file},  # a new SSLContext per auth, the same file: equal
+        {"ca_file": str(ca_file), "token_types": ["bearer"], "timeout": 10},
+        {"ssl_context": context},  # the same object: equal
+    ):
+        auths = [make(oauth, runtime, **shared) for _ in range(20)]  # as one per request
+        seen = set()
+        for auth in auths:
+            with httpx.Client(auth=auth, transport=transport) as client:
+                seen.add(client.get(API).text)
+        assert len(seen) == 1
+        assert oauth.token_requests() <= fetched + 1  # none per auth object
+        fetched = oauth.token_requests()
+        # Registrations last until closed: the next configuration may differ only after that.
+        for auth in auths:
+            auth.close()
+    # The second configuration equals the first (same file, token_types and timeout by value);
+    # the third differs (ssl_context): it does not use the token fetched under the first two.
+    assert fetched == 2
+    first = make(oauth, runtime, ssl_context=context)
+    first.token()
+    with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
+        make(oauth, runtime, ssl_context=_unverified())  # another object: not known equal
+    first.close()
+
+
+def test_a_token_fetched_under_closed_options_is_not_used_under_other_options(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    context = _unverified()
+    unverified = make(oauth, runtime, ssl_context=context)
+    old = unverified.token().access_token
+    unverified.close()
+    same = make(oauth, runtime, ssl_context=context)
+    assert same.token().access_token == old  # equal options: the cached token is reused
+    same.close()
+    verified = make(oauth, runtime)
+    try:
+        # Before: handed the token fetched through the CERT_NONE context (no request).
+        assert verified.token().access_token != old
+        assert oauth.token_requests() == 2
+    finally:
+        verified.close()
+    again = make(oauth, runtime)  # closed and rebuilt with equal options: no new request
+    assert again.token().access_token != old
+    assert oauth.token_requests() == 2
+    again.close()
+
+
+async def test_a_workspace_auth_with_other_options_is_refused_at_construction(
+    oauth: OAuthServer,
+) -> None:
+    ws = tokencache.Workspace("")
+    first = plugin.ClientCredentialsAuth(
+        oauth.token_url, "svc-life", SECRET, scope="read", workspace=ws, leeway=5
+    )
+    try:
+        with pytest.raises(plugin.ConfigurationError, match="leeway"):
+            plugin.ClientCredentialsAuth(
+                oauth.token_url, "svc-life", SECRET, scope="read", workspace=ws
+            )
+        same = plugin.ClientCredentialsAuth(
+            oauth.token_url, "svc-life", SECRET, scope="read", workspace=ws, leeway=5.0
+        )
+        assert (await same.atoken()).access_token == (await first.atoken()).access_token
+        await same.aclose()
+    finally:
+        await first.aclose()
+        await ws.close()
 
 
 # -- 4. the public token API ------------------------------------------------------------------------
