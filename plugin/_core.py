@@ -145,9 +145,12 @@ class AuthCore:
         attempts = options.get("max_attempts", 3)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigurationError("max_attempts must be an integer >= 1")
-        types = options.get("token_types", BEARER_ONLY)
-        if isinstance(types, str) or not all(isinstance(t, str) and t for t in types):
+        raw_types: object = options.get("token_types", BEARER_ONLY)
+        if isinstance(raw_types, str | bytes) or not isinstance(raw_types, Iterable):
             # A bare string was taken letter by letter ("DPoP" -> d, p, o, p).
+            raise ConfigurationError("token_types must be an iterable of non-empty strings")
+        types = tuple(raw_types)  # once: a generator was checked, then read again empty
+        if not all(isinstance(t, str) and t for t in types):
             raise ConfigurationError("token_types must be an iterable of non-empty strings")
         check_token_url(token_url)
         if not isinstance(client_id, str) or not client_id:
@@ -184,7 +187,9 @@ class AuthCore:
             fingerprint=fingerprint,
         )
         self.key = self.creds.key
-        self._types = tuple(t.lower() for t in options.get("token_types", BEARER_ONLY))
+        # An empty iterable means the default (the fetcher always fell back to it), so it must
+        # register as the default too.
+        self._types = tuple(t.lower() for t in types) or BEARER_ONLY
         self._default_lifetime = default_lifetime
         self._max_retry_after = max_retry_after
         # Everything that changes how or where this auth's token is fetched or accepted. Auth

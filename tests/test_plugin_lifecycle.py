@@ -457,6 +457,31 @@ def test_bad_options_fail_at_construction(options: dict[str, Any], message: str)
         plugin.ClientCredentialsAuth("https://idp.test/token", "svc", SECRET, **options)
 
 
+def test_token_types_empty_is_the_default_and_a_generator_is_read_once(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    # Before: token_types=[] fetched as bearer-only (the default) but registered as (), so it was
+    # refused next to a default auth; a generator was emptied by the check and silently became
+    # bearer-only (("Bearer", "DPoP") as a generator was not what the auth accepted).
+    oauth.reset()
+    first = make(oauth, runtime)
+    try:
+        first.token()
+        make(oauth, runtime, token_types=[]).close()
+        with pytest.raises(plugin.ConfigurationError, match="token_types"):
+            make(oauth, runtime, token_types=(t for t in ("Bearer", "DPoP")))
+    finally:
+        first.close()
+    both = make(oauth, runtime, token_types=(t for t in ("Bearer", "DPoP")))
+    try:
+        both.token()
+        with pytest.raises(plugin.ConfigurationError, match="token_types"):
+            make(oauth, runtime)
+        make(oauth, runtime, token_types=["dpop", "BEARER"]).close()
+    finally:
+        both.close()
+
+
 def test_userinfo_in_the_token_url_never_reaches_a_message(
     oauth: OAuthServer, runtime: plugin.PluginRuntime
 ) -> None:
