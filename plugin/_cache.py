@@ -22,8 +22,11 @@ token endpoint quiet for ``unauthorized_cooldown`` seconds:
   its 401), without I/O;
 - at the key's owner (so for the whole cluster): when the token it fetched because of a 401 is
   itself rejected within the window (the renewal did not help, whichever process saw it), the
-  load returns that token instead of fetching again. Hence at most one token request per window
-  per credential, cluster-wide, however many processes see 401s.
+  load returns that token instead of fetching again; and a load after a 401 while the fetch
+  another renewal of the same rejected token started is in flight joins that fetch (the second
+  renewal's compare-and-invalidate found no copy, so the group did not let it join the first
+  load). Hence at most one token request per window per credential, cluster-wide, however many
+  processes or threads see 401s at once.
 
 Invariants:
 - a failed fetch is never cached; for ``cooldown`` seconds (longer when a 429 asked for it) callers in
@@ -36,6 +39,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -134,6 +138,8 @@ class TokenCache:
         self._background: set[Future[None]] = set()
         self._unauthorized_until: dict[str, float] = {}  # this process: 401 cooldown end
         self._after_401: dict[str, tuple[float, bytes, float]] = {}  # owner: (at, value, expiry)
+        # Owner, engine loop: the fetch a 401 started, per key: (load context, its outcome).
+        self._after_401_flights: dict[str, tuple[bytes, asyncio.Future[tuple[bytes, float]]]] = {}
         # The options of the last registration of a key no auth uses any more, and the keys whose
         # cached token was fetched under other options than the current registration's.
         self._last_options: OrderedDict[str, Options] = OrderedDict()
@@ -269,6 +275,47 @@ class TokenCache:
                     creds.endpoint,
                 )
                 return tokencache.Entry(last[1], last[2] - now)
+            flight = self._after_401_flights.get(key)
+            if (
+                flight is not None
+                and flight[0] == context
+                and flight[1].get_loop() is asyncio.get_running_loop()
+            ):
+                # Another renewal of the same rejected token is fetching: its compare-and-
+                # invalidate found no copy left to compare (this one's fetch in flight) and so
+                # started this load; join that fetch rather than fetch again.
+                self.stats.count_unauthorized_cooldown()
+                _log.debug(
+                    "401 renewal: client %r at %s joins the fetch in flight",
+                    creds.client_id,
+                    creds.endpoint,
+                )
+                value, expires_at = await asyncio.shield(flight[1])
+                return tokencache.Entry(value, expires_at - self._clock.now())
+            joined: asyncio.Future[tuple[bytes, float]] = asyncio.get_running_loop().create_future()
+            self._after_401_flights[key] = (context, joined)
+            try:
+                entry = await self._fetch(key, reg, now, after_401)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    joined.set_exception(exc)
+                    joined.exception()  # retrieved: nobody may have joined
+                else:
+                    joined.cancel()
+                raise
+            else:
+                assert entry.ttl is not None  # a token always has a lifetime
+                joined.set_result((entry.value, self._clock.now() + entry.ttl))
+                return entry
+            finally:
+                if self._after_401_flights.get(key, (b"", None))[1] is joined:
+                    del self._after_401_flights[key]
+        return await self._fetch(key, reg, now, after_401)
+
+    async def _fetch(
+        self, key: str, reg: _Registered, now: float, after_401: bool
+    ) -> tokencache.Entry:
+        creds = reg.creds
         _log.debug(
             "fetching a token for client %r at %s%s",
             creds.client_id,

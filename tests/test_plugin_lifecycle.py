@@ -94,6 +94,31 @@ def test_persistent_401_costs_one_renewal_not_one_token_request_per_call(
     auth.close()
 
 
+async def test_concurrent_401s_on_one_token_cost_one_token_request(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: every renewal compare-and-invalidated the rejected token while the first renewal's
+    # fetch was in flight; with no copy left to compare, the remove stopped that load from being
+    # joined and each renewal fetched again (20 concurrent 401s: up to 20 token fetches).
+    oauth.reset()
+    auth = make(oauth, runtime, "svc-401")
+    first = await auth.atoken()
+    held = auth.token_cache.peek(auth.key)
+    assert held is not None and held.token.access_token == first.access_token
+    # A slow renewal: the other renewals of the same rejected token arrive while it is in flight.
+    await asyncio.to_thread(oauth.set_fault, mode="none", delay_ms=300)
+    with caplog.at_level(logging.DEBUG, logger="plugin.oauth2"):
+        renewed = await asyncio.gather(*(auth._core.renew(held) for _ in range(20)))
+    await asyncio.to_thread(oauth.clear_fault)
+    assert len({h.token.access_token for h in renewed}) == 1
+    assert renewed[0].token.access_token != first.access_token
+    # (a superseded fetch was abandoned mid-request: the server may not count it, the log does)
+    assert caplog.text.count("after a 401\n") == 1
+    assert auth.token_cache.stats.fetches == 2  # the first, one renewal
+    assert await asyncio.to_thread(oauth.token_requests) == 2
+    await auth.aclose()
+
+
 async def test_persistent_401_cooldown_ends_and_the_next_401_renews_again(
     oauth: OAuthServer, runtime: plugin.PluginRuntime
 ) -> None:
