@@ -54,7 +54,7 @@ from tokencache.plugin._key import Credentials
 from tokencache.plugin._metrics import TokenStats
 from tokencache.plugin._token import Token, cache_ttl
 
-_log = logging.getLogger("plugin.oauth2")
+_log = logging.getLogger("tokencache.plugin.oauth2")
 #: The load context of a reload caused by a 401 (tokencache.load_context at the owner), followed by
 #: a digest of the rejected token so the owner can tell whether its last token was the one refused.
 AFTER_401 = b"plugin/oauth2:after-401:"

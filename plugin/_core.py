@@ -36,7 +36,7 @@ from tokencache.plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
 from tokencache.plugin._tls import TokenTls, build_tls
 from tokencache.plugin._token import BEARER_ONLY, MAX_LIFETIME, AccessToken
 
-_log = logging.getLogger("plugin.oauth2")
+_log = logging.getLogger("tokencache.plugin.oauth2")
 
 SenderFactory = Callable[[TokenTls], TokenSender]
 

@@ -27,7 +27,7 @@ from tokencache.plugin._errors import (
     UnauthorizedClientError,
 )
 
-_log = logging.getLogger("plugin.oauth2")
+_log = logging.getLogger("tokencache.plugin.oauth2")
 
 _REJECTIONS: dict[str, type[TokenRejectedError]] = {
     "invalid_client": InvalidClientError,

@@ -76,7 +76,7 @@ def test_persistent_401_costs_one_renewal_not_one_token_request_per_call(
     auth = make(oauth, runtime, "svc-401")
     transport, seen = rejecting_api()
     with (
-        caplog.at_level(logging.DEBUG, logger="plugin.oauth2"),
+        caplog.at_level(logging.DEBUG, logger="tokencache.plugin.oauth2"),
         httpx.Client(auth=auth, transport=transport) as client,
     ):
         statuses = [client.get(API).status_code for _ in range(50)]
@@ -89,6 +89,8 @@ def test_persistent_401_costs_one_renewal_not_one_token_request_per_call(
     assert auth.token_cache.stats.unauthorized_cooldowns == 49
     text = caplog.text
     assert "401 from the API" in text and "cooldown" in text and "fetching a token" in text
+    # The logger docs/plugin.md names (it was "plugin.oauth2": a generic name, not the documented one)
+    assert {r.name for r in caplog.records} == {"tokencache.plugin.oauth2"}
     assert SECRET not in text
     assert not any(header.split()[1] in text for header in seen)  # no token in the log
     auth.close()
@@ -107,7 +109,7 @@ async def test_concurrent_401s_on_one_token_cost_one_token_request(
     assert held is not None and held.token.access_token == first.access_token
     # A slow renewal: the other renewals of the same rejected token arrive while it is in flight.
     await asyncio.to_thread(oauth.set_fault, mode="none", delay_ms=300)
-    with caplog.at_level(logging.DEBUG, logger="plugin.oauth2"):
+    with caplog.at_level(logging.DEBUG, logger="tokencache.plugin.oauth2"):
         renewed = await asyncio.gather(*(auth._core.renew(held) for _ in range(20)))
     await asyncio.to_thread(oauth.clear_fault)
     assert len({h.token.access_token for h in renewed}) == 1
@@ -619,7 +621,7 @@ def test_debug_logs_name_fetch_refresh_and_failure_cooldown_without_secrets(
     # A first token that lives 2 s with refresh_fraction near 1: due for a refresh at once.
     short = {"access_token": "tok-short-MARKER", "token_type": "Bearer", "expires_in": 2}
     oauth.set_fault(mode="body", body=short, count=1)
-    with caplog.at_level(logging.DEBUG, logger="plugin.oauth2"):
+    with caplog.at_level(logging.DEBUG, logger="tokencache.plugin.oauth2"):
         auth = make(oauth, runtime, refresh_fraction=0.99)
         first = auth.token()
         time.sleep(0.1)

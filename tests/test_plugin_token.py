@@ -139,7 +139,7 @@ def test_an_absurd_expires_in_is_capped_to_max_lifetime(
     # Before: 1e300 was cached as given (a token kept for ever, TTL arithmetic near overflow).
     # A numeric string is accepted as some servers (Azure AD v1) send "3599".
     body = json.dumps({"access_token": "TOKEN-VALUE-xyz", "expires_in": expires_in}).encode()
-    with caplog.at_level(logging.WARNING, logger="plugin.oauth2"):
+    with caplog.at_level(logging.WARNING, logger="tokencache.plugin.oauth2"):
         tok = parse_token(body, default_lifetime=300, client_id="svc", endpoint=EP)
     assert tok.lifetime == lifetime
     assert ("capped" in caplog.text) == (lifetime == MAX_LIFETIME and expires_in != MAX_LIFETIME)
