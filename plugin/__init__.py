@@ -42,7 +42,7 @@ from tokencache.plugin._request import (
     build_token_request,
 )
 from tokencache.plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
-from tokencache.plugin._token import AccessToken, Token
+from tokencache.plugin._token import MAX_LIFETIME, AccessToken, Token
 
 __all__ = [
     "AUTH_METHODS",
@@ -58,6 +58,7 @@ __all__ = [
     "InvalidClientError",
     "InvalidRequestError",
     "InvalidScopeError",
+    "MAX_LIFETIME",
     "PluginError",
     "PluginRuntime",
     "Policy",

@@ -1,7 +1,8 @@
 """The token group of one workspace: loader, credential registry, local copies, cooldown, refresh.
 
 Theory of operation. One :class:`TokenCache` exists per (workspace, group name); every
-``ClientCredentialsAuth`` built on that workspace registers its credentials here. The engine's group
+``ClientCredentialsAuth`` built on that workspace registers its credentials here (one registration
+per key, shared by every auth whose fetch options are equal; one with other options is refused). The engine's group
 (created with ``hot_probability=1``, so every process keeps a copy of what its owner sent) makes a
 token load happen once for the cluster: the owner of a key runs :meth:`TokenCache._load` with the
 credentials registered *in its own process*, or raises ``Declined`` when it has none, and the asking
@@ -21,8 +22,11 @@ token endpoint quiet for ``unauthorized_cooldown`` seconds:
   its 401), without I/O;
 - at the key's owner (so for the whole cluster): when the token it fetched because of a 401 is
   itself rejected within the window (the renewal did not help, whichever process saw it), the
-  load returns that token instead of fetching again. Hence at most one token request per window
-  per credential, cluster-wide, however many processes see 401s.
+  load returns that token instead of fetching again; and a load after a 401 while the fetch
+  another renewal of the same rejected token started is in flight joins that fetch (the second
+  renewal's compare-and-invalidate found no copy, so the group did not let it join the first
+  load). Hence at most one token request per window per credential, cluster-wide, however many
+  processes or threads see 401s at once.
 
 Invariants:
 - a failed fetch is never cached; for ``cooldown`` seconds (longer when a 429 asked for it) callers in
@@ -35,9 +39,11 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -48,7 +54,7 @@ from tokencache.plugin._key import Credentials
 from tokencache.plugin._metrics import TokenStats
 from tokencache.plugin._token import Token, cache_ttl
 
-_log = logging.getLogger("plugin.oauth2")
+_log = logging.getLogger("tokencache.plugin.oauth2")
 #: The load context of a reload caused by a 401 (tokencache.load_context at the owner), followed by
 #: a digest of the rejected token so the owner can tell whether its last token was the one refused.
 AFTER_401 = b"plugin/oauth2:after-401:"
@@ -58,6 +64,7 @@ def _after_401_context(rejected: bytes) -> bytes:
     return AFTER_401 + hashlib.sha256(rejected).digest()[:16]
 
 
+_LAST_OPTIONS = 4096  # closed registrations whose options are remembered (see register)
 _REFRESH_PAUSE = 0.1  # share of the refresh window to wait after one refresh before another
 
 
@@ -83,11 +90,32 @@ class Policy:
     unauthorized_cooldown: float = 30.0
 
 
+class Same:
+    """A registration option compared by identity (an ``ssl.SSLContext``, a transport, a test
+    hook): objects without value equality. ``Same(None) == Same(None)``."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+
+#: ``(name, value)`` pairs of everything that changes how a token is fetched or accepted.
+Options = tuple[tuple[str, object], ...]
+
+
 @dataclass
 class _Registered:
     creds: Credentials
     fetcher: TokenFetcher
     policy: Policy
+    options: Options = ()
     users: int = 1
 
 
@@ -110,6 +138,12 @@ class TokenCache:
         self._background: set[Future[None]] = set()
         self._unauthorized_until: dict[str, float] = {}  # this process: 401 cooldown end
         self._after_401: dict[str, tuple[float, bytes, float]] = {}  # owner: (at, value, expiry)
+        # Owner, engine loop: the fetch a 401 started, per key: (load context, its outcome).
+        self._after_401_flights: dict[str, tuple[bytes, asyncio.Future[tuple[bytes, float]]]] = {}
+        # The options of the last registration of a key no auth uses any more, and the keys whose
+        # cached token was fetched under other options than the current registration's.
+        self._last_options: OrderedDict[str, Options] = OrderedDict()
+        self._distrusted: set[str] = set()
         self.group = workspace.new_group(
             group_name, max_bytes=max_bytes, loader=self._load, hot_probability=1.0
         )
@@ -135,16 +169,48 @@ class TokenCache:
 
     # -- registry -------------------------------------------------------------------------------
 
-    def register(self, creds: Credentials, fetcher: TokenFetcher, policy: Policy) -> str:
-        """Make ``creds`` loadable by this process; return the cache key."""
+    def register(
+        self, creds: Credentials, fetcher: TokenFetcher, policy: Policy, options: Options = ()
+    ) -> str:
+        """Make ``creds`` loadable by this process; return the cache key.
+
+        A second registration of the same key shares the first one (its fetcher and policy) and
+        must come with equal ``options``, else :class:`ConfigurationError` (see
+        :meth:`check_options`).
+        """
         key = creds.key
         with self._lock:
             reg = self._registry.get(key)
             if reg is None:
-                self._registry[key] = _Registered(creds, fetcher, policy)
+                self._registry[key] = _Registered(creds, fetcher, policy, options)
+                last = self._last_options.pop(key, None)
+                if last is not None and last != options:
+                    # A token still in the group was fetched (and accepted) under the options of
+                    # a closed registration: this one does not use it (dropped at the next get).
+                    self._distrusted.add(key)
             else:
+                self._refuse_other_options(reg, creds, options)
                 reg.users += 1
         return key
+
+    def check_options(self, creds: Credentials, options: Options) -> None:
+        """Raise :class:`ConfigurationError` when ``creds`` are registered here with options
+        other than ``options`` (the names of the differing options, never their values)."""
+        reg = self._registry.get(creds.key)
+        if reg is not None:
+            self._refuse_other_options(reg, creds, options)
+
+    def _refuse_other_options(self, reg: _Registered, creds: Credentials, options: Options) -> None:
+        if reg.options == options:
+            return
+        mine, theirs = dict(options), dict(reg.options)
+        names = sorted(n for n in mine.keys() | theirs.keys() if mine.get(n) != theirs.get(n))
+        raise ConfigurationError(
+            f"client {creds.client_id!r} at {creds.endpoint} is already in use in this process "
+            f"(token group {self.name!r}) with another {', '.join(names)}: auth objects with the "
+            "same credentials share one token cache and token client, so they must be built with "
+            "equal options (or pass another group_name=)"
+        )
 
     def unregister(self, key: str) -> TokenFetcher | None:
         """Drop one registration; return the fetcher when it was the last one (to close it)."""
@@ -156,6 +222,10 @@ class TokenCache:
             if reg.users > 0:
                 return None
             del self._registry[key]
+            self._last_options[key] = reg.options
+            self._last_options.move_to_end(key)
+            while len(self._last_options) > _LAST_OPTIONS:
+                self._last_options.popitem(last=False)
             self._memo.pop(key, None)
             self._unauthorized_until.pop(key, None)
             self._after_401.pop(key, None)
@@ -205,6 +275,47 @@ class TokenCache:
                     creds.endpoint,
                 )
                 return tokencache.Entry(last[1], last[2] - now)
+            flight = self._after_401_flights.get(key)
+            if (
+                flight is not None
+                and flight[0] == context
+                and flight[1].get_loop() is asyncio.get_running_loop()
+            ):
+                # Another renewal of the same rejected token is fetching: its compare-and-
+                # invalidate found no copy left to compare (this one's fetch in flight) and so
+                # started this load; join that fetch rather than fetch again.
+                self.stats.count_unauthorized_cooldown()
+                _log.debug(
+                    "401 renewal: client %r at %s joins the fetch in flight",
+                    creds.client_id,
+                    creds.endpoint,
+                )
+                value, expires_at = await asyncio.shield(flight[1])
+                return tokencache.Entry(value, expires_at - self._clock.now())
+            joined: asyncio.Future[tuple[bytes, float]] = asyncio.get_running_loop().create_future()
+            self._after_401_flights[key] = (context, joined)
+            try:
+                entry = await self._fetch(key, reg, now, after_401)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    joined.set_exception(exc)
+                    joined.exception()  # retrieved: nobody may have joined
+                else:
+                    joined.cancel()
+                raise
+            else:
+                assert entry.ttl is not None  # a token always has a lifetime
+                joined.set_result((entry.value, self._clock.now() + entry.ttl))
+                return entry
+            finally:
+                if self._after_401_flights.get(key, (b"", None))[1] is joined:
+                    del self._after_401_flights[key]
+        return await self._fetch(key, reg, now, after_401)
+
+    async def _fetch(
+        self, key: str, reg: _Registered, now: float, after_401: bool
+    ) -> tokencache.Entry:
+        creds = reg.creds
         _log.debug(
             "fetching a token for client %r at %s%s",
             creds.client_id,
@@ -272,6 +383,10 @@ class TokenCache:
 
     async def get(self, key: str, min_ttl: float = 0.0) -> Held:
         """Engine loop: the token for ``key`` from the cluster (loading it once if needed)."""
+        if key in self._distrusted:
+            with self._lock:
+                self._distrusted.discard(key)
+            self.group.remove_local(key)
         value, ttl = await self.group.get_with_ttl(key, min_ttl=min_ttl)
         return self._remember(key, value, ttl)
 

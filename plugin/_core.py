@@ -5,7 +5,8 @@ a process using httpx never runs httpx2 code for its tokens and vice versa.
 
 Life of an :class:`AuthCore`: the constructor checks and computes (arguments, TLS files, the
 private key, the key fingerprint): no thread, no loop, no I/O. *Binding* registers the credentials
-in a token cache (where every other auth with the same credentials shares the registration): on a
+in a token cache (where every other auth with the same credentials shares the registration, when
+its fetch options are equal: :attr:`AuthCore.registration`; else it is refused): on a
 caller's workspace at once (so this process can serve as the key's owner from the start), on the
 runtime's standalone engine at the first token request (the engine's thread starts only then). A
 fork moves the runtime's generation on; the next call rebinds.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import ssl
@@ -24,7 +26,7 @@ from typing import TypedDict
 
 import tokencache
 from tokencache.plugin._bridge import EngineBridge
-from tokencache.plugin._cache import Held, Policy, TokenCache
+from tokencache.plugin._cache import Held, Policy, Same, TokenCache
 from tokencache.plugin._client_auth import build_client_auth
 from tokencache.plugin._errors import AuthClosedError, ConfigurationError, TokenTimeoutError
 from tokencache.plugin._fetch import Sleep, TokenFetcher
@@ -32,9 +34,9 @@ from tokencache.plugin._key import Credentials, check_token_url, fingerprint_key
 from tokencache.plugin._request import TokenSender
 from tokencache.plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
 from tokencache.plugin._tls import TokenTls, build_tls
-from tokencache.plugin._token import BEARER_ONLY, AccessToken
+from tokencache.plugin._token import BEARER_ONLY, MAX_LIFETIME, AccessToken
 
-_log = logging.getLogger("plugin.oauth2")
+_log = logging.getLogger("tokencache.plugin.oauth2")
 
 SenderFactory = Callable[[TokenTls], TokenSender]
 
@@ -68,11 +70,23 @@ class FlowOptions(TypedDict, total=False):
     rng: random.Random | None
 
 
-def _number(options: FlowOptions, name: str, default: float, low: float = 0.0) -> float:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
-        raise ConfigurationError(f"{name} must be a number >= {low}")
+def _checked(name: str, value: object, low: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not value >= low
+    ):
+        raise ConfigurationError(f"{name} must be a finite number >= {low}")
     return float(value)
+
+
+def _number(options: FlowOptions, name: str, default: float, low: float = 0.0) -> float:
+    return _checked(name, options.get(name, default), low)
+
+
+def _path(value: str | os.PathLike[str] | None) -> str | None:
+    return None if value is None else os.path.abspath(os.fspath(value))
 
 
 class AuthCore:
@@ -89,7 +103,11 @@ class AuthCore:
         auth_method: str,
         sender_factory: SenderFactory,
         options: FlowOptions,
+        timeout: object = 10.0,
+        transport: object = None,
     ) -> None:
+        """``timeout`` and ``transport`` are the adapter's token-sender settings (the factory
+        uses them); they are checked here and are part of the registration's options."""
         workspace = options.get("workspace")
         runtime = options.get("runtime")
         clock = options.get("clock")
@@ -117,12 +135,22 @@ class AuthCore:
         self.sync_timeout = _number(options, "sync_timeout", 60.0)
         if not self.sync_timeout > 0:
             raise ConfigurationError("sync_timeout must be a number > 0")
+        timeout_s = _checked("timeout", timeout, 0.0)
+        if not timeout_s > 0:
+            raise ConfigurationError("timeout must be a finite number > 0")
+        max_retry_after = _number(options, "max_retry_after", 30.0)
+        default_lifetime = _number(options, "default_lifetime", 300.0, low=1.0)
+        if default_lifetime > MAX_LIFETIME:
+            raise ConfigurationError(f"default_lifetime must be at most {MAX_LIFETIME:g} s")
         attempts = options.get("max_attempts", 3)
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigurationError("max_attempts must be an integer >= 1")
-        types = options.get("token_types", BEARER_ONLY)
-        if isinstance(types, str) or not all(isinstance(t, str) and t for t in types):
+        raw_types: object = options.get("token_types", BEARER_ONLY)
+        if isinstance(raw_types, str | bytes) or not isinstance(raw_types, Iterable):
             # A bare string was taken letter by letter ("DPoP" -> d, p, o, p).
+            raise ConfigurationError("token_types must be an iterable of non-empty strings")
+        types = tuple(raw_types)  # once: a generator was checked, then read again empty
+        if not all(isinstance(t, str) and t for t in types):
             raise ConfigurationError("token_types must be an iterable of non-empty strings")
         check_token_url(token_url)
         if not isinstance(client_id, str) or not client_id:
@@ -159,8 +187,34 @@ class AuthCore:
             fingerprint=fingerprint,
         )
         self.key = self.creds.key
-        self._types = tuple(t.lower() for t in options.get("token_types", BEARER_ONLY))
-        self._default_lifetime = _number(options, "default_lifetime", 300.0, low=1.0)
+        # An empty iterable means the default (the fetcher always fell back to it), so it must
+        # register as the default too.
+        self._types = tuple(t.lower() for t in types) or BEARER_ONLY
+        self._default_lifetime = default_lifetime
+        self._max_retry_after = max_retry_after
+        # Everything that changes how or where this auth's token is fetched or accepted. Auth
+        # objects with the same credentials share one registration (one fetcher, one token client)
+        # only when these are equal; otherwise the later one is refused (ConfigurationError naming
+        # the options, never a value). Objects without value equality compare by identity.
+        self.registration: tuple[tuple[str, object], ...] = (
+            ("token_types", tuple(sorted(set(self._types)))),
+            ("timeout", timeout_s),
+            ("token_transport", Same(transport)),
+            ("ssl_context", Same(options.get("ssl_context"))),
+            ("ca_file", _path(options.get("ca_file"))),
+            ("client_cert", _path(options.get("client_cert"))),
+            ("client_key", _path(options.get("client_key"))),
+            ("max_attempts", attempts),
+            ("max_retry_after", max_retry_after),
+            ("default_lifetime", default_lifetime),
+            ("leeway", self.policy.leeway),
+            ("refresh_fraction", self.policy.refresh_fraction),
+            ("cooldown", self.policy.cooldown),
+            ("unauthorized_cooldown", self.policy.unauthorized_cooldown),
+            ("sleep", Same(options.get("sleep"))),
+            ("wall_clock", Same(options.get("wall_clock"))),
+            ("rng", Same(options.get("rng"))),
+        )
         self._options = options
         self._tls = tls
         self._sender_factory = sender_factory
@@ -170,7 +224,13 @@ class AuthCore:
         self._fetcher: TokenFetcher | None = None
         self.bridge = EngineBridge(None)
         self._closed = False
-        if workspace is not None:
+        if workspace is None:
+            # The standalone engine runs already: refuse conflicting options now rather than at
+            # the first token request (an engine not started yet checks when this auth binds).
+            existing = runtime.existing_cache(self._group_name)
+            if existing is not None:
+                existing.check_options(self.creds, self.registration)
+        else:
             # Registered at once on a caller's workspace (that starts no thread): a peer that
             # asks this process, as the key's owner, finds the credentials already here.
             self._bind()
@@ -183,7 +243,7 @@ class AuthCore:
             self.creds,
             self._sender_factory(self._tls),
             max_attempts=int(options.get("max_attempts", 3)),
-            max_retry_after=options.get("max_retry_after", 30.0),
+            max_retry_after=self._max_retry_after,
             default_lifetime=self._default_lifetime,
             token_types=self._types or BEARER_ONLY,
             sleep=options.get("sleep"),
@@ -213,7 +273,7 @@ class AuthCore:
             cache = TokenCache.for_workspace(self._workspace, self._group_name)
             loop = self._loop
         fetcher = self._new_fetcher()
-        cache.register(self.creds, fetcher, self.policy)
+        cache.register(self.creds, fetcher, self.policy, self.registration)
         self.bridge = EngineBridge(loop)
         self._cache, self._fetcher, self._generation = cache, fetcher, generation
         return cache

@@ -100,6 +100,13 @@ def check_token_url(url: object) -> str:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ConfigurationError("token_url is not a valid URL") from None
+    if "@" in parts.netloc:
+        # httpx turns user:password@ into its own Authorization header (clashing with the client
+        # authentication) and logs the URL at INFO; the key would carry it too. Never echoed.
+        raise ConfigurationError(
+            "token_url must not contain userinfo (user:password@): pass the client's "
+            "credentials as client_id and client_secret"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"token_url must be an absolute http or https URL, not {safe_endpoint(url)!r}"
@@ -110,11 +117,21 @@ def check_token_url(url: object) -> str:
 
 
 def normalize_scopes(scope: str | Iterable[str] | None) -> tuple[str, ...]:
-    """Split a space-separated scope string (or take an iterable) into sorted, unique scopes."""
-    if scope is None:
+    """Split a space-separated scope string (or take an iterable) into sorted, unique scopes.
+
+    Anything but None, a string or an iterable of strings is a :class:`ConfigurationError`.
+    """
+    raw: object = scope  # checked at run time: callers are not always typed
+    if raw is None:
         return ()
-    items = scope.split() if isinstance(scope, str) else [s for part in scope for s in part.split()]
-    return tuple(sorted(set(items)))
+    if isinstance(raw, str):
+        return tuple(sorted(set(raw.split())))
+    parts: list[object] | None = None
+    if isinstance(raw, Iterable) and not isinstance(raw, bytes | bytearray):
+        parts = list(raw)
+    if parts is None or not all(isinstance(part, str) for part in parts):
+        raise ConfigurationError("scope must be a string or an iterable of strings")
+    return tuple(sorted({s for part in parts if isinstance(part, str) for s in part.split()}))
 
 
 @dataclass(frozen=True, repr=False)

@@ -112,6 +112,13 @@ class PluginRuntime:
                 self._engine = StandaloneEngine(self._clock)
             return self._engine
 
+    def existing_cache(self, group_name: str) -> TokenCache | None:
+        """The standalone engine's token cache ``group_name`` if both exist (nothing starts)."""
+        engine = self._engine
+        if engine is None or engine.workspace.get_group(group_name) is None:
+            return None
+        return TokenCache.for_workspace(engine.workspace, group_name)
+
     def fingerprint(
         self, client_id: str, material: bytes, *, token_url: str, key: bytes | None
     ) -> str:

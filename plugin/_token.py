@@ -27,7 +27,7 @@ from tokencache.plugin._errors import (
     UnauthorizedClientError,
 )
 
-_log = logging.getLogger("plugin.oauth2")
+_log = logging.getLogger("tokencache.plugin.oauth2")
 
 _REJECTIONS: dict[str, type[TokenRejectedError]] = {
     "invalid_client": InvalidClientError,
@@ -36,6 +36,10 @@ _REJECTIONS: dict[str, type[TokenRejectedError]] = {
 }
 #: The token types accepted by default (lower-case): RFC 6750 bearer tokens only.
 BEARER_ONLY: tuple[str, ...] = ("bearer",)
+#: The longest lifetime (seconds) a token is cached for, whatever ``expires_in`` says: one day. A
+#: larger ``expires_in`` (1e300 from a broken endpoint) is capped to it, so the token is fetched
+#: again at least daily instead of being kept for ever (and no TTL arithmetic overflows).
+MAX_LIFETIME = 86400.0
 _MAX_FIELD = 200  # error / error_description are cut so a hostile endpoint cannot flood logs
 
 
@@ -103,7 +107,9 @@ def default_leeway(lifetime: float) -> float:
 
 
 def cache_ttl(lifetime: float, leeway: float | None) -> float:
-    """TTL to cache a token for: its lifetime minus the leeway (default :func:`default_leeway`)."""
+    """TTL to cache a token for: its lifetime (at most :data:`MAX_LIFETIME`) minus the leeway
+    (default :func:`default_leeway`)."""
+    lifetime = min(lifetime, MAX_LIFETIME)
     lee = default_leeway(lifetime) if leeway is None else leeway
     return max(0.0, lifetime - lee)
 
@@ -169,7 +175,7 @@ def _lifetime(raw: object) -> float | None:
         return None
     try:
         value = float(raw)
-    except ValueError:
+    except (ValueError, OverflowError):  # an integer beyond a float's range: as 1e400 (inf)
         return None
     return value if math.isfinite(value) else None
 
@@ -186,7 +192,9 @@ def parse_token(
 
     ``access_token`` must be a non-empty string; ``token_type`` must be one of ``token_types``
     (case-insensitive; Bearer only by default, a missing one is taken as Bearer); ``expires_in``
-    must be a positive number when present (a missing one takes ``default_lifetime``, logged).
+    must be a positive finite number (or a string holding one, as some servers send) when present
+    (a missing one takes ``default_lifetime``, logged); one above :data:`MAX_LIFETIME` is capped
+    to it (logged).
     Anything else is a :class:`TokenResponseError` naming the endpoint (never the token).
     """
 
@@ -229,6 +237,15 @@ def parse_token(
                 f"expires_in {_short(raw)!r} (a token must live a positive number of seconds)"
             )
         lifetime = parsed
+        if lifetime > MAX_LIFETIME:
+            _log.warning(
+                "token endpoint %s: expires_in %s for client %r capped to %.0f s",
+                endpoint,
+                _short(raw),
+                client_id,
+                MAX_LIFETIME,
+            )
+            lifetime = MAX_LIFETIME
     return Token(access_token, token_type, lifetime)
 
 

@@ -8,6 +8,7 @@ Needs PyPI (pip fetches the build backend and the plugin's dependencies), like `
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,9 +25,13 @@ pytestmark = pytest.mark.slow
 
 
 def _run(*args: str | Path, cwd: Path | None = None) -> str:
+    # Without PYTHONPATH: set to a checkout (as when the tests run from a worktree), it made the
+    # fresh venv import the checkout's top-level plugin/ and proxy/ folders.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     done = subprocess.run(
         [str(a) for a in args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,

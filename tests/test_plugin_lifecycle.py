@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
+import tokencache
 from tests.support.oauth_server import OAuthClient, OAuthServer
 from tokencache import plugin
 
@@ -71,7 +76,7 @@ def test_persistent_401_costs_one_renewal_not_one_token_request_per_call(
     auth = make(oauth, runtime, "svc-401")
     transport, seen = rejecting_api()
     with (
-        caplog.at_level(logging.DEBUG, logger="plugin.oauth2"),
+        caplog.at_level(logging.DEBUG, logger="tokencache.plugin.oauth2"),
         httpx.Client(auth=auth, transport=transport) as client,
     ):
         statuses = [client.get(API).status_code for _ in range(50)]
@@ -84,9 +89,36 @@ def test_persistent_401_costs_one_renewal_not_one_token_request_per_call(
     assert auth.token_cache.stats.unauthorized_cooldowns == 49
     text = caplog.text
     assert "401 from the API" in text and "cooldown" in text and "fetching a token" in text
+    # The logger docs/plugin.md names (it was "plugin.oauth2": a generic name, not the documented one)
+    assert {r.name for r in caplog.records} == {"tokencache.plugin.oauth2"}
     assert SECRET not in text
     assert not any(header.split()[1] in text for header in seen)  # no token in the log
     auth.close()
+
+
+async def test_concurrent_401s_on_one_token_cost_one_token_request(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: every renewal compare-and-invalidated the rejected token while the first renewal's
+    # fetch was in flight; with no copy left to compare, the remove stopped that load from being
+    # joined and each renewal fetched again (20 concurrent 401s: up to 20 token fetches).
+    oauth.reset()
+    auth = make(oauth, runtime, "svc-401")
+    first = await auth.atoken()
+    held = auth.token_cache.peek(auth.key)
+    assert held is not None and held.token.access_token == first.access_token
+    # A slow renewal: the other renewals of the same rejected token arrive while it is in flight.
+    await asyncio.to_thread(oauth.set_fault, mode="none", delay_ms=300)
+    with caplog.at_level(logging.DEBUG, logger="tokencache.plugin.oauth2"):
+        renewed = await asyncio.gather(*(auth._core.renew(held) for _ in range(20)))
+    await asyncio.to_thread(oauth.clear_fault)
+    assert len({h.token.access_token for h in renewed}) == 1
+    assert renewed[0].token.access_token != first.access_token
+    # (a superseded fetch was abandoned mid-request: the server may not count it, the log does)
+    assert caplog.text.count("after a 401\n") == 1
+    assert auth.token_cache.stats.fetches == 2  # the first, one renewal
+    assert await asyncio.to_thread(oauth.token_requests) == 2
+    await auth.aclose()
 
 
 async def test_persistent_401_cooldown_ends_and_the_next_401_renews_again(
@@ -148,6 +180,162 @@ async def test_sync_and_async_auths_on_many_loops_share_one_token(
     )
     assert len(set(results)) == 1
     assert oauth.token_requests() == 1
+
+
+# Options that change how or where a token is fetched or accepted: two auth objects with the same
+# credentials share one registration (token cache, fetcher, token client) only when these are equal.
+# Before, the first registration's options won silently (an auth with default TLS verification
+# could fetch through another auth's CERT_NONE context).
+def _unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+OTHER_OPTIONS: list[tuple[dict[str, Any], str]] = [
+    ({"ssl_context": _unverified()}, "ssl_context"),
+    ({"token_types": ("Bearer", "DPoP")}, "token_types"),
+    ({"timeout": 3.0}, "timeout"),
+    ({"token_transport": httpx.AsyncHTTPTransport()}, "token_transport"),
+    ({"max_attempts": 1}, "max_attempts"),
+    ({"max_retry_after": 5}, "max_retry_after"),
+    ({"leeway": 5}, "leeway"),
+    ({"refresh_fraction": 0.5}, "refresh_fraction"),
+    ({"cooldown": 0}, "cooldown"),
+    ({"unauthorized_cooldown": 1}, "unauthorized_cooldown"),
+    ({"default_lifetime": 60}, "default_lifetime"),
+    ({"rng": random.Random(1)}, "rng"),
+]
+
+
+@pytest.mark.parametrize(("options", "name"), OTHER_OPTIONS)
+def test_an_auth_with_other_fetch_options_is_refused_at_construction_naming_the_option(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, options: dict[str, Any], name: str
+) -> None:
+    oauth.reset()
+    first = make(oauth, runtime, **options)  # the first registration (e.g. CERT_NONE)
+    try:
+        first.token()  # the engine runs and holds the registration
+        with pytest.raises(plugin.ConfigurationError, match=name) as info:
+            make(oauth, runtime)  # default options: must not fetch through the first's
+        message = str(info.value)
+        assert "svc-life" in message and oauth.token_url in message and SECRET not in message
+        assert "equal options" in message
+        # The other way round as well, and the refused auths left nothing registered.
+        make(oauth, runtime, **options, group_name="other").close()
+        second = make(oauth, runtime, group_name="other")
+        second.token()
+        with pytest.raises(plugin.ConfigurationError, match=name):
+            make(oauth, runtime, **options, group_name="other")
+        second.close()
+        assert first.token_cache.registered(first.key)
+    finally:
+        first.close()
+
+
+def test_an_auth_with_other_options_built_before_the_engine_runs_is_refused_at_first_use(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    unverified = make(oauth, runtime, ssl_context=_unverified())
+    verified = make(oauth, runtime)  # no engine yet: checked when it binds
+    try:
+        unverified.token()
+        with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
+            verified.token()
+        with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
+            httpx.Client(
+                auth=verified, transport=httpx.MockTransport(lambda r: httpx.Response(200))
+            ).get(API)
+        assert oauth.token_requests() == 1
+    finally:
+        unverified.close()
+    # Once the other registration is gone, this one registers with its own options.
+    assert verified.token().access_token
+    verified.close()
+
+
+def test_auths_with_equal_options_share_one_registration_per_process(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, tmp_path: Path
+) -> None:
+    oauth.reset()
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(ca_file)
+    context = _unverified()
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, text=r.headers["authorization"]))
+    fetched = 0
+    for shared in (
+        {"ca_file": ca_file},  # a new SSLContext per auth, the same file: equal
+        {"ca_file": str(ca_file), "token_types": ["bearer"], "timeout": 10},
+        {"ssl_context": context},  # the same object: equal
+    ):
+        auths = [make(oauth, runtime, **shared) for _ in range(20)]  # as one per request
+        seen = set()
+        for auth in auths:
+            with httpx.Client(auth=auth, transport=transport) as client:
+                seen.add(client.get(API).text)
+        assert len(seen) == 1
+        assert oauth.token_requests() <= fetched + 1  # none per auth object
+        fetched = oauth.token_requests()
+        # Registrations last until closed: the next configuration may differ only after that.
+        for auth in auths:
+            auth.close()
+    # The second configuration equals the first (same file, token_types and timeout by value);
+    # the third differs (ssl_context): it does not use the token fetched under the first two.
+    assert fetched == 2
+    first = make(oauth, runtime, ssl_context=context)
+    first.token()
+    with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
+        make(oauth, runtime, ssl_context=_unverified())  # another object: not known equal
+    first.close()
+
+
+def test_a_token_fetched_under_closed_options_is_not_used_under_other_options(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    context = _unverified()
+    unverified = make(oauth, runtime, ssl_context=context)
+    old = unverified.token().access_token
+    unverified.close()
+    same = make(oauth, runtime, ssl_context=context)
+    assert same.token().access_token == old  # equal options: the cached token is reused
+    same.close()
+    verified = make(oauth, runtime)
+    try:
+        # Before: handed the token fetched through the CERT_NONE context (no request).
+        assert verified.token().access_token != old
+        assert oauth.token_requests() == 2
+    finally:
+        verified.close()
+    again = make(oauth, runtime)  # closed and rebuilt with equal options: no new request
+    assert again.token().access_token != old
+    assert oauth.token_requests() == 2
+    again.close()
+
+
+async def test_a_workspace_auth_with_other_options_is_refused_at_construction(
+    oauth: OAuthServer,
+) -> None:
+    ws = tokencache.Workspace("")
+    first = plugin.ClientCredentialsAuth(
+        oauth.token_url, "svc-life", SECRET, scope="read", workspace=ws, leeway=5
+    )
+    try:
+        with pytest.raises(plugin.ConfigurationError, match="leeway"):
+            plugin.ClientCredentialsAuth(
+                oauth.token_url, "svc-life", SECRET, scope="read", workspace=ws
+            )
+        same = plugin.ClientCredentialsAuth(
+            oauth.token_url, "svc-life", SECRET, scope="read", workspace=ws, leeway=5.0
+        )
+        assert (await same.atoken()).access_token == (await first.atoken()).access_token
+        await same.aclose()
+    finally:
+        await first.aclose()
+        await ws.close()
 
 
 # -- 4. the public token API ------------------------------------------------------------------------
@@ -271,6 +459,22 @@ def test_extra_params_that_the_plugin_sets_itself_fail_at_construction(
         ({"max_attempts": 0}, "max_attempts"),
         ({"token_types": "DPoP"}, "token_types"),
         ({"token_types": ["bearer", ""]}, "token_types"),
+        # Before: scope=["read", 5] raised AttributeError; timeouts <= 0, NaN and inf were taken.
+        ({"scope": ["read", 5]}, "scope"),
+        ({"scope": 5}, "scope"),
+        ({"scope": b"read"}, "scope"),
+        ({"scope": [b"read"]}, "scope"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"timeout": "10"}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"sync_timeout": float("inf")}, "sync_timeout"),
+        ({"cooldown": float("inf")}, "cooldown"),
+        ({"max_retry_after": -1}, "max_retry_after"),
+        ({"max_retry_after": "30"}, "max_retry_after"),
+        ({"default_lifetime": 1e300}, "default_lifetime"),
     ],
 )
 def test_bad_options_fail_at_construction(options: dict[str, Any], message: str) -> None:
@@ -280,16 +484,48 @@ def test_bad_options_fail_at_construction(options: dict[str, Any], message: str)
         plugin.ClientCredentialsAuth("https://idp.test/token", "svc", SECRET, **options)
 
 
+def test_token_types_empty_is_the_default_and_a_generator_is_read_once(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    # Before: token_types=[] fetched as bearer-only (the default) but registered as (), so it was
+    # refused next to a default auth; a generator was emptied by the check and silently became
+    # bearer-only (("Bearer", "DPoP") as a generator was not what the auth accepted).
+    oauth.reset()
+    first = make(oauth, runtime)
+    try:
+        first.token()
+        make(oauth, runtime, token_types=[]).close()
+        with pytest.raises(plugin.ConfigurationError, match="token_types"):
+            make(oauth, runtime, token_types=(t for t in ("Bearer", "DPoP")))
+    finally:
+        first.close()
+    both = make(oauth, runtime, token_types=(t for t in ("Bearer", "DPoP")))
+    try:
+        both.token()
+        with pytest.raises(plugin.ConfigurationError, match="token_types"):
+            make(oauth, runtime)
+        make(oauth, runtime, token_types=["dpop", "BEARER"]).close()
+    finally:
+        both.close()
+
+
 def test_userinfo_in_the_token_url_never_reaches_a_message(
     oauth: OAuthServer, runtime: plugin.PluginRuntime
 ) -> None:
-    url = oauth.token_url.replace("://", "://user:PASSWORD-IN-URL@") + "?k=QUERY-SECRET"
+    # Before: accepted; it cannot work (httpx turns it into its own Authorization header) and it
+    # showed in auth.key and in httpx's INFO log. Now refused at construction, never echoed.
+    for userinfo in ("user:PASSWORD-IN-URL@", "PASSWORD-IN-URL@", "user:PASSWORD-IN-URL:x@"):
+        url = oauth.token_url.replace("://", f"://{userinfo}")
+        with pytest.raises(plugin.ConfigurationError, match="userinfo") as info:
+            plugin.ClientCredentialsAuth(url, "svc-life", SECRET, scope="read", runtime=runtime)
+        assert "PASSWORD-IN-URL" not in str(info.value) and SECRET not in str(info.value)
+    # A query stays allowed but never reaches a message either.
+    url = oauth.token_url + "?k=QUERY-SECRET"
     auth = plugin.ClientCredentialsAuth(url, "svc-life", "wrong", scope="read", runtime=runtime)
-    with pytest.raises(plugin.InvalidClientError) as info:
+    with pytest.raises(plugin.InvalidClientError) as refused:
         auth.token()
-    assert "PASSWORD-IN-URL" not in str(info.value) and "QUERY-SECRET" not in str(info.value)
-    assert oauth.token_url in str(info.value)
-    assert "PASSWORD-IN-URL" not in repr(auth.token_cache.group) + repr(auth._core.creds)
+    assert "QUERY-SECRET" not in str(refused.value)
+    assert oauth.token_url in str(refused.value)
     auth.close()
 
 
@@ -385,7 +621,7 @@ def test_debug_logs_name_fetch_refresh_and_failure_cooldown_without_secrets(
     # A first token that lives 2 s with refresh_fraction near 1: due for a refresh at once.
     short = {"access_token": "tok-short-MARKER", "token_type": "Bearer", "expires_in": 2}
     oauth.set_fault(mode="body", body=short, count=1)
-    with caplog.at_level(logging.DEBUG, logger="plugin.oauth2"):
+    with caplog.at_level(logging.DEBUG, logger="tokencache.plugin.oauth2"):
         auth = make(oauth, runtime, refresh_fraction=0.99)
         first = auth.token()
         time.sleep(0.1)

@@ -12,7 +12,14 @@ from collections.abc import Mapping
 import pytest
 
 from tokencache import plugin
-from tokencache.plugin._token import cache_ttl, default_leeway, parse_token, rejection, retry_after
+from tokencache.plugin._token import (
+    MAX_LIFETIME,
+    cache_ttl,
+    default_leeway,
+    parse_token,
+    rejection,
+    retry_after,
+)
 
 SECRET = "MARKER-SECRET-5f1e"
 EP = "https://idp.example/token"
@@ -100,15 +107,44 @@ def test_missing_expires_in_takes_default_and_says_why(caplog: pytest.LogCapture
     assert "TOKEN-VALUE-xyz" not in caplog.text
 
 
-@pytest.mark.parametrize("expires_in", ["soon", -3, 0, "0", True, 1e400, [5]])
+@pytest.mark.parametrize(
+    "expires_in",
+    [
+        *("soon", -3, 0, "0", True, False, 1e400, pytest.param(10**400, id="10**400")),
+        *([5], {"s": 5}),
+        *(float("nan"), float("-inf"), "nan", "inf", "-1", ""),
+    ],
+)
 def test_expires_in_zero_negative_or_garbage_is_a_response_error_not_300s(
     expires_in: object,
 ) -> None:
+    # json.dumps writes NaN / -Infinity literals, which json.loads (and some servers) accept.
     body = json.dumps({"access_token": "TOKEN-VALUE-xyz", "expires_in": expires_in}).encode()
     with pytest.raises(plugin.TokenResponseError, match="expires_in") as info:
         parse_token(body, default_lifetime=300, client_id="svc", endpoint=EP)
     assert EP in str(info.value)
     assert "TOKEN-VALUE-xyz" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime"),
+    [
+        *((1e300, MAX_LIFETIME), ("1e300", MAX_LIFETIME), (86401, MAX_LIFETIME)),
+        *((MAX_LIFETIME, MAX_LIFETIME), ("3599", 3599.0), (1.5, 1.5)),
+    ],
+)
+def test_an_absurd_expires_in_is_capped_to_max_lifetime(
+    expires_in: object, lifetime: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: 1e300 was cached as given (a token kept for ever, TTL arithmetic near overflow).
+    # A numeric string is accepted as some servers (Azure AD v1) send "3599".
+    body = json.dumps({"access_token": "TOKEN-VALUE-xyz", "expires_in": expires_in}).encode()
+    with caplog.at_level(logging.WARNING, logger="tokencache.plugin.oauth2"):
+        tok = parse_token(body, default_lifetime=300, client_id="svc", endpoint=EP)
+    assert tok.lifetime == lifetime
+    assert ("capped" in caplog.text) == (lifetime == MAX_LIFETIME and expires_in != MAX_LIFETIME)
+    assert "TOKEN-VALUE-xyz" not in caplog.text
+    assert cache_ttl(1e300, None) == MAX_LIFETIME - 60 and cache_ttl(1e300, 0) == MAX_LIFETIME
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,8 @@ class ClientCredentialsAuth(CredentialsFlow, httpx2.Auth):
                 timeout=timeout, transport=token_transport, ssl_context=tls.context
             ),
             options=options,
+            timeout=timeout,
+            transport=token_transport,
         )
 
     def sync_auth_flow(

@@ -53,6 +53,7 @@ class ClientCredentialsAuth(CredentialsFlow, AuthBase):
             auth_method=auth_method,
             sender_factory=lambda tls: HttpxTokenSender(timeout=timeout, ssl_context=tls.context),
             options=options,
+            timeout=timeout,
         )
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
