@@ -249,7 +249,7 @@ class CacheHandler:
             return False
         flight = _Flight(self, conn, req)
 
-        def answered(fetched: tokencache.Fetched | None) -> None:
+        def answered(fetched: tokencache.Fetched | BaseException) -> None:
             self._fetched_soon(conn, req, flight, key, fetched, started)
 
         if not group.fetch_soon(key, flight.context(), answered):
@@ -264,7 +264,7 @@ class CacheHandler:
         req: Request,
         flight: _Flight,
         key: str,
-        fetched: tokencache.Fetched | None,
+        fetched: tokencache.Fetched | BaseException,
         started: float,
     ) -> None:
         # The owner's answer to `_fetch_soon`: a fresh stored response it had cached is a hit
@@ -273,10 +273,13 @@ class CacheHandler:
         # answer, so the owner is not asked twice and hit-for-pass knows its trigger.
         try:
             status = None
-            if fetched is not None and not fetched.loaded and fetched.value[:4] == RESPONSE:
+            if isinstance(fetched, BaseException):
+                flight.owner_answered = (key, fetched)
+            elif not fetched.loaded and fetched.value[:4] == RESPONSE:
                 status = self._write_hit(conn, req, key, fetched.value, fetched.ttl)
             if status is None:
-                flight.prefetched = (key, fetched) if fetched is not None else None
+                if not isinstance(fetched, BaseException):
+                    flight.prefetched = (key, fetched)
                 conn.continue_slow(req)
                 return
             self._metrics.observe(req.method, status, "hit", self._now() - started, req.target)
@@ -715,6 +718,8 @@ class _Flight:
         # An answer the owner already gave for (key) on the hit path: the first lookup of that
         # key takes it instead of asking again.
         self.prefetched: tuple[str, tokencache.Fetched] | None = None
+        # What the owner answered instead of a value on the hit path (not asked again).
+        self.owner_answered: tuple[str, BaseException] | None = None
 
     def context(self) -> bytes | None:
         """The load context: the request's end-to-end headers for the owner's loader."""
@@ -753,8 +758,18 @@ class _Flight:
                 return found[0], found[1], False
             if only_cached:
                 return encode_error(504, "only-if-cached"), 0.0, False
+        answered = self.owner_answered
+        if answered is not None and answered[0] == key and not min_ttl:
+            self.owner_answered = None
+        else:
+            answered = None
         try:
-            fetched = await group.get_fetched(key, min_ttl=min_ttl, context=self.context())
+            fetched = await group.get_fetched(
+                key,
+                min_ttl=min_ttl,
+                context=self.context(),
+                owner_answered=answered[1] if answered is not None else None,
+            )
         except tokencache.InvalidArgument:
             return None
         except Exception:

@@ -315,3 +315,22 @@ async def test_load_context_reaches_the_owners_loader_and_is_not_part_of_the_key
     assert tokencache.load_context() is None  # set only around the loader call
     with pytest.raises(InvalidArgument):
         await cluster.group(caller).get("k2", context=b"x" * (64 << 10 + 1))
+
+
+async def test_an_owners_answer_from_the_hit_path_is_not_asked_for_again() -> None:
+    # fetch_soon's answer that was not a value goes to get_fetched(owner_answered=...): a failed
+    # or declined load there loads here at once, a NotFound is raised; the owner is not asked.
+    cluster = Cluster()
+    key = "asked-once"
+    owner = cluster.owner_of(key)
+    here = next(u for u in URLS if u != owner)
+    asked = len(cluster.transport.fetches)
+    failed = tokencache.PeerError(owner, "load failed")
+    fetched = await cluster.group(here).get_fetched(key, owner_answered=failed)
+    assert fetched.loaded and cluster.loads == Counter({here: 1})
+    assert len(cluster.transport.fetches) == asked
+    missing = next(k for k in (f"missing-{i}" for i in range(100)) if cluster.owner_of(k) != here)
+    with pytest.raises(tokencache.NotFound):
+        await cluster.group(here).get_fetched(missing, owner_answered=tokencache.NotFound(missing))
+    assert len(cluster.transport.fetches) == asked
+    assert cluster.loads == Counter({here: 1})

@@ -22,7 +22,9 @@ from tokencache.proxy._app import ProxyApp
 from tokencache.proxy._http import Connection
 from tokencache.proxy._metrics import ProxyMetrics
 
-Done = Callable[[tokencache.Fetched | None], None]
+Done = Callable[[tokencache.Fetched | BaseException], None]
+# What the owner answers when it cannot give a value (a load that failed there).
+_NO_VALUE = tokencache.PeerError("http://owner.test", "load failed")
 
 
 class _Backend:
@@ -115,7 +117,7 @@ async def test_a_held_request_answers_nothing_until_the_owner_does(setup: Any) -
     context = owner.asked[0][1]
     assert context is not None and b"User-Agent: t" in context  # the owner's loader gets them
     assert transport.out == b"" and app.in_flight == 1
-    owner.asked[0][2](None)  # the owner gave no value: the slow path loads it here
+    owner.asked[0][2](_NO_VALUE)  # the owner gave no value: the slow path loads it here
     await _until(lambda: b"body of /a" in transport.out, "the slow path's answer")
     assert transport.out.startswith(b"HTTP/1.1 200 OK\r\n")
     assert backend.requests == ["/a"]
@@ -129,9 +131,9 @@ async def test_pipelined_requests_wait_behind_a_held_one_and_keep_their_order(
     conn, transport = _connect(app)
     conn.data_received(_get("/first") + _get("/second"))
     assert [key for key, _, _ in owner.asked] == ["GET /first"]  # the second waits its turn
-    owner.asked[0][2](None)
+    owner.asked[0][2](_NO_VALUE)
     await _until(lambda: len(owner.asked) == 2, "the second request offered to the hit path")
-    owner.asked[1][2](None)
+    owner.asked[1][2](_NO_VALUE)
     await _until(lambda: b"body of /second" in transport.out, "both answers")
     assert transport.out.index(b"body of /first") < transport.out.index(b"body of /second")
     assert backend.requests == ["/first", "/second"]
@@ -142,7 +144,7 @@ async def test_the_owner_answering_after_the_client_left_costs_nothing(setup: An
     conn, transport = _connect(app)
     conn.data_received(_get("/gone"))
     conn.connection_lost(None)
-    owner.asked[0][2](None)
+    owner.asked[0][2](_NO_VALUE)
     await asyncio.sleep(0.05)
     assert transport.out == b""
     assert backend.requests == []  # nobody to answer: the slow path is not started
@@ -206,7 +208,7 @@ async def test_repeats_of_a_head_share_its_fields_but_not_the_client_address(set
     assert clients == [b"10.0.0.1", b"10.0.0.2", b"10.0.0.1"]
     assert len(set(contexts)) == 3  # each request has its own id
     for _, _, done in owner.asked:
-        done(None)
+        done(_NO_VALUE)
     await _until(lambda: app.in_flight == 0, "every answer")
 
 
@@ -214,14 +216,14 @@ async def test_a_drain_waits_for_a_held_request_that_goes_down_the_slow_path(set
     # SIGTERM's drain (wait_idle) must not see the request as finished between the owner's
     # answer and the slow path's task: that moment of "idle" let the shutdown close the
     # connection and cancel the task, and the client got no answer at all.
-    app, backend, owner = setup
+    app, _, owner = setup
     conn, transport = _connect(app)
     conn.data_received(_get("/d"))
     assert app.in_flight == 1
     app.begin_drain()
     drained = asyncio.create_task(app.wait_idle(5))
     await asyncio.sleep(0)
-    owner.asked[0][2](None)  # no value from the owner: the slow path takes over
+    owner.asked[0][2](_NO_VALUE)  # no value from the owner: the slow path takes over
     for _ in range(3):
         await asyncio.sleep(0)
     assert app.in_flight == 1

@@ -184,29 +184,51 @@ class Group:
         return fetched.value, fetched.ttl
 
     async def get_fetched(
-        self, key: str, *, min_ttl: float = 0.0, context: bytes | None = None
+        self,
+        key: str,
+        *,
+        min_ttl: float = 0.0,
+        context: bytes | None = None,
+        owner_answered: BaseException | None = None,
     ) -> Fetched:
         """Like :meth:`get_with_ttl`, also saying whether a loader ran for this call and what kind
-        of result it is (markers and transient records come back here, never from ``get``)."""
+        of result it is (markers and transient records come back here, never from ``get``).
+
+        ``owner_answered``: what the owner just answered to :meth:`fetch_soon` for ``key``
+        instead of a value; the owner is not asked again (``NotFound`` is raised, anything else
+        loads here, as after the same answer on this path).
+        """
         self.stats.gets += 1
         found = self._lookup(key, min_ttl)
         if found is not None:
             self.stats.cache_hits += 1
             return found
-        return await self._miss(key, min_ttl, context)
+        return await self._miss(key, min_ttl, context, owner_answered)
 
-    async def _miss(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
+    async def _miss(
+        self,
+        key: str,
+        min_ttl: float,
+        context: bytes | None,
+        owner_answered: BaseException | None = None,
+    ) -> Fetched:
         check_key(key, self._max_key_bytes)
         if context is not None and len(context) > MAX_CONTEXT_BYTES:
             raise InvalidArgument(f"load context longer than {MAX_CONTEXT_BYTES} bytes")
         self.stats.loads += 1
         with self._spans.span("tokencache.get", attributes={"tokencache.group": self.name}):
             fetched, _ = await self._gets.do(
-                (key, min_ttl), lambda: self._load(key, min_ttl, context)
+                (key, min_ttl), lambda: self._load(key, min_ttl, context, owner_answered)
             )
             return fetched
 
-    async def _load(self, key: str, min_ttl: float, context: bytes | None) -> Fetched:
+    async def _load(
+        self,
+        key: str,
+        min_ttl: float,
+        context: bytes | None,
+        owner_answered: BaseException | None = None,
+    ) -> Fetched:
         # Another flight may have filled the cache between our miss and this flight starting
         # (groupcache's double-check): look again before going anywhere.
         found = self._lookup(key, min_ttl)
@@ -214,6 +236,10 @@ class Group:
             return found
         self.stats.loads_deduped += 1
         owner = self._peers.owner(key)
+        if owner is not None and owner_answered is not None:
+            if isinstance(owner_answered, NotFound):
+                raise owner_answered
+            owner = None  # the owner could not give a value just now: load here
         if owner is not None:
             if not self._peers.peer_reachable(owner):
                 # The owner could not be reached moments ago: load here at once instead of
@@ -235,16 +261,19 @@ class Group:
         return await self._load_local(key, min_ttl, context)
 
     def fetch_soon(
-        self, key: str, context: bytes | None, done: Callable[[Fetched | None], None]
+        self,
+        key: str,
+        context: bytes | None,
+        done: Callable[[Fetched | BaseException], None],
     ) -> bool:
         """Start fetching ``key`` from its owner without a task, for a server's hit path.
 
         Applies when another process owns ``key``, is not in its back-off, no spans are being
         made, and the transport can send at once (``start_fetch``, an open connection): then
         True, and ``done`` later gets the owner's answer, handled as :meth:`get_fetched` handles
-        it (hot admission under the same generation rule, the same counters), or ``None`` when
-        the owner did not answer with a value — the caller then takes :meth:`get_fetched`, which
-        retries, loads locally or raises as usual. False: nothing was sent. No singleflight: the
+        it (hot admission under the same generation rule, the same counters), or the exception
+        the owner's answer was — the caller then takes :meth:`get_fetched` with it as
+        ``owner_answered``, which loads here or raises without asking the owner again. False: nothing was sent. No singleflight: the
         owner's own loads are deduplicated, so the one-load-per-key guarantee is unchanged.
         """
         peers = self._peers
@@ -264,7 +293,6 @@ class Group:
         started = time.perf_counter()
 
         def answered(result: Fetched | BaseException) -> None:
-            fetched: Fetched | None = None
             try:
                 if isinstance(result, BaseException):
                     if isinstance(result, PeerError):
@@ -272,11 +300,10 @@ class Group:
                         if result.unreachable:
                             peers.mark_unreachable(owner)
                 else:
-                    fetched = result
                     self._fetched_soon(key, result, ticket, started)
             finally:
                 self._generations.end(ticket)
-                done(fetched)  # always: the caller holds a client's request until then
+                done(result)  # always: the caller holds a client's request until then
 
         if not start(owner, self.name, key, context=context, done=answered):
             self._generations.end(ticket)
