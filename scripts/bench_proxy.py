@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import pwd
 import re
@@ -112,6 +113,8 @@ def serve_proxy(port: int, backend_url: str) -> None:
             metrics=ProxyMetrics(),
         )
         await app.start("127.0.0.1", port)
+        gc.collect()  # as the service does once started (proxy._service)
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
