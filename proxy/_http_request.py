@@ -39,8 +39,8 @@ class ListenerLimits:
     max_connections: int = 0
     # Entries of the listener's head memo (`Listener.heads`; 0 = no memo), and the memory they
     # may take by the memo's estimate (`Listener.remember_head`).
-    head_memo_entries: int = 2048
-    head_memo_bytes: int = 8 << 20
+    head_memo_entries: int = 16384
+    head_memo_bytes: int = 16 << 20
 
 
 class Request:

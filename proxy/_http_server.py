@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 
 from ._http import Connection
@@ -25,6 +26,13 @@ __all__ = ["ERROR_LOG_INTERVAL", "Listener"]
 ERROR_LOG_INTERVAL = 10.0
 # Heads with more fields than this are never remembered (see `Listener.remember_head`).
 HEAD_MEMO_FIELDS = 48
+
+
+def _head_cost(data: bytes, req: Request) -> int:
+    """What a head memo entry may take, estimated: its key, the parse (~200 bytes a field in the
+    list and the map, ~600 for the request and its maps) and the contexts derived from it
+    (`Request.derived`: a few strings of about the head's size)."""
+    return 4 * len(data) + 200 * len(req.headers) + 600
 
 
 class Listener:
@@ -55,7 +63,7 @@ class Listener:
         # body, which check_head accepted, mapped to that request. Parsing and checking are
         # pure functions of those bytes, so a read of the same bytes on any connection at a
         # message boundary reuses the result (clients repeat their requests byte for byte).
-        # Bounded: emptied when full, so hostile variety costs at most `head_memo_entries`
+        # Bounded: the oldest go when full, so hostile variety costs at most `head_memo_entries`
         # entries of at most HEAD_MEMO_BYTES and HEAD_MEMO_FIELDS each, and about
         # `head_memo_bytes` of memory in all.
         self.heads: dict[bytes, Request] = {}
@@ -109,22 +117,26 @@ class Listener:
 
     def remember_head(self, data: bytes, req: Request) -> None:
         """Keep `req` as the parse of `data` in the head memo (`heads`), within its limits."""
-        fields = len(req.headers)
-        if fields > HEAD_MEMO_FIELDS:
-            return  # real clients send a dozen or so; many fields are parsed every time
-        # What an entry may take: its key, the parse (~256 bytes a field in the list and the
-        # map), and the contexts derived from it (`Request.derived`, a few key-sized strings).
-        cost = 6 * len(data) + 256 * fields + 1024
         limits = self.limits
+        cost = _head_cost(data, req)
+        if (
+            len(req.headers) > HEAD_MEMO_FIELDS
+            or not limits.head_memo_entries
+            or cost > limits.head_memo_bytes
+        ):
+            return  # real clients send a dozen fields or so; many fields are parsed every time
         heads = self.heads
         if (
             len(heads) >= limits.head_memo_entries
             or self._heads_cost + cost > limits.head_memo_bytes
         ):
-            heads.clear()
-            self._heads_cost = 0
-            if not limits.head_memo_entries or cost > limits.head_memo_bytes:
-                return
+            # Full: the oldest eighth goes (first in, first out), so a working set a little
+            # larger than the memo still finds most of its heads.
+            for old in list(itertools.islice(heads, max(1, len(heads) // 8))):
+                self._heads_cost -= _head_cost(old, heads.pop(old))
+            while heads and self._heads_cost + cost > limits.head_memo_bytes:
+                old = next(iter(heads))
+                self._heads_cost -= _head_cost(old, heads.pop(old))
         heads[data] = req
         self._heads_cost += cost
 

@@ -208,6 +208,9 @@ async def test_the_memo_is_bounded_under_endless_variety() -> None:
         await _converse(listener, [b"GET /hit/%d HTTP/1.1\r\nHost: h\r\n\r\n" % i])
         assert len(listener.heads) <= 64
     assert len(echo.seen) == 1000
+    # The oldest go first: the most recent heads are still there.
+    recent = [b"GET /hit/%d HTTP/1.1\r\nHost: h\r\n\r\n" % i for i in range(960, 1000)]
+    assert all(data in listener.heads for data in recent)
     # Large reads are never kept (hashing them would cost more than parsing).
     big = b"GET /hit HTTP/1.1\r\nHost: h\r\nX-Pad: %s\r\n\r\n" % (b"p" * 4000)
     await _converse(listener, [big])
