@@ -664,6 +664,25 @@ def test_a_dpop_token_type_is_used_when_the_caller_opts_in(
         auth.close()
 
 
+def test_a_response_without_token_type_is_bearer_and_only_bearer(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    # docs/plugin.md "Token type": lenient interop on a missing token_type (RFC 6749 5.1 says
+    # REQUIRED), never more than Bearer.
+    oauth.reset()
+    oauth.set_fault(mode="body", body={"access_token": "tok-untyped", "expires_in": 60})
+    auth = make(oauth, runtime)
+    dpop_only = make(oauth, runtime, token_types=("DPoP",), group_name="dpop-only", cooldown=0)
+    try:
+        assert auth.token().authorization == "Bearer tok-untyped"
+        with pytest.raises(plugin.TokenResponseError, match="token_type"):
+            dpop_only.token()
+    finally:
+        oauth.clear_fault()
+        auth.close()
+        dpop_only.close()
+
+
 @pytest.mark.parametrize(
     ("fault", "options", "error", "kind"),
     [
