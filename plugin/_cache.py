@@ -148,6 +148,8 @@ class TokenCache:
         # Registrations of auth objects collected without close(), queued by their finalizer
         # (a deque: appending takes no lock) until reap() drops them.
         self._released: deque[tuple[str, asyncio.AbstractEventLoop | None]] = deque()
+        # Fetchers reaped whose token client is being closed (close_senders waits for them too).
+        self._closing: set[TokenFetcher] = set()
         self.group = workspace.new_group(
             group_name, max_bytes=max_bytes, loader=self._load, hot_probability=1.0
         )
@@ -274,14 +276,26 @@ class TokenCache:
                     continue  # no loop to close it on: never used on one here
             if loop.is_closed() or not loop.is_running():
                 continue
-            future = asyncio.run_coroutine_threadsafe(fetcher.sender.aclose(), loop)
+            with self._lock:
+                self._closing.add(fetcher)
+            future = asyncio.run_coroutine_threadsafe(self._close_fetcher(fetcher), loop)
             self._background.add(future)
             future.add_done_callback(self._background.discard)
 
+    async def _close_fetcher(self, fetcher: TokenFetcher) -> None:
+        try:
+            await fetcher.sender.aclose()
+        finally:
+            with self._lock:
+                self._closing.discard(fetcher)
+
     async def close_senders(self) -> None:
-        """Engine loop: close the token clients of every registration (the engine is closing)."""
+        """Engine loop: close the token clients of every registration, and of the ones reaped and
+        still closing (the engine is closing: its pending tasks are cancelled next)."""
+        self.reap()
         with self._lock:
             fetchers = [reg.fetcher for reg in self._registry.values()]
+            fetchers.extend(self._closing)
         for fetcher in fetchers:
             await fetcher.sender.aclose()
 
