@@ -1,13 +1,19 @@
-"""plugin: OAuth2 client-credentials tokens as a tokencache group, behind an ``httpx.Auth``.
+"""tokencache.plugin: OAuth2 client-credentials tokens as a tokencache group, for httpx and others.
 
 One token fetch per credential and scope per token lifetime for the whole cluster::
+
+    from tokencache import plugin
 
     auth = plugin.ClientCredentialsAuth(token_url=..., client_id=..., client_secret=..., scope="api")
     async with httpx.AsyncClient(auth=auth) as client:      # or httpx.Client(auth=auth)
         await client.get("https://api.example.com/things")
 
 Pass ``workspace=`` (the process's :class:`tokencache.Workspace`) to share across the cluster; see
-docs/plugin.md. httpx2 users: :mod:`plugin.httpx2`. Errors are drawn in :mod:`plugin._errors`.
+docs/plugin.md. Other clients: :mod:`tokencache.plugin.httpx2`, :mod:`tokencache.plugin.requests`
+(an ``AuthBase``), :mod:`tokencache.plugin.aiohttp` (a client middleware); anything else:
+``ClientCredentialsAuth.token()``. Every failure is a :class:`tokencache.plugin.PluginError`
+(:class:`tokencache.plugin.ConfigurationError`, :class:`tokencache.plugin.TokenError` and their
+subclasses, all exported here; the tree is in docs/plugin.md, "Errors").
 """
 
 from tokencache.plugin._auth import ClientCredentialsAuth

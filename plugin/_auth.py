@@ -9,7 +9,7 @@ import httpx
 
 from tokencache.plugin._core import AuthCore, FlowOptions
 from tokencache.plugin._flow import CredentialsFlow
-from tokencache.plugin._httpx_sender import HttpxTokenSender
+from tokencache.plugin._httpx_sender import HttpxTokenSender, transport_option
 
 
 def _replayable(request: httpx.Request) -> bool:
@@ -52,6 +52,7 @@ class ClientCredentialsAuth(CredentialsFlow, httpx.Auth):
             options=options,
             timeout=timeout,
             transport=token_transport,
+            transport_option=transport_option(token_transport),
         )
 
     def sync_auth_flow(

@@ -40,10 +40,11 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -144,6 +145,11 @@ class TokenCache:
         # cached token was fetched under other options than the current registration's.
         self._last_options: OrderedDict[str, Options] = OrderedDict()
         self._distrusted: set[str] = set()
+        # Registrations of auth objects collected without close(), queued by their finalizer
+        # (a deque: appending takes no lock) until reap() drops them.
+        self._released: deque[tuple[str, asyncio.AbstractEventLoop | None]] = deque()
+        # Fetchers reaped whose token client is being closed (close_senders waits for them too).
+        self._closing: set[TokenFetcher] = set()
         self.group = workspace.new_group(
             group_name, max_bytes=max_bytes, loader=self._load, hot_probability=1.0
         )
@@ -179,6 +185,7 @@ class TokenCache:
         :meth:`check_options`).
         """
         key = creds.key
+        self.reap()
         with self._lock:
             reg = self._registry.get(key)
             if reg is None:
@@ -186,8 +193,12 @@ class TokenCache:
                 last = self._last_options.pop(key, None)
                 if last is not None and last != options:
                     # A token still in the group was fetched (and accepted) under the options of
-                    # a closed registration: this one does not use it (dropped at the next get).
+                    # a closed registration: this one does not use it (dropped at the next get),
+                    # nor that registration's cooldowns (its failures were under other options).
                     self._distrusted.add(key)
+                    self._unauthorized_until.pop(key, None)
+                    self._after_401.pop(key, None)
+                    self._failures.pop(key, None)
             else:
                 self._refuse_other_options(reg, creds, options)
                 reg.users += 1
@@ -196,6 +207,7 @@ class TokenCache:
     def check_options(self, creds: Credentials, options: Options) -> None:
         """Raise :class:`ConfigurationError` when ``creds`` are registered here with options
         other than ``options`` (the names of the differing options, never their values)."""
+        self.reap()
         reg = self._registry.get(creds.key)
         if reg is not None:
             self._refuse_other_options(reg, creds, options)
@@ -213,7 +225,12 @@ class TokenCache:
         )
 
     def unregister(self, key: str) -> TokenFetcher | None:
-        """Drop one registration; return the fetcher when it was the last one (to close it)."""
+        """Drop one registration; return the fetcher when it was the last one (to close it).
+
+        The last one leaves the token in the group and the cooldowns running (failure, 401): an
+        auth built again with equal options, as one per request is, reuses the token and stays
+        quiet at the endpoint as one long-lived auth would; one with other options uses neither
+        (:meth:`register`)."""
         with self._lock:
             reg = self._registry.get(key)
             if reg is None:
@@ -227,15 +244,58 @@ class TokenCache:
             while len(self._last_options) > _LAST_OPTIONS:
                 self._last_options.popitem(last=False)
             self._memo.pop(key, None)
-            self._unauthorized_until.pop(key, None)
-            self._after_401.pop(key, None)
-            self._failures.pop(key, None)
             return reg.fetcher
 
+    def release_soon(self, key: str, loop: asyncio.AbstractEventLoop | None) -> None:
+        """From an auth's finalizer (inside the collector, any thread): queue the release of one
+        registration of ``key``; ``loop`` is the engine loop its token client runs on.
+
+        Takes no lock and does no I/O: the queue is a deque, and the loop is only woken to run
+        :meth:`reap`. Without a loop, the next registration or option check reaps."""
+        self._released.append((key, loop))
+        if loop is not None:
+            # A closed loop raises: then the next register() or check_options() reaps.
+            with contextlib.suppress(Exception):
+                loop.call_soon_threadsafe(self.reap)
+
+    def reap(self) -> None:
+        """Drop the registrations queued by :meth:`release_soon`; a token client no auth uses
+        any more is closed on its engine loop (scheduled, never awaited here)."""
+        while True:
+            try:
+                key, loop = self._released.popleft()
+            except IndexError:
+                return
+            fetcher = self.unregister(key)
+            if fetcher is None:
+                continue
+            if loop is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    continue  # no loop to close it on: never used on one here
+            if loop.is_closed() or not loop.is_running():
+                continue
+            with self._lock:
+                self._closing.add(fetcher)
+            future = asyncio.run_coroutine_threadsafe(self._close_fetcher(fetcher), loop)
+            self._background.add(future)
+            future.add_done_callback(self._background.discard)
+
+    async def _close_fetcher(self, fetcher: TokenFetcher) -> None:
+        try:
+            await fetcher.sender.aclose()
+        finally:
+            with self._lock:
+                self._closing.discard(fetcher)
+
     async def close_senders(self) -> None:
-        """Engine loop: close the token clients of every registration (the engine is closing)."""
+        """Engine loop: close the token clients of every registration, and of the ones reaped and
+        still closing (the engine is closing: its pending tasks are cancelled next)."""
+        self.reap()
         with self._lock:
             fetchers = [reg.fetcher for reg in self._registry.values()]
+            fetchers.extend(self._closing)
         for fetcher in fetchers:
             await fetcher.sender.aclose()
 

@@ -21,6 +21,7 @@ import os
 import random
 import ssl
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypedDict
 
@@ -33,7 +34,7 @@ from tokencache.plugin._fetch import Sleep, TokenFetcher
 from tokencache.plugin._key import Credentials, check_token_url, fingerprint_key
 from tokencache.plugin._request import TokenSender
 from tokencache.plugin._runtime import DEFAULT_RUNTIME, PluginRuntime
-from tokencache.plugin._tls import TokenTls, build_tls
+from tokencache.plugin._tls import TokenTls, build_tls, context_fingerprint
 from tokencache.plugin._token import BEARER_ONLY, MAX_LIFETIME, AccessToken
 
 _log = logging.getLogger("tokencache.plugin.oauth2")
@@ -89,6 +90,14 @@ def _path(value: str | os.PathLike[str] | None) -> str | None:
     return None if value is None else os.path.abspath(os.fspath(value))
 
 
+def _collected(
+    cache: TokenCache, key: str, loop: asyncio.AbstractEventLoop | None, pid: int
+) -> None:
+    # weakref.finalize callback of a bound AuthCore: nothing here may lock or do I/O.
+    if os.getpid() == pid:  # a fork child never touches the parent's engine
+        cache.release_soon(key, loop)
+
+
 class AuthCore:
     """The token side of an auth object: get, refresh ahead, renew after a 401, close."""
 
@@ -105,9 +114,12 @@ class AuthCore:
         options: FlowOptions,
         timeout: object = 10.0,
         transport: object = None,
+        transport_option: object = None,
     ) -> None:
         """``timeout`` and ``transport`` are the adapter's token-sender settings (the factory
-        uses them); they are checked here and are part of the registration's options."""
+        uses them); they are checked here and are part of the registration's options.
+        ``transport_option`` is how the transport compares there (the adapter's fingerprint of
+        it); without one, by identity."""
         workspace = options.get("workspace")
         runtime = options.get("runtime")
         clock = options.get("clock")
@@ -195,12 +207,15 @@ class AuthCore:
         # Everything that changes how or where this auth's token is fetched or accepted. Auth
         # objects with the same credentials share one registration (one fetcher, one token client)
         # only when these are equal; otherwise the later one is refused (ConfigurationError naming
-        # the options, never a value). Objects without value equality compare by identity.
+        # the options, never a value). An ssl_context compares by what it shows of its settings
+        # (plugin._tls.context_fingerprint), a transport as its adapter says (a plain httpx
+        # transport by its settings), other objects without value equality by identity.
+        context = options.get("ssl_context")
         self.registration: tuple[tuple[str, object], ...] = (
             ("token_types", tuple(sorted(set(self._types)))),
             ("timeout", timeout_s),
-            ("token_transport", Same(transport)),
-            ("ssl_context", Same(options.get("ssl_context"))),
+            ("token_transport", Same(transport) if transport_option is None else transport_option),
+            ("ssl_context", None if context is None else context_fingerprint(context)),
             ("ca_file", _path(options.get("ca_file"))),
             ("client_cert", _path(options.get("client_cert"))),
             ("client_key", _path(options.get("client_key"))),
@@ -224,6 +239,8 @@ class AuthCore:
         self._fetcher: TokenFetcher | None = None
         self.bridge = EngineBridge(None)
         self._closed = False
+        # Unregisters this auth when it is collected without close() (set when bound).
+        self._finalizer: weakref.finalize[..., AuthCore] | None = None
         if workspace is None:
             # The standalone engine runs already: refuse conflicting options now rather than at
             # the first token request (an engine not started yet checks when this auth binds).
@@ -274,9 +291,22 @@ class AuthCore:
             loop = self._loop
         fetcher = self._new_fetcher()
         cache.register(self.creds, fetcher, self.policy, self.registration)
+        self._forget_finalizer()
+        # An auth dropped without close() (one per request, as real code does) unregisters when
+        # it is collected: the callback only queues the key (no lock, no I/O: it may run inside
+        # the collector, on any thread, even one holding the cache's lock); the cache drops the
+        # registration on its loop, or at the next registration or option check (_cache.reap).
+        finalizer = weakref.finalize(self, _collected, cache, self.key, loop, os.getpid())
+        finalizer.atexit = False
+        self._finalizer = finalizer
         self.bridge = EngineBridge(loop)
         self._cache, self._fetcher, self._generation = cache, fetcher, generation
         return cache
+
+    def _forget_finalizer(self) -> None:
+        finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer.detach()
 
     @property
     def cache(self) -> TokenCache:
@@ -359,6 +389,7 @@ class AuthCore:
     # -- closing --------------------------------------------------------------------------------
 
     def _unregister(self) -> TokenFetcher | None:
+        self._forget_finalizer()
         cache, self._cache = self._cache, None
         if cache is None or self._generation != self._runtime.generation:
             return None

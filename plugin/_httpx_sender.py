@@ -6,7 +6,48 @@ import ssl
 
 import httpx
 
+from tokencache.plugin._cache import Same
 from tokencache.plugin._sender import PooledTokenSender
+from tokencache.plugin._tls import context_fingerprint
+
+# The connection pool settings of an httpx.AsyncHTTPTransport (httpcore.AsyncConnectionPool).
+_POOL_SETTINGS = (
+    "_max_connections",
+    "_max_keepalive_connections",
+    "_keepalive_expiry",
+    "_http1",
+    "_http2",
+    "_retries",
+    "_local_address",
+    "_uds",
+    "_socket_options",
+)
+
+
+def transport_option(transport: httpx.AsyncBaseTransport | None) -> object:
+    """How ``token_transport`` compares between auth objects sharing a registration.
+
+    A plain :class:`httpx.AsyncHTTPTransport` without a proxy compares by its settings (TLS
+    context fingerprint, pool limits, HTTP versions, retries, local address, socket options), so
+    one built inline per auth object is equal to the last one; any other transport (a proxy, a
+    mock, a custom class) by identity. Settings that cannot be read mean identity too.
+    """
+    if type(transport) is not httpx.AsyncHTTPTransport:
+        return Same(transport)
+    pool = getattr(transport, "_pool", None)
+    try:
+        settings = vars(pool)
+        if type(pool).__name__ != "AsyncConnectionPool" or settings.get("_proxy") is not None:
+            return Same(transport)
+        context = settings["_ssl_context"]
+        return (
+            "httpx.AsyncHTTPTransport",
+            None if context is None else context_fingerprint(context),
+            type(settings["_network_backend"]).__qualname__,
+            repr([settings[name] for name in _POOL_SETTINGS]),
+        )
+    except (KeyError, TypeError, AttributeError):
+        return Same(transport)
 
 
 class HttpxTokenSender(PooledTokenSender):

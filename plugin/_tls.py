@@ -10,6 +10,7 @@ feed the token key's fingerprint (another certificate, another token).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 from dataclasses import dataclass
@@ -79,3 +80,37 @@ def build_tls(
                 f"({type(exc).__name__})"
             ) from None
     return TokenTls(context, certificate)
+
+
+def context_fingerprint(context: ssl.SSLContext) -> str:
+    """A digest of everything an :class:`ssl.SSLContext` shows about how it verifies and connects.
+
+    Two contexts built the same way (``ssl.create_default_context()`` per auth object) have the
+    same fingerprint, so auth objects built with them share one registration. Compared: the
+    protocol, verification mode and flags, hostname checking, options, TLS versions, security
+    level, ciphers (in order), the trust anchors loaded from a file or data (DER) and the store's
+    counts, the key log file. Python cannot read the client certificate chain, ALPN protocols or
+    callbacks set on a context: a context's client certificate is named with ``client_cert=``
+    (which then keys the token); docs/plugin.md.
+    """
+    parts: list[object] = [
+        type(context).__module__,
+        type(context).__qualname__,
+        int(context.protocol),
+        int(context.verify_mode),
+        int(context.verify_flags),
+        context.check_hostname,
+        int(context.options),
+        int(context.minimum_version),
+        int(context.maximum_version),
+        getattr(context, "security_level", None),
+        context.post_handshake_auth,
+        context.hostname_checks_common_name,
+        context.keylog_filename,
+        [c["name"] for c in context.get_ciphers()],
+        sorted(context.cert_store_stats().items()),
+    ]
+    digest = hashlib.sha256(repr(parts).encode())
+    for der in context.get_ca_certs(binary_form=True):
+        digest.update(len(der).to_bytes(8, "big") + der)
+    return digest.hexdigest()

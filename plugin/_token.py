@@ -217,7 +217,14 @@ def parse_token(
         raise bad("an access_token with characters a header cannot carry")
     token_type = data.get("token_type")
     if token_type is None:
+        # RFC 6749 5.1 requires it; lenient interop (docs/plugin.md, "Token type"): taken as
+        # Bearer, and so still refused below when the caller's token_types leave Bearer out.
         token_type = "Bearer"  # noqa: S105 - RFC 6750's type name, not a credential
+        _log.debug(
+            "token endpoint %s sent no token_type for client %r: taken as Bearer",
+            endpoint,
+            client_id,
+        )
     if not isinstance(token_type, str) or token_type.lower() not in token_types:
         shown = _short(token_type) if isinstance(token_type, str) else type(token_type).__name__
         raise bad(f"token_type {shown!r}, which is not accepted (token_types={token_types!r})")

@@ -5,6 +5,7 @@ child hangs; an auth on a caller's workspace built before the fork fails at once
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -113,6 +114,46 @@ def test_auth_used_before_fork_gets_tokens_in_every_forked_child(oauth: OAuthSer
     assert auth.token().access_token == parent_token.access_token
     assert oauth.token_requests() == 4
     auth.close()
+
+
+def child_builds_other_options(
+    token_url: str, auth: plugin.ClientCredentialsAuth, out: multiprocessing.connection.Connection
+) -> None:
+    """In the child: an auth with other options than the parent's registration, then the parent's."""
+    try:
+        other = plugin.ClientCredentialsAuth(token_url, "svc-fork", SECRET, scope="read")
+        seen = [digest(other.token().access_token)]
+        try:
+            auth.token()
+            seen.append("parent's auth accepted")
+        except plugin.ConfigurationError as exc:
+            seen.append("refused: leeway" if "leeway" in str(exc) else str(exc))
+        out.send({"pid": os.getpid(), "tokens": seen})
+    except BaseException as exc:
+        out.send({"pid": os.getpid(), "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        out.close()
+
+
+def test_a_child_starts_with_no_registrations_and_the_option_rule_applies_anew(
+    oauth: OAuthServer,
+) -> None:
+    # docs/plugin.md: the parent's registrations do not exist in a child; the first auth used
+    # there registers its options, and an auth built before the fork registers at its first use
+    # in the child, so it is refused there when another configuration is in use.
+    oauth.reset()
+    auth = plugin.ClientCredentialsAuth(oauth.token_url, "svc-fork", SECRET, scope="read", leeway=5)
+    try:
+        auth.token()
+        with pytest.raises(plugin.ConfigurationError, match="leeway"):
+            plugin.ClientCredentialsAuth(oauth.token_url, "svc-fork", SECRET, scope="read")
+        results = run_children(
+            functools.partial(child_builds_other_options, oauth.token_url), auth, 1
+        )
+        assert [r.get("error") for r in results] == [None]
+        assert results[0]["tokens"][1] == "refused: leeway"
+    finally:
+        auth.close()
 
 
 def child_reports_the_error(

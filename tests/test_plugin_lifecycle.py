@@ -5,6 +5,7 @@ the public token API, and every failure a caller can see, with its type and mess
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import ssl
@@ -287,9 +288,98 @@ def test_auths_with_equal_options_share_one_registration_per_process(
     assert fetched == 2
     first = make(oauth, runtime, ssl_context=context)
     first.token()
+    equal = make(oauth, runtime, ssl_context=_unverified())  # another object, equal settings
     with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
-        make(oauth, runtime, ssl_context=_unverified())  # another object: not known equal
+        make(oauth, runtime, ssl_context=ssl.create_default_context())  # verifies: other settings
+    equal.close()
     first.close()
+
+
+# An auth dropped without close() used to stay registered for the process's life, and an
+# ssl_context or token_transport compared by identity: building one auth per request with an
+# inline ssl.create_default_context() raised ConfigurationError at the second request (even after
+# gc.collect()), and from then on no auth with other options could be built for the credentials.
+
+
+def test_one_auth_per_request_with_an_inline_ssl_context_costs_one_token_request(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, text=r.headers["authorization"]))
+    seen = set()
+    for _ in range(20):  # the reviewer's loop: the previous auth is still referenced by `client`
+        auth = make(oauth, runtime, ssl_context=ssl.create_default_context())
+        with httpx.Client(auth=auth, transport=transport) as client:
+            seen.add(client.get(API).text)
+    assert len(seen) == 1
+    assert oauth.token_requests() == 1
+    del auth, client  # every auth of the first loop gone: other options may register
+    gc.collect()
+    # The same with an inline httpx transport (a plain one compares by its settings).
+    for _ in range(20):
+        with httpx.Client(
+            auth=make(oauth, runtime, token_transport=httpx.AsyncHTTPTransport(retries=1)),
+            transport=transport,
+        ) as client:
+            seen.add(client.get(API).text)
+    assert oauth.token_requests() == 2  # other options than the first loop's: its own token
+    assert len(seen) == 2
+
+
+class _Transport(httpx.AsyncHTTPTransport):
+    """A transport of the caller's own class: compared by identity."""
+
+    closed = 0
+
+    async def aclose(self) -> None:
+        type(self).closed += 1
+        await super().aclose()
+
+
+def test_auths_collected_without_close_unregister_and_other_options_then_work(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    _Transport.closed = 0
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, text=r.headers["authorization"]))
+    for i in range(3):
+        auth = make(oauth, runtime, token_transport=_Transport())  # X: a new object each time
+        key, cache = auth.key, auth.token_cache
+        with httpx.Client(auth=auth, transport=transport) as client:
+            assert client.get(API).status_code == 200
+        del auth, client
+        gc.collect()
+        # Gone and collected: its registration goes too (and its token client is closed).
+        deadline = time.monotonic() + 5
+        while (cache.registered(key) or _Transport.closed <= i) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not cache.registered(key)
+        assert _Transport.closed == i + 1
+    assert oauth.token_requests() == 3  # transports not known equal: each fetched its own
+    # Y (defaults) after every X is gone: no ConfigurationError; then X again is refused while Y lives.
+    other = make(oauth, runtime)
+    assert other.token().access_token
+    with pytest.raises(plugin.ConfigurationError, match="token_transport"):
+        make(oauth, runtime, token_transport=_Transport())
+    other.close()
+
+
+def test_the_401_cooldown_outlives_collected_per_request_auths(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    oauth.reset()
+    transport, seen = rejecting_api()
+    statuses = []
+    for _ in range(10):
+        with httpx.Client(auth=make(oauth, runtime, "svc-401"), transport=transport) as client:
+            statuses.append(client.get(API).status_code)
+        del client
+        gc.collect()
+    assert statuses == [401] * 10
+    assert len(seen) == 11  # the first call retried once, no other call did
+    # As with one long-lived auth: the first token and one renewal; collecting the auth that
+    # started the cooldown did not end it.
+    assert oauth.token_requests() == 2
 
 
 def test_a_token_fetched_under_closed_options_is_not_used_under_other_options(
@@ -572,6 +662,25 @@ def test_a_dpop_token_type_is_used_when_the_caller_opts_in(
     finally:
         oauth.clear_fault()
         auth.close()
+
+
+def test_a_response_without_token_type_is_bearer_and_only_bearer(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    # docs/plugin.md "Token type": lenient interop on a missing token_type (RFC 6749 5.1 says
+    # REQUIRED), never more than Bearer.
+    oauth.reset()
+    oauth.set_fault(mode="body", body={"access_token": "tok-untyped", "expires_in": 60})
+    auth = make(oauth, runtime)
+    dpop_only = make(oauth, runtime, token_types=("DPoP",), group_name="dpop-only", cooldown=0)
+    try:
+        assert auth.token().authorization == "Bearer tok-untyped"
+        with pytest.raises(plugin.TokenResponseError, match="token_type"):
+            dpop_only.token()
+    finally:
+        oauth.clear_fault()
+        auth.close()
+        dpop_only.close()
 
 
 @pytest.mark.parametrize(

@@ -189,6 +189,18 @@ def test_bearer_in_any_case_or_missing_is_sent_as_bearer(token_type: str | None)
     assert tok.authorization == "Bearer tok"
 
 
+def test_a_missing_token_type_is_only_ever_bearer(caplog: pytest.LogCaptureFixture) -> None:
+    # docs/plugin.md "Token type": lenient on a missing token_type (RFC 6749 5.1 requires it),
+    # as Bearer only: a caller whose token_types leave Bearer out gets a TokenResponseError.
+    body = json.dumps({"access_token": "tok", "expires_in": 60}).encode()
+    with caplog.at_level(logging.DEBUG, logger="tokencache.plugin.oauth2"):
+        tok = parse_token(body, default_lifetime=5, client_id="svc", endpoint=EP)
+    assert (tok.token_type, tok.authorization) == ("Bearer", "Bearer tok")
+    assert "no token_type" in caplog.text
+    with pytest.raises(plugin.TokenResponseError, match="token_type"):
+        parse_token(body, default_lifetime=5, client_id="svc", endpoint=EP, token_types=("dpop",))
+
+
 def test_leeway_default_is_min_of_60s_and_10_percent() -> None:
     assert default_leeway(3600) == 60
     assert default_leeway(100) == 10

@@ -1,6 +1,6 @@
-"""The OAuth2 plugin for httpx2: ``plugin.httpx2.ClientCredentialsAuth``.
+"""The OAuth2 plugin for httpx2: ``tokencache.plugin.httpx2.ClientCredentialsAuth``.
 
-Same behaviour and parameters as :class:`plugin.ClientCredentialsAuth`; requests and token
+Same behaviour and parameters as :class:`tokencache.plugin.ClientCredentialsAuth`; requests and token
 fetches go through httpx2 only (install the ``httpx2`` extra).
 """
 

@@ -1,6 +1,6 @@
-"""The OAuth2 plugin for ``requests``: ``plugin.requests.ClientCredentialsAuth`` (an ``AuthBase``).
+"""The OAuth2 plugin for ``requests``: ``tokencache.plugin.requests.ClientCredentialsAuth`` (an ``AuthBase``).
 
-Same parameters and behaviour as :class:`plugin.ClientCredentialsAuth` (the token side is the
+Same parameters and behaviour as :class:`tokencache.plugin.ClientCredentialsAuth` (the token side is the
 same process-wide cache; token requests go through httpx, a dependency of the plugin). Install
 the ``requests`` extra; nothing else in the plugin imports ``requests``.
 """
