@@ -107,6 +107,26 @@ class Same:
         return id(self.obj)
 
 
+class SameOrEqual:
+    """A registration option equal to another when it is the same object or, for two objects, when
+    their settings (``value``, read at construction) are equal: an ``ssl.SSLContext`` or a plain
+    httpx transport. The same object is always equal to itself even when what it shows changed
+    since (a context loading trust anchors from a ``capath`` lazily, at its first handshake)."""
+
+    __slots__ = ("obj", "value")
+
+    def __init__(self, obj: object, value: object) -> None:
+        self.obj, self.value = obj, value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SameOrEqual) and (
+            other.obj is self.obj or other.value == self.value
+        )
+
+    def __hash__(self) -> int:
+        return 0  # equality is by identity or by value: only a constant hash agrees with both
+
+
 #: ``(name, value)`` pairs of everything that changes how a token is fetched or accepted.
 Options = tuple[tuple[str, object], ...]
 
@@ -386,7 +406,12 @@ class TokenCache:
             token = await reg.fetcher.fetch()
         except TokenError as exc:
             self.stats.count_error(exc.kind)
-            self._cool(key, exc, reg.policy)
+            if self._registry.get(key) is reg:
+                # Not when its registration was dropped meanwhile: the last auth was closed or
+                # collected and its token client closed under this fetch, a failure of ours that
+                # must not cool the credentials for the next auth (cooldowns outlive a
+                # registration).
+                self._cool(key, exc, reg.policy)
             _log.debug("token fetch for client %r failed: %s", creds.client_id, exc.kind)
             raise
         self.stats.count_fetch()

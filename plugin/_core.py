@@ -27,7 +27,7 @@ from typing import TypedDict
 
 import tokencache
 from tokencache.plugin._bridge import EngineBridge
-from tokencache.plugin._cache import Held, Policy, Same, TokenCache
+from tokencache.plugin._cache import Held, Policy, Same, SameOrEqual, TokenCache
 from tokencache.plugin._client_auth import build_client_auth
 from tokencache.plugin._errors import AuthClosedError, ConfigurationError, TokenTimeoutError
 from tokencache.plugin._fetch import Sleep, TokenFetcher
@@ -215,7 +215,10 @@ class AuthCore:
             ("token_types", tuple(sorted(set(self._types)))),
             ("timeout", timeout_s),
             ("token_transport", Same(transport) if transport_option is None else transport_option),
-            ("ssl_context", None if context is None else context_fingerprint(context)),
+            (
+                "ssl_context",
+                None if context is None else SameOrEqual(context, context_fingerprint(context)),
+            ),
             ("ca_file", _path(options.get("ca_file"))),
             ("client_cert", _path(options.get("client_cert"))),
             ("client_key", _path(options.get("client_key"))),
@@ -350,6 +353,9 @@ class AuthCore:
                 held = self.bridge.run_sync(lambda: cache.get(key), self.sync_timeout)
             except TimeoutError:
                 raise self._timeout() from None
+            # No local copy (the last auth with these credentials was collected or closed, as
+            # one per request is): the cluster's token may be in its refresh window all the same.
+            self._maybe_refresh(cache, held)
         return held
 
     async def token(self) -> Held:
@@ -358,6 +364,7 @@ class AuthCore:
         if held is None:
             key = self.key
             held = await self.bridge.run(lambda: cache.get(key))
+            self._maybe_refresh(cache, held)
         return held
 
     def renew_sync(self, rejected: Held) -> Held:

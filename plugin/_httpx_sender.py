@@ -6,7 +6,7 @@ import ssl
 
 import httpx
 
-from tokencache.plugin._cache import Same
+from tokencache.plugin._cache import Same, SameOrEqual
 from tokencache.plugin._sender import PooledTokenSender
 from tokencache.plugin._tls import context_fingerprint
 
@@ -40,11 +40,14 @@ def transport_option(transport: httpx.AsyncBaseTransport | None) -> object:
         if type(pool).__name__ != "AsyncConnectionPool" or settings.get("_proxy") is not None:
             return Same(transport)
         context = settings["_ssl_context"]
-        return (
-            "httpx.AsyncHTTPTransport",
-            None if context is None else context_fingerprint(context),
-            type(settings["_network_backend"]).__qualname__,
-            repr([settings[name] for name in _POOL_SETTINGS]),
+        return SameOrEqual(
+            transport,
+            (
+                "httpx.AsyncHTTPTransport",
+                None if context is None else context_fingerprint(context),
+                type(settings["_network_backend"]).__qualname__,
+                repr([settings[name] for name in _POOL_SETTINGS]),
+            ),
         )
     except (KeyError, TypeError, AttributeError):
         return Same(transport)

@@ -751,3 +751,119 @@ def test_debug_logs_name_fetch_refresh_and_failure_cooldown_without_secrets(
     assert "failure cooldown: invalid_client" in text
     assert SECRET not in text and "wrong-MARKER-9f1e" not in text
     assert first.access_token not in text
+
+
+def _handshake_with_a_capath_ca(client: ssl.SSLContext, ca: trustme.CA) -> None:
+    """One TLS handshake of ``client`` with a server whose certificate ``ca`` issued."""
+    import socket
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(server)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with server.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with (
+            socket.create_connection(listener.getsockname()) as raw,
+            client.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"x")
+        thread.join(10)
+
+
+def test_one_ssl_context_object_shared_by_auths_stays_equal_after_its_first_handshake(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime, tmp_path: Path
+) -> None:
+    # Review 13c: options compared only by fingerprint refused a second auth built with the very
+    # same context object once a handshake had loaded its capath anchor into the store (OpenSSL
+    # loads those lazily); identity shared it before, and an identical object is the same settings.
+    import subprocess
+
+    oauth.reset()
+    ca = trustme.CA()
+    pem = tmp_path / "ca.pem"
+    pem.write_bytes(ca.cert_pem.bytes())
+    digest = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(pem)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    pem.rename(tmp_path / f"{digest}.0")
+    context = ssl.create_default_context(capath=str(tmp_path))
+    transport = httpx.AsyncHTTPTransport(verify=context)
+    first = make(oauth, runtime, ssl_context=context)
+    with_transport = make(oauth, runtime, "svc-401", token_transport=transport)
+    assert first.token().access_token and with_transport.token().access_token
+    assert context.cert_store_stats()["x509_ca"] == 0
+    _handshake_with_a_capath_ca(context, ca)
+    assert context.cert_store_stats()["x509_ca"] == 1  # what the context shows changed
+    second = make(oauth, runtime, ssl_context=context)
+    assert second.token().access_token == first.token().access_token
+    make(oauth, runtime, "svc-401", token_transport=transport).close()
+    assert oauth.token_requests() == 2
+    # Another object built the same way shares; one with other trust anchors is still refused.
+    make(oauth, runtime, ssl_context=ssl.create_default_context(capath=str(tmp_path))).close()
+    other = ssl.create_default_context(cadata=trustme.CA().cert_pem.bytes().decode())
+    with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
+        make(oauth, runtime, ssl_context=other)
+    for auth in (first, second, with_transport):
+        auth.close()
+
+
+def test_per_request_auths_still_refresh_ahead(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    # Review 13c: the last auth collected drops the local copy; the next auth read the token from
+    # the cluster without looking at its refresh window, so with one auth per request a token was
+    # never refreshed ahead: it expired and the request that found it expired waited for a fetch.
+    oauth.reset()
+    first = make(oauth, runtime, refresh_fraction=0.999)  # the window opens ~0.6 s after a fetch
+    assert first.token().access_token
+    key, cache = first.key, first.token_cache
+    del first
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while cache.registered(key) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not cache.registered(key)
+    time.sleep(1.0)
+    second = make(oauth, runtime, refresh_fraction=0.999)
+    assert second.token().access_token
+    assert oauth.wait_for_token_requests(2, within=5) == 2  # refreshed in the background
+    second.close()
+
+
+def test_a_refresh_cut_short_by_collecting_the_last_auth_leaves_no_failure_cooldown(
+    oauth: OAuthServer, runtime: plugin.PluginRuntime
+) -> None:
+    # Review 13c: the last auth collected while its background refresh was in flight closed the
+    # token client under the fetch ("client closed"); that failure started the failure cooldown,
+    # which outlives the registration, so the next auth got TokenConnectionError from a healthy
+    # endpoint for `cooldown` seconds once the token had expired.
+    oauth.reset()
+    options: dict[str, Any] = {"refresh_fraction": 0.999, "cooldown": 30}
+    first = make(oauth, runtime, **options)
+    assert first.token().access_token
+    key, cache = first.key, first.token_cache
+    time.sleep(1.0)  # in the refresh window
+    oauth.set_fault(mode="none", delay_ms=1500)
+    try:
+        assert first.token().access_token  # starts the background refresh
+        oauth.wait_for_token_requests(2)
+        del first
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while (cache.registered(key) or cache.background) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not cache.background
+    finally:
+        oauth.clear_fault()
+    cache.check_cooldown(key)  # raised TokenConnectionError before
