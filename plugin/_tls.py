@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,14 @@ def context_fingerprint(context: ssl.SSLContext) -> str:
     counts, the key log file. Python cannot read the client certificate chain, ALPN protocols or
     callbacks set on a context: a context's client certificate is named with ``client_cert=``
     (which then keys the token); docs/plugin.md.
+
+    A verifying context whose store shows no trust anchor yet (``capath``: OpenSSL reads that
+    directory only during a handshake) shows nothing of what it trusts: it gets a fingerprint of
+    its own, so it equals only itself (two such contexts never share a registration).
     """
+    stats = context.cert_store_stats()
+    if context.verify_mode != ssl.CERT_NONE and not stats.get("x509_ca"):
+        return "unreadable-trust:" + uuid.uuid4().hex
     parts: list[object] = [
         type(context).__module__,
         type(context).__qualname__,
@@ -108,7 +116,7 @@ def context_fingerprint(context: ssl.SSLContext) -> str:
         context.hostname_checks_common_name,
         context.keylog_filename,
         [c["name"] for c in context.get_ciphers()],
-        sorted(context.cert_store_stats().items()),
+        sorted(stats.items()),
     ]
     digest = hashlib.sha256(repr(parts).encode())
     for der in context.get_ca_certs(binary_form=True):

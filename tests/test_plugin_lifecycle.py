@@ -809,8 +809,15 @@ def test_one_ssl_context_object_shared_by_auths_stays_equal_after_its_first_hand
     assert second.token().access_token == first.token().access_token
     make(oauth, runtime, "svc-401", token_transport=transport).close()
     assert oauth.token_requests() == 2
-    # Another object built the same way shares; one with other trust anchors is still refused.
-    make(oauth, runtime, ssl_context=ssl.create_default_context(capath=str(tmp_path))).close()
+    # Another capath context shows nothing of what it trusts until its own first handshake (it
+    # could trust another directory: review 13c), so it equals only itself: refused while the
+    # first registration lives; one with other trust anchors (cadata) is refused too.
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
+        make(oauth, runtime, ssl_context=ssl.create_default_context(capath=str(other_dir)))
+    with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
+        make(oauth, runtime, ssl_context=ssl.create_default_context(capath=str(tmp_path)))
     other = ssl.create_default_context(cadata=trustme.CA().cert_pem.bytes().decode())
     with pytest.raises(plugin.ConfigurationError, match="ssl_context"):
         make(oauth, runtime, ssl_context=other)
