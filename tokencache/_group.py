@@ -273,8 +273,9 @@ class Group:
         True, and ``done`` later gets the owner's answer, handled as :meth:`get_fetched` handles
         it (hot admission under the same generation rule, the same counters), or the exception
         the owner's answer was — the caller then takes :meth:`get_fetched` with it as
-        ``owner_answered``, which loads here or raises without asking the owner again. False: nothing was sent. No singleflight: the
-        owner's own loads are deduplicated, so the one-load-per-key guarantee is unchanged.
+        ``owner_answered``, which loads here or raises without asking the owner again. False:
+        nothing was sent. No singleflight: the owner's own loads are deduplicated, so the
+        one-load-per-key guarantee is unchanged.
         """
         peers = self._peers
         start = getattr(peers.transport, "start_fetch", None)
@@ -300,7 +301,12 @@ class Group:
                         if result.unreachable:
                             peers.mark_unreachable(owner)
                 else:
-                    self._fetched_soon(key, result, ticket, started)
+                    # What get_fetched's miss path counts before it reaches the owner.
+                    stats = self.stats
+                    stats.gets += 1
+                    stats.loads += 1
+                    stats.loads_deduped += 1
+                    self._took_from_peer(key, result, ticket, started)
             finally:
                 self._generations.end(ticket)
                 done(result)  # always: the caller holds a client's request until then
@@ -310,12 +316,10 @@ class Group:
             return False
         return True
 
-    def _fetched_soon(self, key: str, fetched: Fetched, ticket: int, started: float) -> None:
-        # What get_fetched's miss path counts and decides for a value from the owner.
+    def _took_from_peer(self, key: str, fetched: Fetched, ticket: int, started: float) -> None:
+        """What a value from the owner (fetched since `started`, under generation `ticket`) is
+        counted as, and whether it becomes a hot copy: the one rule for both ways of asking."""
         stats = self.stats
-        stats.gets += 1
-        stats.loads += 1
-        stats.loads_deduped += 1
         if fetched.kind is Kind.VALUE:
             stats.peer_loads += 1
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -346,17 +350,7 @@ class Group:
                 fetched = await self._peers.transport.fetch(
                     owner, self.name, key, min_ttl=min_ttl, context=context, trace=headers
                 )
-                elapsed_ms = (time.perf_counter() - started) * 1000
-            if fetched.kind is Kind.VALUE:
-                self.stats.peer_loads += 1
-            if elapsed_ms > self.stats.get_from_peers_latency_slowest_ms:
-                self.stats.get_from_peers_latency_slowest_ms = elapsed_ms
-            if (
-                _stores(fetched.ttl, fetched.kind)
-                and self._rng.random() < self._hot_probability
-                and self._generations.may_store(key, ticket)
-            ):
-                self._offer_hot(key, fetched)
+            self._took_from_peer(key, fetched, ticket, started)
             return fetched
         finally:
             self._generations.end(ticket)

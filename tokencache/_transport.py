@@ -189,11 +189,18 @@ class WireTransport:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def _connection(self, peer: str) -> _Connection:
+    def _pooled(self, peer: str) -> _Connection | None:
+        """The next of `peer`'s connections in turn, once its pool is complete (else None)."""
         pool = self._pools.get(peer)
-        if pool and len(pool) >= self._per_peer:
-            self._turn += 1
-            return pool[self._turn % len(pool)]
+        if not pool or len(pool) < self._per_peer:
+            return None
+        self._turn += 1
+        return pool[self._turn % len(pool)]
+
+    async def _connection(self, peer: str) -> _Connection:
+        conn = self._pooled(peer)
+        if conn is not None:
+            return conn
         pending = self._connecting.get(peer)
         if pending is None:
             pending = asyncio.ensure_future(self._connect(peer))
@@ -286,12 +293,8 @@ class WireTransport:
         idle enough (else False, nothing sent); ``done`` later gets the value or the exception
         :meth:`fetch` would raise. The hit path's way to a remote value (see `Group.fetch_soon`).
         """
-        pool = self._pools.get(peer)
-        if not pool or len(pool) < self._per_peer:
-            return False  # connecting (or growing the pool) is for the awaiting path
-        self._turn += 1
-        conn = pool[self._turn % len(pool)]
-        if not conn.open:
+        conn = self._pooled(peer)  # connecting (or growing the pool) is for the awaiting path
+        if conn is None or not conn.open:
             return False
         waiter = conn.request(
             p.GET, p.encode_get(group, key, 0.0, context, None), self.max_load_time
