@@ -269,17 +269,21 @@ class CacheHandler:
     ) -> None:
         # The owner's answer to `_fetch_soon`: a fresh stored response it had cached is a hit
         # written here; anything else (a load the owner ran for us, a variant record, stale,
-        # a failure) goes down the slow path with this flight and, when there is one, this
-        # answer, so the owner is not asked twice and hit-for-pass knows its trigger.
+        # an error) goes down the slow path with this flight and this answer, so the owner is
+        # not asked twice and hit-for-pass knows its trigger.
         try:
             status = None
-            if isinstance(fetched, BaseException):
-                flight.owner_answered = (key, fetched)
-            elif not fetched.loaded and fetched.value[:4] == RESPONSE:
-                status = self._write_hit(conn, req, key, fetched.value, fetched.ttl)
+            if (
+                isinstance(fetched, tokencache.Fetched)
+                and not fetched.loaded
+                and fetched.value[:4] == RESPONSE
+            ):
+                # (not kept ready: the bytes are the owner's answer, not this node's entry)
+                status = self._write_hit(
+                    conn, req, key, fetched.value, fetched.ttl, keep_ready=False
+                )
             if status is None:
-                if not isinstance(fetched, BaseException):
-                    flight.prefetched = (key, fetched)
+                flight.owner_answer = (key, fetched)
                 conn.continue_slow(req)
                 return
             self._metrics.observe(req.method, status, "hit", self._now() - started, req.target)
@@ -289,10 +293,18 @@ class CacheHandler:
         conn.release(req)
 
     def _write_hit(
-        self, conn: Connection, req: Request, key: str, value: bytes, ttl: float | None
+        self,
+        conn: Connection,
+        req: Request,
+        key: str,
+        value: bytes,
+        ttl: float | None,
+        *,
+        keep_ready: bool = True,
     ) -> int | None:
         """Answer from the fresh ``TCR2`` record `value` (`ttl` left); its status, or None
-        (nothing written) when it may not answer without the slow path (stale, no-cache)."""
+        (nothing written) when it may not answer without the slow path (stale, no-cache).
+        `keep_ready`: remember the bytes for the key's next hits (`value` is the cached entry)."""
         method = req.method
         # Fresh? (stored ttl - remaining = time in the cache, against the stored freshness)
         connection = conn.connection_header(req)
@@ -337,7 +349,7 @@ class CacheHandler:
         else:
             data = b"".join((view[head_start:head_end], splice, view[head_end:]))
         conn.write(data)
-        if method != "HEAD" and not connection and len(data) <= _READY_MAX_BYTES:
+        if keep_ready and method != "HEAD" and not connection and len(data) <= _READY_MAX_BYTES:
             if self._ready_bytes > _READY_BUDGET:
                 self._ready.clear()
                 self._ready_bytes = 0
@@ -715,11 +727,9 @@ class _Flight:
         self.request_id = handler.new_request_id()
         self._context: bytes | None = None
         self._made = False
-        # An answer the owner already gave for (key) on the hit path: the first lookup of that
-        # key takes it instead of asking again.
-        self.prefetched: tuple[str, tokencache.Fetched] | None = None
-        # What the owner answered instead of a value on the hit path (not asked again).
-        self.owner_answered: tuple[str, BaseException] | None = None
+        # What the owner already answered for (key) on the hit path, a value or an error: the
+        # first lookup of that key takes it instead of asking again.
+        self.owner_answer: tuple[str, tokencache.Fetched | BaseException] | None = None
 
     def context(self) -> bytes | None:
         """The load context: the request's end-to-end headers for the owner's loader."""
@@ -747,28 +757,23 @@ class _Flight:
         cluster's (loaded once by the owner). None: the engine refused the key."""
         group = self._handler.group
         assert group is not None
-        prefetched = self.prefetched
-        if prefetched is not None and prefetched[0] == key and not min_ttl and not only_cached:
-            self.prefetched = None
-            fetched = prefetched[1]
-            return fetched.value, fetched.ttl, fetched.loaded
+        answered: BaseException | None = None
+        answer = self.owner_answer
+        if answer is not None and answer[0] == key and not min_ttl:
+            self.owner_answer = None
+            if isinstance(answer[1], BaseException):
+                answered = answer[1]
+            elif not only_cached:
+                return answer[1].value, answer[1].ttl, answer[1].loaded
         if not min_ttl:
             found = group.peek_with_ttl(key)
             if found is not None:
                 return found[0], found[1], False
             if only_cached:
                 return encode_error(504, "only-if-cached"), 0.0, False
-        answered = self.owner_answered
-        if answered is not None and answered[0] == key and not min_ttl:
-            self.owner_answered = None
-        else:
-            answered = None
         try:
             fetched = await group.get_fetched(
-                key,
-                min_ttl=min_ttl,
-                context=self.context(),
-                owner_answered=answered[1] if answered is not None else None,
+                key, min_ttl=min_ttl, context=self.context(), owner_answered=answered
             )
         except tokencache.InvalidArgument:
             return None

@@ -146,11 +146,7 @@ class Connection(InputFlow, asyncio.Protocol):
                 # The same bytes as a complete, accepted request head seen before: the same
                 # parse and the same verdict, so neither is done again (see Listener.heads).
                 self._since = self.listener.now
-                req = head.again()
-                if not self._serve_fast(req):
-                    self._start(req)
-                elif self._active is None:
-                    self._finished(req)
+                self._dispatch(head.again())
                 return
         if len(data) <= SLICE:
             self._feed_slice(data)
@@ -283,10 +279,7 @@ class Connection(InputFlow, asyncio.Protocol):
             and not self._write_paused
         ):
             # The common case, a lone request: offer it to the hit path without queueing it.
-            if not self._serve_fast(req):
-                self._start(req)
-            elif self._active is None:
-                self._finished(req)
+            self._dispatch(req)
             return
         queue.append(req)
         if len(queue) > self.limits.max_pipeline:
@@ -323,10 +316,15 @@ class Connection(InputFlow, asyncio.Protocol):
                     return
                 self._finished(req)
                 continue
-            if not self._serve_fast(req):
-                self._start(req)
-            elif self._active is None:
-                self._finished(req)
+            self._dispatch(req)
+
+    def _dispatch(self, req: Request) -> None:
+        # The hit path first; then the request is done, held (answered from a callback, see
+        # `hold`) or goes to a `serve` task.
+        if not self._serve_fast(req):
+            self._start(req)
+        elif self._active is None:
+            self._finished(req)
 
     def _serve_fast(self, req: Request) -> bool:
         written = self._written
