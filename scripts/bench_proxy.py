@@ -94,23 +94,12 @@ def serve_backend(port: int) -> None:
 def serve_proxy(port: int, backend_url: str) -> None:
     """The proxy's data path alone, single node, under uvloop when available."""
     import tokencache
-    from tokencache.proxy._app import ProxyApp
-    from tokencache.proxy._metrics import ProxyMetrics
+    from tests.support.proxy_app import proxy_app
 
     async def run() -> None:
         ws = tokencache.Workspace()
-        app = ProxyApp(
-            backend_url=backend_url,
-            backend_timeout=30.0,
-            cache_ttl=3600.0,
-            cache_error_ttl=60.0,
-            restrict_methods=["GET", "HEAD"],
-            route_regexp=None,
-            max_body_bytes=1 << 20,
-            stale_if_error=0.0,
-            workspace=ws,
-            group_bytes=64 << 20,
-            metrics=ProxyMetrics(),
+        app = proxy_app(
+            backend_url, ws, backend_timeout=30.0, cache_ttl=3600.0, group_bytes=64 << 20
         )
         await app.start("127.0.0.1", port)
         gc.collect()  # as the service does once started (proxy._service)

@@ -7,16 +7,15 @@ import re
 
 import pytest
 
+_PUBLIC_MODULES = [
+    "tokencache.plugin",
+    "tokencache.plugin.aiohttp",
+    "tokencache.plugin.httpx2",
+    "tokencache.plugin.requests",
+]
 
-@pytest.mark.parametrize(
-    "module_name",
-    [
-        "tokencache.plugin",
-        "tokencache.plugin.aiohttp",
-        "tokencache.plugin.httpx2",
-        "tokencache.plugin.requests",
-    ],
-)
+
+@pytest.mark.parametrize("module_name", _PUBLIC_MODULES)
 def test_all_is_sorted_and_documented(module_name: str) -> None:
     module = importlib.import_module(module_name)
     names = module.__all__
@@ -38,15 +37,7 @@ def test_httpx_path_does_not_import_httpx2_modules_of_the_plugin() -> None:
 _REFERENCE = re.compile(r"(?::\w+:`|``)((?:tokencache\.)?plugin(?:\.\w+)*)(?:`|``)")
 
 
-@pytest.mark.parametrize(
-    "module_name",
-    [
-        "tokencache.plugin",
-        "tokencache.plugin.aiohttp",
-        "tokencache.plugin.httpx2",
-        "tokencache.plugin.requests",
-    ],
-)
+@pytest.mark.parametrize("module_name", _PUBLIC_MODULES)
 def test_public_docstrings_name_installed_public_objects(module_name: str) -> None:
     # The package docstring named plugin.httpx2 and plugin._errors: import names the install
     # does not have (tokencache.plugin.*), one of them private.

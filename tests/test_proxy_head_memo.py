@@ -117,6 +117,12 @@ _HEADS = [
     b"GET /hit HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     b"GET /hit HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
     b"\r\nGET /hit HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"get /hit HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"FOO /hit HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"PURGE /hit HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /hit HTTP/1.1\r\nHost: h\r\nX-High: \xe9\xff\r\n\r\n",
+    b"POST /hit HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc",
+    b"GET /hit HTTP/1.1\r\nHost: h\r\n\r\nGET /hit HTTP/1.1\r\nHo",
 ]
 
 

@@ -19,9 +19,9 @@ from aiohttp import web
 
 import tokencache
 from tests.support.net import free_port
+from tests.support.proxy_app import proxy_app
 from tokencache.proxy._app import ProxyApp
 from tokencache.proxy._http_request import ListenerLimits
-from tokencache.proxy._metrics import ProxyMetrics
 from tokencache.testing import FakeClock, LocalTransport
 
 GZIPPED = gzip.compress(b"compressed payload " * 50, mtime=0)
@@ -165,21 +165,7 @@ async def make_proxy(backend: Backend) -> AsyncIterator[MakeProxy]:
 
     async def make(**overrides: Any) -> tuple[ProxyApp, str]:
         ws = tokencache.Workspace(clock=overrides.pop("ws_clock", None))
-        options: dict[str, Any] = {
-            "backend_url": backend.url,
-            "backend_timeout": 5.0,
-            "cache_ttl": 300.0,
-            "cache_error_ttl": 60.0,
-            "restrict_methods": ["GET", "HEAD"],
-            "route_regexp": None,
-            "max_body_bytes": 1 << 20,
-            "stale_if_error": 0.0,
-            "workspace": ws,
-            "group_bytes": 8 << 20,
-            "metrics": ProxyMetrics(),
-        }
-        options.update(overrides)
-        app = ProxyApp(**options)
+        app = proxy_app(**{"backend_url": backend.url, "workspace": ws, **overrides})
         started.append((app, ws))
         host, port = await app.start("127.0.0.1", 0)
         return app, f"http://{host}:{port}"

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 import tokencache
+from tests.support.proxy_app import proxy_app
 from tokencache.proxy._app import ProxyApp
 from tokencache.proxy._http_request import ListenerLimits
 from tokencache.proxy._metrics import ProxyMetrics
@@ -81,21 +82,7 @@ async def make_proxy(backend: Backend) -> AsyncIterator[MakeProxy]:
 
     async def make(backend_url: str | None = None, **overrides: Any) -> tuple[ProxyApp, int]:
         ws = tokencache.Workspace()
-        options: dict[str, Any] = {
-            "backend_url": backend_url or backend.url,
-            "backend_timeout": 5.0,
-            "cache_ttl": 300.0,
-            "cache_error_ttl": 60.0,
-            "restrict_methods": ["GET", "HEAD"],
-            "route_regexp": None,
-            "max_body_bytes": 1 << 20,
-            "stale_if_error": 0.0,
-            "workspace": ws,
-            "group_bytes": 8 << 20,
-            "metrics": ProxyMetrics(),
-        }
-        options.update(overrides)
-        app = ProxyApp(**options)
+        app = proxy_app(backend_url or backend.url, ws, **overrides)
         started.append((app, ws))
         _, port = await app.start("127.0.0.1", 0)
         return app, port

@@ -18,9 +18,9 @@ from aiohttp import web
 
 import tokencache
 from tests.support.fake_transport import FakeTransport
+from tests.support.proxy_app import proxy_app
 from tokencache.proxy._app import ProxyApp
 from tokencache.proxy._http import Connection
-from tokencache.proxy._metrics import ProxyMetrics
 
 Done = Callable[[tokencache.Fetched | BaseException], None]
 # What the owner answers when it cannot give a value (a load that failed there).
@@ -68,19 +68,7 @@ async def setup() -> AsyncIterator[tuple[ProxyApp, _Backend, _Owner]]:
     backend = _Backend()
     await backend.start()
     ws = tokencache.Workspace()
-    app = ProxyApp(
-        backend_url=backend.url,
-        backend_timeout=5.0,
-        cache_ttl=300.0,
-        cache_error_ttl=60.0,
-        restrict_methods=["GET", "HEAD"],
-        route_regexp=None,
-        max_body_bytes=1 << 20,
-        stale_if_error=0.0,
-        workspace=ws,
-        group_bytes=8 << 20,
-        metrics=ProxyMetrics(),
-    )
+    app = proxy_app(backend.url, ws)
     owner = _Owner()
     app.group.fetch_soon = owner.fetch_soon  # type: ignore[method-assign]
     await app.start("127.0.0.1", 0)
