@@ -32,6 +32,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -46,7 +47,7 @@ from ._forward import Forwarder, fault_response
 from ._http import Connection
 from ._http_request import Request
 from ._keys import base_key, join_variant
-from ._metrics import ProxyMetrics
+from ._metrics import ProxyMetrics, Series
 from ._policy import (
     SAFE_METHODS,
     CachePolicy,
@@ -86,15 +87,19 @@ __all__ = ["CacheHandler"]
 
 # Ready-to-write hit responses, kept per key for the second their Cache-Status/Age stay the same.
 # Bounded in bytes (each entry holds its response and the stored value it was made from) and
-# cleared when full: a hot set refills it at once. It only ever saves work; a peek decides a hit.
+# cleared when full: a hot set refills it at once. A repeat of a remembered request head is
+# answered from them without a lookup (`CacheHandler.serve_express`) while the entry they came
+# from is still in the cache (its `tokencache.HitTicket`) and `until` has not come.
 _READY_BUDGET = 8 << 20
 _READY_MAX_BYTES = 64 << 10  # larger responses are spliced per hit rather than copied again
 
 
 class _Ready(NamedTuple):
     """A key's last hit: the stored value it came from, that value's layout (what
-    `response_layout` returns, for a value without no-cache), and the complete response bytes
-    written with Cache-Status ttl `ttl_s` and `age`."""
+    `response_layout` returns, for a value without no-cache), the complete response bytes
+    written with Cache-Status ttl `ttl_s` and `age`, and for `serve_express`: the entry's
+    ticket, the time (on the group's clock) from which the bytes may be no longer right, and
+    the metrics series a hit on them counts in."""
 
     value: bytes
     status: int
@@ -106,6 +111,22 @@ class _Ready(NamedTuple):
     ttl_s: int
     age: int
     data: bytes
+    ticket: tokencache.HitTicket | None
+    until: float
+    series: Series
+
+
+def ready_until(
+    expires_at: float | None, stored_ttl: float, elapsed: float, fresh: float, ttl_s: int
+) -> float:
+    """Until when (on the clock of `expires_at`) a hit written `elapsed` seconds into an
+    entry's life, with Cache-Status ``ttl=ttl_s``, still writes the same bytes: the entry's
+    age in whole seconds and ``int(fresh - elapsed)`` do not change before it, and the entry
+    is fresh and unexpired. An entry without expiry never ages (elapsed is always 0)."""
+    if expires_at is None:
+        return math.inf
+    born = expires_at - stored_ttl
+    return min(expires_at, born + math.floor(elapsed) + 1, born + fresh - ttl_s)
 
 
 # Entries a request head keeps of what is derived from it (one per client address).
@@ -169,6 +190,7 @@ class CacheHandler:
         self._needs_check = bool(policy.routes) or policy.allow_auth_caching
         self._group: tokencache.Group | None = None
         self._peek: Callable[[str], tuple[bytes, float | None] | None] = _no_peek
+        self._entry_now: Callable[[], float] = _no_entries
         # key -> (stored value, ttl second, age, the complete response bytes): a hot key's hits
         # within one second write the same bytes, so they are joined once, not per request.
         self._ready: dict[str, _Ready] = {}
@@ -183,6 +205,7 @@ class CacheHandler:
     def group(self, group: tokencache.Group | None) -> None:
         self._group = group
         self._peek = group.peek_with_ttl if group is not None else _no_peek
+        self._entry_now = group.clock.now if group is not None else _no_entries
 
     def _base_key(self, req: Request) -> str:
         method = req.method
@@ -191,6 +214,52 @@ class CacheHandler:
         return base_key(method, req.target)
 
     # --- the hit path -----------------------------------------------------------------------
+
+    def serve_express(self, conn: Connection, head: Request) -> bool:
+        """Answer a repeat of a remembered request head from its key's ready bytes: a plain GET
+        whose last hit wrote bytes that are still the answer — the entry is still in the cache
+        (`HitTicket.hit`, which counts the hit as a peek would) and its Cache-Status ttl, Age
+        and freshness have not changed since (`_Ready.until`). Everything else (the first hit
+        of a key in a second, any request that needs more than a lookup) takes `serve_fast`."""
+        key = head.express
+        if key is None:
+            key = head.express = self._express_key(head)
+        ready = self._ready.get(key)
+        if ready is None:
+            return False
+        started = self._now()
+        ticket = ready.ticket
+        if (
+            ticket is None
+            or self._entry_now() >= ready.until
+            or conn.listener.draining
+            or not ticket.hit()
+        ):
+            return False
+        conn.write(ready.data)
+        ready.series.observe(self._now() - started)
+        return True
+
+    def _express_key(self, head: Request) -> str:
+        """The key whose ready bytes may answer repeats of `head` ("" for none): a GET that
+        `serve_fast` would answer by a lookup of that key alone, keep-alive and HTTP/1.1 (an
+        answer with no Connection field), with no span to make for it."""
+        hmap = head.hmap
+        if (
+            head.method != "GET"
+            or "GET" not in self._methods
+            or self._needs_check
+            or head.has_body
+            or head.reject
+            or not head.keep_alive
+            or head.version != "1.1"
+            or b"authorization" in hmap
+            or b"cookie" in hmap
+            or not _SLOW_FIELDS.isdisjoint(hmap)
+            or (self._hit_tracer is not None and b"traceparent" in hmap)
+        ):
+            return ""
+        return base_key("GET", head.target)
 
     def serve_fast(self, conn: Connection, req: Request) -> bool:
         """Answer a fresh cache hit synchronously; False sends the request down `serve`."""
@@ -353,8 +422,25 @@ class CacheHandler:
             if self._ready_bytes > _READY_BUDGET:
                 self._ready.clear()
                 self._ready_bytes = 0
+            group = self._group
+            ticket = None if group is None else group.ticket(key, value)
+            until = -math.inf
+            if ticket is not None:
+                until = ready_until(ticket.expires_at, stored_ttl, elapsed, fresh, ttl_s)
             self._ready[key] = _Ready(
-                value, status, base_age, stored_ttl, fresh, head_start, head_end, ttl_s, age, data
+                value,
+                status,
+                base_age,
+                stored_ttl,
+                fresh,
+                head_start,
+                head_end,
+                ttl_s,
+                age,
+                data,
+                ticket,
+                until,
+                self._metrics.series(method, status, "hit", req.target),
             )
             self._ready_bytes += len(data) + len(value)
         return status
@@ -786,6 +872,10 @@ class _Flight:
 
 def _no_peek(key: str) -> tuple[bytes, float | None] | None:
     return None
+
+
+def _no_entries() -> float:
+    return math.inf  # no group: no ready bytes are ever current
 
 
 def _carrier(req: Request) -> dict[str, str]:

@@ -18,8 +18,10 @@ The head memo (`Listener.heads`): parsing a head and checking it are pure functi
 and clients repeat their requests byte for byte. A read that was exactly one complete request
 head without a body, which `check_head` accepted, is remembered with its `Request`; a later read
 of the same bytes at a message boundary of an idle connection skips the parser and the checks and
-goes straight to the handler with a copy (`Request.again`). Anything else — part of a head,
-several requests, a body, a refusal — takes the parser as before.
+goes straight to the handler: first to ``handler.serve_express``, which may answer it from bytes
+kept ready for that head (a fresh hit written before, no copy of the request made), else with a
+copy (`Request.again`). Anything else — part of a head, several requests, a body, a refusal —
+takes the parser as before.
 
 What a request head must satisfy is `proxy._http_rules.check_head`; a head it refuses is answered
 by the listener itself, in order, and the connection closes after it. Only origin-form targets
@@ -77,6 +79,7 @@ class Connection(InputFlow, asyncio.Protocol):
     def __init__(self, listener: Listener) -> None:
         InputFlow.__init__(self)
         self.listener = listener
+        self._express = listener.handler.serve_express
         self.limits = listener.limits
         self._max_header_bytes = self._max_head_bytes = listener.limits.max_header_bytes
         self._max_headers = listener.limits.max_headers
@@ -146,6 +149,13 @@ class Connection(InputFlow, asyncio.Protocol):
                 # The same bytes as a complete, accepted request head seen before: the same
                 # parse and the same verdict, so neither is done again (see Listener.heads).
                 self._since = self.listener.now
+                written = self._written
+                try:
+                    if self._express(self, head):
+                        return
+                except Exception as exc:  # noqa: BLE001 - the one boundary, as for serve_fast
+                    self._failed(head.again(), exc, written)
+                    return
                 self._dispatch(head.again())
                 return
         if len(data) <= SLICE:

@@ -50,6 +50,7 @@ class Request:
         "body",
         "bypass",
         "derived",
+        "express",
         "flight",
         "has_body",
         "headers",
@@ -93,6 +94,9 @@ class Request:
         self.flight: object = None  # the handler's own state for a held request
         # What the handler derives from the head alone: shared by every repeat of it (`again`).
         self.derived: dict[object, object] = {}
+        # The handler's verdict on answering repeats of this head from ready bytes (see
+        # `Handler.serve_express`): None until it looked; shared by every repeat, like `derived`.
+        self.express: str | None = None
         # Set on the placeholder for a request the listener refused (the status to answer).
         self.reject = 0
         # The status of a response head already written for this request (0: none yet), so a
@@ -107,6 +111,7 @@ class Request:
         # A new map, not an update: a request's head is never changed in place (see `again`).
         self.hmap = {**self.hmap, b"host": authority}
         self.derived = {}
+        self.express = None
 
     def again(self) -> Request:
         """A new request with this one's head (shared: heads are never changed in place).
@@ -123,6 +128,7 @@ class Request:
         req.keep_alive = self.keep_alive
         req.has_body = self.has_body
         req.derived = self.derived
+        req.express = self.express
         req.body = None
         req.key = None
         req.bypass = None
@@ -137,6 +143,12 @@ class Handler(Protocol):
 
     def serve_fast(self, conn: Connection, req: Request) -> bool:
         """Answer synchronously and return True, or return False to have `serve` run."""
+        ...
+
+    def serve_express(self, conn: Connection, head: Request) -> bool:
+        """Answer a repeat of `head`, a request the head memo remembered, at once from bytes kept
+        ready for it, and return True; False to go on with a copy of it (`serve_fast`). The
+        connection is idle, at a message boundary, and `head` must not be changed."""
         ...
 
     def serve(self, conn: Connection, req: Request) -> Awaitable[None]:

@@ -34,7 +34,14 @@ from decimal import Decimal
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["DEFAULT_BUCKETS", "KUBECACHE_OUTCOMES", "OUTCOMES", "ProxyMetrics", "kubecache_outcome"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "KUBECACHE_OUTCOMES",
+    "OUTCOMES",
+    "ProxyMetrics",
+    "Series",
+    "kubecache_outcome",
+]
 
 # kubecache's METRICS_BUCKETS_LATENCY_HTTP default, in seconds.
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -83,14 +90,20 @@ _METHODS = frozenset(
 )
 
 
-class _Series:
+class Series:
     """One label combination: non-cumulative bucket counts (last slot = +Inf), count and sum."""
 
-    __slots__ = ("buckets", "total")
+    __slots__ = ("_bounds", "buckets", "total")
 
-    def __init__(self, size: int) -> None:
-        self.buckets = [0] * size
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
         self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one response that took `seconds`."""
+        self.buckets[bisect_left(self._bounds, seconds)] += 1
+        self.total += seconds
 
 
 class ProxyMetrics:
@@ -116,7 +129,7 @@ class ProxyMetrics:
         self._uri_limit = uri_limit
         self._uris: set[str] = set()  # paths that have a uri label of their own
         self._targets: dict[str, str] = {}  # request-target -> uri label (capped, see above)
-        self._series: dict[tuple[str, int, str, str], _Series] = {}
+        self._series: dict[tuple[str, int, str, str], Series] = {}
         self.backend_errors: dict[str, int] = {"connect": 0, "timeout": 0, "other": 0, "token": 0}
         self.refused_requests: dict[str, int] = {}
         self.internal_errors = 0
@@ -150,6 +163,11 @@ class ProxyMetrics:
     ) -> None:
         """Count one response. `method` is folded to ``OTHER`` when it is not a known one;
         `target` (the request-target) gives the ``uri`` label."""
+        self.series(method, status, outcome, target).observe(seconds)
+
+    def series(self, method: str, status: int, outcome: str, target: str = "") -> Series:
+        """The series `observe` counts these labels in (for a caller that counts the same
+        labels often: the ready hits)."""
         uri = self._targets.get(target)
         if uri is None:
             uri = self.uri_label(target, status)
@@ -160,9 +178,8 @@ class ProxyMetrics:
                 key = ("OTHER", status, outcome, uri)
             series = self._series.get(key)
             if series is None:
-                series = self._series[key] = _Series(len(self._bounds) + 1)
-        series.buckets[bisect_left(self._bounds, seconds)] += 1
-        series.total += seconds
+                series = self._series[key] = Series(self._bounds)
+        return series
 
     def backend_error(self, kind: str) -> None:
         """Count one backend fault: ``connect``, ``timeout``, ``token`` (no OAuth2 token for the

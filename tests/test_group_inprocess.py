@@ -334,3 +334,39 @@ async def test_an_owners_answer_from_the_hit_path_is_not_asked_for_again() -> No
         await cluster.group(here).get_fetched(missing, owner_answered=tokencache.NotFound(missing))
     assert len(cluster.transport.fetches) == asked
     assert cluster.loads == Counter({here: 1})
+
+
+async def test_a_hit_ticket_counts_like_a_peek_and_dies_with_its_entry() -> None:
+    cluster = Cluster(hot_probability=1.0)
+    owner = cluster.owner_of("t")
+    caller = cluster.group(next(u for u in URLS if u != owner))
+    main = cluster.group(owner)
+    value = await main.get("t")
+    ticket = main.ticket("t", value)
+    assert ticket is not None and ticket.expires_at == cluster.clock.now() + 60
+    assert (
+        main.ticket("t", bytes(bytearray(value))) is None
+    )  # an equal value is not the entry's object
+    before = (main.stats.gets, main.stats.cache_hits, main.main_cache.stats.hits)
+    assert ticket.hit() and ticket.hit()
+    assert (main.stats.gets, main.stats.cache_hits, main.main_cache.stats.hits) == tuple(
+        n + 2 for n in before
+    )
+    main.remove_local("t")
+    assert not ticket.hit()  # removed: nothing counted
+    assert main.main_cache.stats.hits == before[2] + 2
+    # A hot copy: its hits are frequency for the hot admission, as a peek's are.
+    copy = await caller.get("t")
+    hot = caller.ticket("t", copy)
+    assert hot is not None and "t" in caller.hot_cache
+    sketch = caller._admission.sketch
+    seen = sketch.estimate("t")
+    assert hot.hit() and sketch.estimate("t") == seen + 1
+    # Replaced (a newer value stored under the key): the old ticket is dead.
+    caller.hot_cache.add("t", b"newer", 60)
+    assert not hot.hit()
+    # Evicted to make room.
+    again = caller.ticket("t", caller.peek("t") or b"")
+    assert again is not None
+    caller.hot_cache.evict_one()
+    assert not again.hit()

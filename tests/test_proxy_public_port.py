@@ -411,6 +411,11 @@ class _Broken:
             raise KeyError("bug in the hit path")
         return False
 
+    def serve_express(self, conn: Any, head: Any) -> bool:
+        if head.target == "/express":
+            raise KeyError("bug in the express path")
+        return False
+
     async def serve(self, conn: Any, req: Any) -> None:
         raise RuntimeError("bug in the slow path, secret=s3cr3t")
 
@@ -423,13 +428,14 @@ async def test_handler_exceptions_end_at_one_boundary(caplog: pytest.LogCaptureF
     _, port = await listener.start("127.0.0.1", 0)
     try:
         with caplog.at_level(logging.INFO, logger="test.boundary"):
-            for path in (b"/fast", b"/slow", b"/slow", b"/fast"):
+            # The second /express is a repeat of a remembered head: it reaches serve_express.
+            for path in (b"/fast", b"/slow", b"/slow", b"/fast", b"/express", b"/express"):
                 raw = await exchange(port, b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % path)
                 status, headers, _ = only(raw)
                 assert (status, headers["connection"]) == (500, "close")
     finally:
         await listener.close()
-    assert metrics.internal_errors == 4
+    assert metrics.internal_errors == 6
     lines = [r for r in caplog.records if r.name == "test.boundary"]
     assert len(lines) == 1  # rate-limited: one line per interval, the rest counted
     assert lines[0].exc_info is None  # no traceback

@@ -26,6 +26,7 @@ from ._ring import Ring
 from ._server import PeerServer
 from ._singleflight import SingleFlight
 from ._stats import GroupStats, ServerStats
+from ._ticket import HitTicket
 from ._tls import peer_tls_contexts
 from ._transport import WireTransport
 from ._workspace import Workspace
@@ -42,6 +43,7 @@ __all__ = [
     "GroupcacheCollector",
     "HandoffReport",
     "HealthChecker",
+    "HitTicket",
     "InvalidArgument",
     "Kind",
     "LRUCache",

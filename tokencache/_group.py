@@ -54,6 +54,7 @@ from ._membership import PeerPicker
 from ._singleflight import SingleFlight
 from ._spans import Spans
 from ._stats import GroupStats
+from ._ticket import HitTicket
 
 # A handed-over entry for a key removed this recently is refused: the put may have been on its
 # way while the remove ran (a leave's hand-off is bounded to a few seconds).
@@ -110,6 +111,11 @@ class Group:
         self._gets: SingleFlight[tuple[str, float], Fetched] = SingleFlight()
         self._loads: SingleFlight[tuple[str, float], Fetched] = SingleFlight()
 
+    @property
+    def clock(self) -> Clock:
+        """The clock entries expire on (`HitTicket.expires_at` is on it)."""
+        return self._clock
+
     # -- synchronous lookups -------------------------------------------------------------------
 
     def peek(self, key: str) -> bytes | None:
@@ -141,6 +147,16 @@ class Group:
         stats.gets += 1
         stats.cache_hits += 1
         return found
+
+    def ticket(self, key: str, value: bytes) -> HitTicket | None:
+        """A `HitTicket` for the entry of ``key`` that holds exactly ``value`` (the object a peek
+        just returned), or None when it is no longer there. Counts nothing."""
+        caches = ((self.main_cache, None), (self.hot_cache, self._admission.record))
+        for cache, record in caches:
+            item = cache.item(key)
+            if item is not None and item.live and item.value is value and not item.marker:
+                return HitTicket(cache, item, key, self.stats, record)
+        return None
 
     def peek_stale(self, key: str) -> tuple[bytes, float] | None:
         """An expired value still within ``stale_window``, and how many seconds ago it expired."""

@@ -1,0 +1,56 @@
+"""A hit ticket: a caller's handle on one live cache entry, to answer repeats of its value itself.
+
+A server that turns a cached value into response bytes (the proxy's ready hits) keeps those bytes
+with a ticket from `Group.ticket` and, for each repeat, asks `HitTicket.hit` instead of looking the
+key up again. `hit` is False once the entry left the cache — removed (a cluster-wide ``remove``
+included), replaced or evicted: the entry's own ``live`` flag, no lookup — and otherwise counts the
+hit exactly as a peek would: the group's and the cache's counters, the entry's recency, and for a
+hot copy the admission policy's frequency. Expiry is the caller's to check, against `expires_at` on
+`Group.clock`: it usually knows an earlier bound (when its own bytes would change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._lru import LRUCache, _Item
+    from ._stats import GroupStats
+
+__all__ = ["HitTicket"]
+
+
+class HitTicket:
+    """One live entry of a group's cache (made by `Group.ticket`; see the module docstring)."""
+
+    __slots__ = ("_cache", "_item", "_key", "_record", "_stats", "expires_at")
+
+    def __init__(
+        self,
+        cache: LRUCache,
+        item: _Item,
+        key: str,
+        stats: GroupStats,
+        record: Callable[[str], None] | None,
+    ) -> None:
+        self._cache = cache
+        self._item = item
+        self._key = key
+        self._stats = stats
+        self._record = record
+        # When the entry expires, on the group's clock (None: never).
+        self.expires_at = item.expires_at
+
+    def hit(self) -> bool:
+        """Count one more hit on the entry, as a peek would; False (nothing counted) once the
+        entry is no longer in the cache."""
+        if not self._item.live:
+            return False
+        self._cache.touch(self._key)
+        stats = self._stats
+        stats.gets += 1
+        stats.cache_hits += 1
+        if self._record is not None:
+            self._record(self._key)  # a hot copy: its frequency decides what stays hot
+        return True
