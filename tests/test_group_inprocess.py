@@ -370,3 +370,36 @@ async def test_a_hit_ticket_counts_like_a_peek_and_dies_with_its_entry() -> None
     assert again is not None
     caller.hot_cache.evict_one()
     assert not again.hit()
+
+
+async def test_a_hot_tickets_hit_counts_every_counter_a_peek_counts() -> None:
+    # A peek of a hot copy first misses the main cache (a get counted there), then hits the hot
+    # cache: a ticket's hit on that copy must move every counter the same way.
+    cluster = Cluster(hot_probability=1.0)
+    owner = cluster.owner_of("t")
+    caller = cluster.group(next(u for u in URLS if u != owner))
+    copy = await caller.get("t")
+    assert "t" in caller.hot_cache and "t" not in caller.main_cache
+    ticket = caller.ticket("t", copy)
+    assert ticket is not None
+
+    def counters() -> tuple[int, ...]:
+        main, hot = caller.main_cache.stats, caller.hot_cache.stats
+        return (
+            caller.stats.gets,
+            caller.stats.cache_hits,
+            main.gets,
+            main.hits,
+            hot.gets,
+            hot.hits,
+            caller._admission.sketch.estimate("t"),
+        )
+
+    before = counters()
+    assert caller.peek_with_ttl("t") is not None
+    peeked = counters()
+    assert ticket.hit()
+    hit = counters()
+    assert [b - a for a, b in zip(peeked, hit, strict=True)] == [
+        b - a for a, b in zip(before, peeked, strict=True)
+    ]

@@ -151,11 +151,12 @@ class Group:
     def ticket(self, key: str, value: bytes) -> HitTicket | None:
         """A `HitTicket` for the entry of ``key`` that holds exactly ``value`` (the object a peek
         just returned), or None when it is no longer there. Counts nothing."""
-        caches = ((self.main_cache, None), (self.hot_cache, self._admission.record))
-        for cache, record in caches:
+        main, hot = self.main_cache, self.hot_cache
+        caches = ((main, None, None), (hot, self._admission.record, main))
+        for cache, record, missed in caches:
             item = cache.item(key)
             if item is not None and item.live and item.value is value and not item.marker:
-                return HitTicket(cache, item, key, self.stats, record)
+                return HitTicket(cache, item, key, self.stats, record, missed)
         return None
 
     def peek_stale(self, key: str) -> tuple[bytes, float] | None:

@@ -24,7 +24,7 @@ __all__ = ["HitTicket"]
 class HitTicket:
     """One live entry of a group's cache (made by `Group.ticket`; see the module docstring)."""
 
-    __slots__ = ("_cache", "_item", "_key", "_record", "_stats", "expires_at")
+    __slots__ = ("_cache", "_item", "_key", "_missed", "_record", "_stats", "expires_at")
 
     def __init__(
         self,
@@ -33,8 +33,11 @@ class HitTicket:
         key: str,
         stats: GroupStats,
         record: Callable[[str], None] | None,
+        missed: LRUCache | None = None,
     ) -> None:
         self._cache = cache
+        # A hot copy's peek first misses the main cache (a get counted there): `missed`.
+        self._missed = missed
         self._item = item
         self._key = key
         self._stats = stats
@@ -48,6 +51,8 @@ class HitTicket:
         if not self._item.live:
             return False
         self._cache.touch(self._key)
+        if self._missed is not None:
+            self._missed.stats.gets += 1
         stats = self._stats
         stats.gets += 1
         stats.cache_hits += 1
