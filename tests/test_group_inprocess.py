@@ -403,3 +403,17 @@ async def test_a_hot_tickets_hit_counts_every_counter_a_peek_counts() -> None:
     assert [b - a for a, b in zip(peeked, hit, strict=True)] == [
         b - a for a, b in zip(before, peeked, strict=True)
     ]
+
+
+async def test_a_hot_ticket_gives_way_to_a_main_entry_of_its_key() -> None:
+    # A peek looks in the main cache first: once the key has an entry there (this node became
+    # its owner and loaded or was handed it), the hot copy's ticket no longer names the answer.
+    cluster = Cluster(hot_probability=1.0)
+    owner = cluster.owner_of("t")
+    caller = cluster.group(next(u for u in URLS if u != owner))
+    copy = await caller.get("t")
+    ticket = caller.ticket("t", copy)
+    assert ticket is not None and "t" in caller.hot_cache
+    caller.main_cache.add("t", b"newer", 60)
+    assert caller.peek("t") == b"newer"
+    assert not ticket.hit()

@@ -3,7 +3,8 @@
 A server that turns a cached value into response bytes (the proxy's ready hits) keeps those bytes
 with a ticket from `Group.ticket` and, for each repeat, asks `HitTicket.hit` instead of looking the
 key up again. `hit` is False once the entry left the cache — removed (a cluster-wide ``remove``
-included), replaced or evicted: the entry's own ``live`` flag, no lookup — and otherwise counts the
+included), replaced or evicted: the entry's own ``live`` flag, no lookup — or, for a hot copy, once
+the main cache holds the key (a peek reads it first); otherwise it counts the
 hit exactly as a peek would: the group's and the cache's counters, the entry's recency, and for a
 hot copy the admission policy's frequency. Expiry is the caller's to check, against `expires_at` on
 `Group.clock`: it usually knows an earlier bound (when its own bytes would change).
@@ -47,12 +48,16 @@ class HitTicket:
 
     def hit(self) -> bool:
         """Count one more hit on the entry, as a peek would; False (nothing counted) once the
-        entry is no longer in the cache."""
+        entry is no longer in the cache, or, for a hot copy, once the main cache (which a peek
+        reads first) holds the key."""
         if not self._item.live:
             return False
+        missed = self._missed
+        if missed is not None:
+            if self._key in missed:
+                return False  # the main cache has the key now: a peek may answer from it
+            missed.stats.gets += 1
         self._cache.touch(self._key)
-        if self._missed is not None:
-            self._missed.stats.gets += 1
         stats = self._stats
         stats.gets += 1
         stats.cache_hits += 1
