@@ -20,7 +20,7 @@ from opentelemetry import trace
 import tokencache
 
 from ._forward import MAX_BACKEND_CONNECTIONS, BackendSender, Forwarder
-from ._handler import CacheHandler
+from ._handler import READY_BYTES, CacheHandler
 from ._http_request import ListenerLimits
 from ._http_server import Listener
 from ._loader import BackendLoader
@@ -143,6 +143,10 @@ class ProxyApp:
             trace_client_sampled_hits=trace_client_sampled_hits,
             now=clock.now if clock is not None else time.perf_counter,
             purge_token=purge_token.encode("utf-8") if purge_token else None,
+            # Ready hit bytes: a quarter of the group's size on top of it (each holds a response
+            # and keeps the value it came from alive), so a working set that fits the group
+            # mostly fits there too.
+            ready_bytes=max(READY_BYTES, group_bytes // 4),
         )
         loader = BackendLoader(
             sender=sender,

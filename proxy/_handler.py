@@ -47,6 +47,7 @@ from ._forward import Forwarder, fault_response
 from ._http import Connection
 from ._http_request import Request
 from ._keys import base_key, join_variant
+from ._memo import Memo
 from ._metrics import ProxyMetrics, Series
 from ._policy import (
     SAFE_METHODS,
@@ -86,12 +87,13 @@ from ._tracing import client_sampled
 __all__ = ["CacheHandler"]
 
 # Ready-to-write hit responses, kept per key for the second their Cache-Status/Age stay the same.
-# Bounded in bytes (each entry holds its response and the stored value it was made from) and
-# cleared when full: a hot set refills it at once. A repeat of a remembered request head is
-# answered from them without a lookup (`CacheHandler.serve_express`) while the entry they came
-# from is still in the cache (its `tokencache.HitTicket`) and `until` has not come.
-_READY_BUDGET = 8 << 20
+# Bounded in bytes (each entry holds its response and the stored value it was made from; the
+# oldest go first, see `proxy._memo`). A repeat of a remembered request head is answered from them
+# without a lookup (`CacheHandler.serve_express`) while the entry they came from is still in the
+# cache (its `tokencache.HitTicket`) and `until` has not come.
+READY_BYTES = 8 << 20  # the default budget (ProxyApp gives a quarter of the group's size)
 _READY_MAX_BYTES = 64 << 10  # larger responses are spliced per hit rather than copied again
+_READY_MAX_ENTRIES = 1 << 20
 
 
 class _Ready(NamedTuple):
@@ -166,6 +168,7 @@ class CacheHandler:
         now: Callable[[], float] = time.perf_counter,
         purge_token: bytes | None = None,
         new_request_id: Callable[[], bytes] = _request_id,
+        ready_bytes: int = READY_BYTES,
     ) -> None:
         self._policy = policy
         self.policy = policy
@@ -193,8 +196,8 @@ class CacheHandler:
         self._entry_now: Callable[[], float] = _no_entries
         # key -> (stored value, ttl second, age, the complete response bytes): a hot key's hits
         # within one second write the same bytes, so they are joined once, not per request.
-        self._ready: dict[str, _Ready] = {}
-        self._ready_bytes = 0
+        self._readies: Memo[str, _Ready] = Memo(_ready_cost, _READY_MAX_ENTRIES, ready_bytes)
+        self._ready = self._readies.entries
 
     @property
     def group(self) -> tokencache.Group | None:
@@ -419,30 +422,29 @@ class CacheHandler:
             data = b"".join((view[head_start:head_end], splice, view[head_end:]))
         conn.write(data)
         if keep_ready and method != "HEAD" and not connection and len(data) <= _READY_MAX_BYTES:
-            if self._ready_bytes > _READY_BUDGET:
-                self._ready.clear()
-                self._ready_bytes = 0
             group = self._group
             ticket = None if group is None else group.ticket(key, value)
             until = -math.inf
             if ticket is not None:
                 until = ready_until(ticket.expires_at, stored_ttl, elapsed, fresh, ttl_s)
-            self._ready[key] = _Ready(
-                value,
-                status,
-                base_age,
-                stored_ttl,
-                fresh,
-                head_start,
-                head_end,
-                ttl_s,
-                age,
-                data,
-                ticket,
-                until,
-                self._metrics.series(method, status, "hit", req.target),
+            self._readies.put(
+                key,
+                _Ready(
+                    value,
+                    status,
+                    base_age,
+                    stored_ttl,
+                    fresh,
+                    head_start,
+                    head_end,
+                    ttl_s,
+                    age,
+                    data,
+                    ticket,
+                    until,
+                    self._metrics.series(method, status, "hit", req.target),
+                ),
             )
-            self._ready_bytes += len(data) + len(value)
         return status
 
     def _hit_span(self, req: Request, status: int) -> None:
@@ -872,6 +874,10 @@ class _Flight:
 
 def _no_peek(key: str) -> tuple[bytes, float | None] | None:
     return None
+
+
+def _ready_cost(key: str, ready: _Ready) -> int:
+    return len(ready.data) + len(ready.value)
 
 
 def _no_entries() -> float:

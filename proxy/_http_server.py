@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 
 from ._http import Connection
 from ._http_request import Handler, ListenerLimits, Request
+from ._memo import Memo
 from ._metrics import ProxyMetrics
 
 __all__ = ["ERROR_LOG_INTERVAL", "Listener"]
@@ -66,8 +66,10 @@ class Listener:
         # Bounded: the oldest go when full, so hostile variety costs at most `head_memo_entries`
         # entries of at most HEAD_MEMO_BYTES and HEAD_MEMO_FIELDS each, and about
         # `head_memo_bytes` of memory in all.
-        self.heads: dict[bytes, Request] = {}
-        self._heads_cost = 0
+        self._heads: Memo[bytes, Request] = Memo(
+            _head_cost, self.limits.head_memo_entries, self.limits.head_memo_bytes
+        )
+        self.heads = self._heads.entries
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
         """Listen on host:port (port 0 = any free port) and return the bound address.
@@ -117,28 +119,9 @@ class Listener:
 
     def remember_head(self, data: bytes, req: Request) -> None:
         """Keep `req` as the parse of `data` in the head memo (`heads`), within its limits."""
-        limits = self.limits
-        cost = _head_cost(data, req)
-        if (
-            len(req.headers) > HEAD_MEMO_FIELDS
-            or not limits.head_memo_entries
-            or cost > limits.head_memo_bytes
-        ):
-            return  # real clients send a dozen fields or so; many fields are parsed every time
-        heads = self.heads
-        if (
-            len(heads) >= limits.head_memo_entries
-            or self._heads_cost + cost > limits.head_memo_bytes
-        ):
-            # Full: the oldest eighth goes (first in, first out), so a working set a little
-            # larger than the memo still finds most of its heads.
-            for old in list(itertools.islice(heads, max(1, len(heads) // 8))):
-                self._heads_cost -= _head_cost(old, heads.pop(old))
-            while heads and self._heads_cost + cost > limits.head_memo_bytes:
-                old = next(iter(heads))
-                self._heads_cost -= _head_cost(old, heads.pop(old))
-        heads[data] = req
-        self._heads_cost += cost
+        if len(req.headers) <= HEAD_MEMO_FIELDS:
+            # (real clients send a dozen fields or so; many fields are parsed every time)
+            self._heads.put(data, req)
 
     def refused(self, reason: str) -> None:
         """Count a request the listener refused itself (`proxy._http_rules.Verdict.reason`)."""

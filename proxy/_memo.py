@@ -1,0 +1,55 @@
+"""A memo bounded in entries and in bytes: what the hit path remembers (request heads by their
+bytes, ready hit responses by key).
+
+When an entry would not fit, the oldest eighth goes (first in, first out; at least what the new
+entry needs), so a working set a little larger than the memo still finds most of its entries and
+eviction costs one pass per eighth, not one per insertion. `entries` is the plain dict, for the
+hot path's ``get``; only `put` and `pop` change it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["Memo"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Memo(Generic[K, V]):
+    """`max_entries` entries and `max_bytes` by `cost` at most (see the module docstring)."""
+
+    __slots__ = ("_cost", "_max_bytes", "_max_entries", "bytes", "entries")
+
+    def __init__(self, cost: Callable[[K, V], int], max_entries: int, max_bytes: int) -> None:
+        self.entries: dict[K, V] = {}
+        self.bytes = 0  # the sum of `cost` over the entries
+        self._cost = cost
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+
+    def put(self, key: K, value: V) -> bool:
+        """Remember `value` under `key` (the newest entry); False when it can never fit."""
+        cost = self._cost(key, value)
+        if not self._max_entries or cost > self._max_bytes:
+            return False
+        self.pop(key)
+        entries = self.entries
+        if len(entries) >= self._max_entries or self.bytes + cost > self._max_bytes:
+            for old in list(itertools.islice(entries, max(1, len(entries) // 8))):
+                self.pop(old)
+            while entries and self.bytes + cost > self._max_bytes:
+                self.pop(next(iter(entries)))
+        entries[key] = value
+        self.bytes += cost
+        return True
+
+    def pop(self, key: K) -> V | None:
+        """Forget `key`; its value, or None when it was not remembered."""
+        value = self.entries.pop(key, None)
+        if value is not None:
+            self.bytes -= self._cost(key, value)
+        return value
