@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import inspect
 import logging
 import os
@@ -58,6 +57,7 @@ from tokencache.plugin import (
 from ._app import ProxyApp
 from ._config import Address, Settings
 from ._errors import ConfigError
+from ._gc import settle as settle_gc
 from ._health import AppServer, Readiness, build_app
 from ._http_request import ListenerLimits
 from ._logging import configure_logging
@@ -206,10 +206,7 @@ class ProxyService:
         self._register_metrics(ws)
         self._start_pushers(ws)
         await self._start_side_servers()
-        # Everything made so far (modules, settings, the app) lives as long as the process: out
-        # of the collector's sight, so a full collection does not walk it again and again.
-        gc.collect()
-        gc.freeze()
+        settle_gc()  # (see proxy._gc)
         self.readiness.started = True
         _log.info(
             "proxy started",

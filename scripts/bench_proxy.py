@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import pwd
 import re
@@ -95,6 +94,7 @@ def serve_proxy(port: int, backend_url: str) -> None:
     """The proxy's data path alone, single node, under uvloop when available."""
     import tokencache
     from tests.support.proxy_app import proxy_app
+    from tokencache.proxy._gc import settle as settle_gc
 
     async def run() -> None:
         ws = tokencache.Workspace()
@@ -102,8 +102,7 @@ def serve_proxy(port: int, backend_url: str) -> None:
             backend_url, ws, backend_timeout=30.0, cache_ttl=3600.0, group_bytes=64 << 20
         )
         await app.start("127.0.0.1", port)
-        gc.collect()  # as the service does once started (proxy._service)
-        gc.freeze()
+        settle_gc()  # as the service does once started (proxy._service)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
