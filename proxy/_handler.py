@@ -877,7 +877,8 @@ def _no_peek(key: str) -> tuple[bytes, float | None] | None:
 
 
 def _ready_cost(key: str, ready: _Ready) -> int:
-    return len(ready.data) + len(ready.value)
+    # The key too: a target of up to max_url_bytes, often far longer than a small response.
+    return len(key) + len(ready.data) + len(ready.value)
 
 
 def _no_entries() -> float:

@@ -32,11 +32,12 @@ class Memo(Generic[K, V]):
         self._max_bytes = max_bytes
 
     def put(self, key: K, value: V) -> bool:
-        """Remember `value` under `key` (the newest entry); False when it can never fit."""
+        """Remember `value` under `key` (the newest entry); False (and `key` forgotten) when it
+        can never fit."""
         cost = self._cost(key, value)
+        self.pop(key)  # (also when the new value does not fit: the old one is no longer right)
         if not self._max_entries or cost > self._max_bytes:
             return False
-        self.pop(key)
         entries = self.entries
         if len(entries) >= self._max_entries or self.bytes + cost > self._max_bytes:
             for old in list(itertools.islice(entries, max(1, len(entries) // 8))):

@@ -49,3 +49,20 @@ def test_the_oldest_eighth_goes_first() -> None:
     memo.put("01", b"")  # a replaced entry becomes the newest
     memo.put("new", b"")
     assert list(memo.entries) == [f"{i:02}" for i in range(3, 16) if i != 1] + ["01", "new"]
+
+
+def test_a_put_that_cannot_fit_forgets_the_old_value() -> None:
+    memo: Memo[str, bytes] = Memo(_cost, 4, 10)
+    assert memo.put("k", b"old")
+    assert not memo.put("k", b"far too large a value")
+    assert "k" not in memo.entries and memo.bytes == 0
+
+
+def test_a_ready_record_counts_its_key() -> None:
+    # A long target with a small response: the key is most of what the record keeps alive.
+    from tokencache.proxy._handler import _Ready, _ready_cost
+
+    key = "GET /" + "a" * 8000
+    fields = (b"v" * 100, 200, 0, 60.0, 60.0, 0, 10, 60, 0, b"d" * 150, None, 0.0, None)
+    ready = _Ready(*fields)  # type: ignore[arg-type]
+    assert _ready_cost(key, ready) >= len(key) + 250
