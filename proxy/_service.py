@@ -57,6 +57,7 @@ from tokencache.plugin import (
 from ._app import ProxyApp
 from ._config import Address, Settings
 from ._errors import ConfigError
+from ._gc import collect_periodically
 from ._gc import settle as settle_gc
 from ._health import AppServer, Readiness, build_app
 from ._http_request import ListenerLimits
@@ -114,6 +115,7 @@ class ProxyService:
         self._discovery: PeerSource | None = None
         self._servers: list[AppServer] = []
         self._pushers: list[PushExporter] = []
+        self._collector: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -207,6 +209,7 @@ class ProxyService:
         self._start_pushers(ws)
         await self._start_side_servers()
         settle_gc()  # (see proxy._gc)
+        self._collector = asyncio.get_running_loop().create_task(collect_periodically())
         self.readiness.started = True
         _log.info(
             "proxy started",
@@ -433,6 +436,8 @@ class ProxyService:
         if self._closed:
             return
         self._closed = True
+        if self._collector is not None:
+            self._collector.cancel()
         steps: list[Callable[[], Any]] = [s.close for s in reversed(self._servers)]
         steps.extend(p.stop for p in self._pushers)
         if self._discovery is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
-from tokencache.proxy._gc import THRESHOLDS, settle
+import pytest
+
+from tokencache.proxy._gc import THRESHOLDS, collect_periodically, settle
 
 
 def test_settle_freezes_what_exists_and_raises_the_thresholds() -> None:
@@ -22,3 +25,18 @@ def test_settle_freezes_what_exists_and_raises_the_thresholds() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_a_full_collection_runs_periodically() -> None:
+    slept: list[float] = []
+    collected: list[int] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) > 3:
+            raise asyncio.CancelledError  # the service cancels it on shutdown
+
+    with pytest.raises(asyncio.CancelledError):
+        await collect_periodically(30.0, sleep=sleep, collect=lambda: collected.append(1))
+    assert slept == [30.0] * 4
+    assert len(collected) == 3  # one after each full interval
