@@ -11,6 +11,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from hypothesis import example, given
+from hypothesis import strategies as st
+
 from tokencache import Entry, GroupcacheCollector, LRUCache, Workspace
 from tokencache._admission import (
     LUCKY_ONE_IN,
@@ -262,3 +265,34 @@ async def test_collector_exports_hot_admissions_and_hit_ratio() -> None:
     hot = node.hot_cache.stats
     assert hot.hits == 3
     assert ratio == hot.hits / hot.gets and 0.5 <= ratio < 1
+
+
+@given(
+    runs=st.lists(
+        st.tuples(st.integers(-1, 40), st.integers(1, 300)),  # (-1: the ticket's key; else another)
+        max_size=40,
+    )
+)
+@example(runs=[(-1, 300)] * 10)  # past a halving (every 2,560 accesses here) while saturated
+@example(runs=[(-1, 20), (3, 300)] * 9)
+def test_a_hot_tickets_hits_count_exactly_as_records(runs: list[tuple[int, int]]) -> None:
+    # The ticket skips the counter updates once its key's counters are all at the maximum (until
+    # the next halving): the sketch must end up exactly as if every hit had been recorded.
+    from tokencache import GroupStats, HitTicket
+
+    cache = LRUCache(FakeClock())
+    cache.add("hot", b"v", None)
+    item = cache.item("hot")
+    assert item is not None
+    ticketed, plain = FrequencySketch(256), FrequencySketch(256)
+    ticket = HitTicket(cache, item, "hot", GroupStats(), ticketed)
+    for key, repeat in runs:
+        for _ in range(repeat):
+            if key < 0:
+                assert ticket.hit()
+                plain.record("hot")
+            else:
+                ticketed.record(f"k{key}")
+                plain.record(f"k{key}")
+        assert ticketed._table == plain._table
+        assert (ticketed._samples, ticketed.resets) == (plain._samples, plain.resets)

@@ -71,6 +71,10 @@ class FrequencySketch:
         """Counters per row."""
         return self._width
 
+    def indexes(self, key: str) -> tuple[int, int, int, int]:
+        """The four counters of ``key`` (fixed for the sketch's life: a caller may keep them)."""
+        return self._indexes(key)
+
     def _indexes(self, key: str) -> tuple[int, int, int, int]:
         h = hash(key)
         m = self._mask
@@ -84,12 +88,29 @@ class FrequencySketch:
 
     def record(self, key: str) -> None:
         """Count one access to ``key``; halve every counter once enough accesses were counted."""
+        self.record_at(self._indexes(key))
+
+    def record_at(self, indexes: tuple[int, int, int, int]) -> bool:
+        """`record` for a key whose `indexes` are known; True when its four counters are all at
+        the maximum afterwards (until the next halving, `tick` then does the same work)."""
         table = self._table
-        for i in self._indexes(key):
+        full = True
+        for i in indexes:
             byte = table[i >> 1]
             shift = (i & 1) << 2
-            if (byte >> shift) & 0xF < MAX_COUNT:
+            count = (byte >> shift) & 0xF
+            if count < MAX_COUNT:
                 table[i >> 1] = byte + (1 << shift)
+                full = full and count + 1 == MAX_COUNT
+        self._samples += 1
+        if self._samples >= self._sample_size:
+            self._age()
+            return False
+        return full
+
+    def tick(self) -> None:
+        """Count one access to a key whose counters are all at the maximum (`record_at` said so,
+        no halving since): only the access count that drives the halving moves."""
         self._samples += 1
         if self._samples >= self._sample_size:
             self._age()

@@ -152,11 +152,11 @@ class Group:
         """A `HitTicket` for the entry of ``key`` that holds exactly ``value`` (the object a peek
         just returned), or None when it is no longer there. Counts nothing."""
         main, hot = self.main_cache, self.hot_cache
-        caches = ((main, None, None), (hot, self._admission.record, main))
-        for cache, record, missed in caches:
+        caches = ((main, None, None), (hot, self._admission.sketch, main))
+        for cache, sketch, missed in caches:
             item = cache.item(key)
             if item is not None and item.live and item.value is value and not item.marker:
-                return HitTicket(cache, item, key, self.stats, record, missed)
+                return HitTicket(cache, item, key, self.stats, sketch, missed)
         return None
 
     def peek_stale(self, key: str) -> tuple[bytes, float] | None:

@@ -12,10 +12,10 @@ hot copy the admission policy's frequency. Expiry is the caller's to check, agai
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ._admission import FrequencySketch
     from ._lru import LRUCache, _Item
     from ._stats import GroupStats
 
@@ -25,7 +25,17 @@ __all__ = ["HitTicket"]
 class HitTicket:
     """One live entry of a group's cache (made by `Group.ticket`; see the module docstring)."""
 
-    __slots__ = ("_cache", "_item", "_key", "_missed", "_record", "_stats", "expires_at")
+    __slots__ = (
+        "_cache",
+        "_full",
+        "_indexes",
+        "_item",
+        "_key",
+        "_missed",
+        "_sketch",
+        "_stats",
+        "expires_at",
+    )
 
     def __init__(
         self,
@@ -33,7 +43,7 @@ class HitTicket:
         item: _Item,
         key: str,
         stats: GroupStats,
-        record: Callable[[str], None] | None,
+        sketch: FrequencySketch | None,
         missed: LRUCache | None = None,
     ) -> None:
         self._cache = cache
@@ -42,7 +52,12 @@ class HitTicket:
         self._item = item
         self._key = key
         self._stats = stats
-        self._record = record
+        # A hot copy's hits are counted in the admission's sketch, at the key's counters (worked
+        # out once); once they are all at the maximum, until the next halving (`resets`), a hit
+        # only moves the sketch's access count (`tick`): the same result for less work.
+        self._sketch = sketch
+        self._indexes = sketch.indexes(key) if sketch is not None else (0, 0, 0, 0)
+        self._full = -1
         # When the entry expires, on the group's clock (None: never).
         self.expires_at = item.expires_at
 
@@ -61,6 +76,10 @@ class HitTicket:
         stats = self._stats
         stats.gets += 1
         stats.cache_hits += 1
-        if self._record is not None:
-            self._record(self._key)  # a hot copy: its frequency decides what stays hot
+        sketch = self._sketch
+        if sketch is not None:  # a hot copy: its frequency decides what stays hot
+            if self._full == sketch.resets:
+                sketch.tick()
+            elif sketch.record_at(self._indexes):
+                self._full = sketch.resets
         return True
