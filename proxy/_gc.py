@@ -27,17 +27,26 @@ import asyncio
 import gc
 from collections.abc import Awaitable, Callable
 
-__all__ = ["FULL_EVERY", "THRESHOLDS", "collect_periodically", "settle"]
+__all__ = ["FULL_EVERY", "THRESHOLDS", "collect_periodically", "restore", "settle"]
 
 THRESHOLDS = (20_000, 20, 100)
 FULL_EVERY = 60.0
 
 
-def settle() -> None:
-    """Collect, freeze what exists and set `THRESHOLDS` (call once the process has started)."""
+def settle() -> tuple[int, int, int]:
+    """Collect, freeze what exists and set `THRESHOLDS` (call once the process has started);
+    the thresholds before, for `restore`."""
+    before = gc.get_threshold()
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+    return before
+
+
+def restore(before: tuple[int, int, int]) -> None:
+    """Undo `settle` (a service stopped in a process that goes on: an embedding, a test)."""
+    gc.set_threshold(*before)
+    gc.unfreeze()
 
 
 async def collect_periodically(

@@ -57,7 +57,7 @@ from tokencache.plugin import (
 from ._app import ProxyApp
 from ._config import Address, Settings
 from ._errors import ConfigError
-from ._gc import collect_periodically
+from ._gc import collect_periodically, restore
 from ._gc import settle as settle_gc
 from ._health import AppServer, Readiness, build_app
 from ._http_request import ListenerLimits
@@ -116,6 +116,7 @@ class ProxyService:
         self._servers: list[AppServer] = []
         self._pushers: list[PushExporter] = []
         self._collector: asyncio.Task[None] | None = None
+        self._gc_before: tuple[int, int, int] | None = None
         self._closed = False
 
     @property
@@ -208,7 +209,7 @@ class ProxyService:
         self._register_metrics(ws)
         self._start_pushers(ws)
         await self._start_side_servers()
-        settle_gc()  # (see proxy._gc)
+        self._gc_before = settle_gc()  # (see proxy._gc)
         self._collector = asyncio.get_running_loop().create_task(collect_periodically())
         self.readiness.started = True
         _log.info(
@@ -438,6 +439,8 @@ class ProxyService:
         self._closed = True
         if self._collector is not None:
             self._collector.cancel()
+        if self._gc_before is not None:
+            restore(self._gc_before)
         steps: list[Callable[[], Any]] = [s.close for s in reversed(self._servers)]
         steps.extend(p.stop for p in self._pushers)
         if self._discovery is not None:

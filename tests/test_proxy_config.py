@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import io
 import json
@@ -737,6 +738,7 @@ async def test_service_readiness_follows_discovery_and_drain_leaves_the_ring() -
         return sources[-1]
 
     service = ProxyService(settings, install_tracer=False, peer_source=factory)
+    collector_before = gc.get_threshold()
     await service.start()
     try:
         async with httpx.AsyncClient(timeout=10) as client:
@@ -756,6 +758,10 @@ async def test_service_readiness_follows_discovery_and_drain_leaves_the_ring() -
             assert 'group="path"' in metrics
             assert "in-process-secret" not in metrics
             assert await service.shutdown() is True
+            # The collector's settings (proxy._gc) are the process's: a stopped in-process
+            # service gives them back.
+            assert gc.get_threshold() == collector_before
+            assert gc.get_freeze_count() == 0
     finally:
         await runner.cleanup()
     assert service.readiness.reason() == "draining"

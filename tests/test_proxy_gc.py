@@ -7,14 +7,14 @@ import gc
 
 import pytest
 
-from tokencache.proxy._gc import THRESHOLDS, collect_periodically, settle
+from tokencache.proxy._gc import THRESHOLDS, collect_periodically, restore, settle
 
 
 def test_settle_freezes_what_exists_and_raises_the_thresholds() -> None:
     before = gc.get_threshold()
     try:
         made_before = [object() for _ in range(3)]
-        settle()
+        assert settle() == before
         assert gc.get_threshold() == THRESHOLDS
         assert gc.get_freeze_count() >= len(made_before)
         # Cycles are still collected: a young one made after is found by a collection.
@@ -23,8 +23,9 @@ def test_settle_freezes_what_exists_and_raises_the_thresholds() -> None:
         del cycle
         assert gc.collect() >= 1
     finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
+        restore(before)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
 
 
 async def test_a_full_collection_runs_periodically() -> None:
