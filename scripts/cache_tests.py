@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -158,6 +159,9 @@ def run_suite(suite: Path, work: Path, extra_env: dict[str, str]) -> dict[str, A
         "METRICS_ADDR": f"127.0.0.1:{metrics}",
         "PEER_DISCOVERY": "static",
         "GROUPCACHE_PEERS": f"http://127.0.0.1:{peer}",
+        # Static peers need a peer secret (the peer port refuses unsigned requests).
+        "GROUPCACHE_PEER_SECRET": secrets.token_hex(16),
+        "PROXY_WORKERS": "1",  # one process: the suite's one cache (the default is one per CPU)
         "CACHE_TTL": "0",
         "CACHE_ERROR_TTL": "0",
         "TRACE": "false",
