@@ -16,9 +16,11 @@ with 100-150 ms pauses at p99 (wrk, 64 connections). So, once started:
   3,800 with the defaults), so a full collection also runs every `FULL_EVERY` seconds
   (`collect_periodically`): one pause a minute, garbage bounded by about a minute of traffic.
 
-Measured side by side (`python -m scripts.bench_cluster --keys 30000`'s lone node): 12,300-14,600
-req/s at p99 118-152 ms before, 18,900-22,200 req/s at p99 10-12 ms after — the same as with the
-collector off.
+Measured side by side on a lone proxy started as `scripts.bench_cluster` starts it (30,000 cached
+1 KiB URLs, wrk -t2 -c64 with its random-URL script, the thresholds set per run from a
+``sitecustomize``): 12,300-14,600 req/s at p99 118-152 ms with the defaults, 18,900-22,200 req/s
+at p99 10-12 ms with these — the same as with the collector off. `make bench`'s lone 30,000-key
+row moved from 10,740 req/s (p99 171 ms) to 15,937-18,044 req/s (p99 15-20 ms) across runs.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ class _Ready(NamedTuple):
     ttl_s: int
     age: int
     data: bytes
-    ticket: tokencache.HitTicket | None
+    ticket: tokencache.HitTicket
     until: float
     series: Series
 
@@ -233,13 +233,7 @@ class CacheHandler:
         if ready is None:
             return False
         started = self._now()
-        ticket = ready.ticket
-        if (
-            ticket is None
-            or self._entry_now() >= ready.until
-            or conn.listener.draining
-            or not ticket.hit()
-        ):
+        if self._entry_now() >= ready.until or conn.listener.draining or not ready.ticket.hit():
             return False
         conn.write(ready.data)
         ready.series.observe(self._now() - started)
@@ -426,27 +420,28 @@ class CacheHandler:
         if keep_ready and method != "HEAD" and not connection and len(data) <= _READY_MAX_BYTES:
             group = self._group
             ticket = None if group is None else group.ticket(key, value)
-            until = -math.inf
+            # No ticket: `value` is not a cache entry's own object (a Vary record's default
+            # response is a slice made per hit), so no later hit could find it again.
             if ticket is not None:
                 until = ready_until(ticket.expires_at, stored_ttl, elapsed, fresh, ttl_s)
-            self._readies.put(
-                key,
-                _Ready(
-                    value,
-                    status,
-                    base_age,
-                    stored_ttl,
-                    fresh,
-                    head_start,
-                    head_end,
-                    ttl_s,
-                    age,
-                    data,
-                    ticket,
-                    until,
-                    self._metrics.series(method, status, "hit", req.target),
-                ),
-            )
+                self._readies.put(
+                    key,
+                    _Ready(
+                        value,
+                        status,
+                        base_age,
+                        stored_ttl,
+                        fresh,
+                        head_start,
+                        head_end,
+                        ttl_s,
+                        age,
+                        data,
+                        ticket,
+                        until,
+                        self._metrics.series(method, status, "hit", req.target),
+                    ),
+                )
         return status
 
     def _hit_span(self, req: Request, status: int) -> None:
