@@ -7,6 +7,8 @@ point; the engine's own encoders are checked against them and round-trip every v
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import struct
 
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from tests.support import peer_wire
 from tokencache import Fetched, Kind
 from tokencache import _protocol as p
+from tokencache import _signing as sig
 from tokencache._channel import Channel
 from tokencache._liveness import InFlight
 from tokencache._ratelog import RateLimitedLog
@@ -137,6 +140,22 @@ def test_frames_flow_both_ways_with_macs() -> None:
     # byte by byte: frames come out only when complete
     got = [f for i in range(len(data)) for f in client.receive(data[i : i + 1])]
     assert got == [(p.OK, 2, b""), (p.VALUE, 1, b"v")]
+
+
+@given(
+    key=st.binary(min_size=1, max_size=200),
+    seq=st.integers(min_value=0, max_value=2**64 - 1),
+    frame=st.binary(max_size=3000),
+)
+def test_a_frame_key_is_hmac_sha256_of_seq_and_frame(key: bytes, seq: int, frame: bytes) -> None:
+    # The precomputed key states must give the documented MAC for every key length (keys over
+    # SHA-256's 64-byte block are hashed first), sequence number and frame, bytes or a view.
+    expected = hmac.new(key, struct.pack("!Q", seq) + frame, hashlib.sha256).digest()[:16]
+    frame_key = sig.FrameKey(key)
+    assert frame_key.mac(seq, frame) == expected
+    assert frame_key.mac(seq, memoryview(bytearray(frame))) == expected
+    assert frame_key.matches(seq, frame, expected)
+    assert not frame_key.matches(seq + 1 if seq < 2**64 - 1 else 0, frame, expected)
 
 
 def test_replayed_reordered_and_tampered_frames_fail_the_mac() -> None:

@@ -48,6 +48,9 @@ _STATUS_ERRORS = {
     STATUS_AUTH_MISMATCH: (p.UNAUTHORIZED, "peer secret configured on one side only"),
 }
 
+# The frame keys before the handshake derived them: a key nobody holds, so a frame sealed or
+# checked too early (never, by the state machine) could only fail.
+_NO_KEY = sig.FrameKey(os.urandom(32))
 Frame = tuple[int, int, bytes]  # (type, request id, payload)
 Limits = Callable[[int], int | None]  # frame type -> max payload bytes, None: not allowed here
 
@@ -90,7 +93,7 @@ class Channel:
         self._buf = bytearray()
         self._out = bytearray()
         self._hello = b""
-        self._send_key = self._recv_key = b""
+        self._send_key = self._recv_key = _NO_KEY
         self._send_seq = self._recv_seq = 0
         self.heartbeat_ms = max(0, min(heartbeat_ms, 0xFFFF))
         self._opened = False
@@ -194,7 +197,8 @@ class Channel:
             if not sig.proof_matches(sig.server_proof(self._key, transcript), proof):
                 raise p.ProtocolError(p.UNAUTHORIZED, "peer did not prove the secret")
             self._out += sig.client_proof(self._key, transcript)
-            self._send_key, self._recv_key = sig.session_keys(self._key, transcript)
+            send, recv = sig.session_keys(self._key, transcript)
+            self._send_key, self._recv_key = sig.FrameKey(send), sig.FrameKey(recv)
         self._open()
         return True
 
@@ -207,7 +211,8 @@ class Channel:
         assert self._key is not None
         if not sig.proof_matches(sig.client_proof(self._key, self._hello), proof):
             raise p.ProtocolError(p.UNAUTHORIZED, "client did not prove the secret")
-        self._recv_key, self._send_key = sig.session_keys(self._key, self._hello)
+        recv, send = sig.session_keys(self._key, self._hello)
+        self._recv_key, self._send_key = sig.FrameKey(recv), sig.FrameKey(send)
         self._open()
         return True
 
@@ -232,7 +237,7 @@ class Channel:
                 break
             if mac:
                 signed = memoryview(buf)[pos : end - mac]
-                ok = sig.mac_matches(self._recv_key, self._recv_seq, signed, buf[end - mac : end])
+                ok = self._recv_key.matches(self._recv_seq, signed, buf[end - mac : end])
                 signed.release()
                 if not ok:
                     raise p.ProtocolError(p.UNAUTHORIZED, "bad frame MAC")
@@ -251,7 +256,7 @@ class Channel:
         if not self._mac:
             return head + payload
         data = head + payload
-        mac = sig.frame_mac(self._send_key, self._send_seq, data)
+        mac = self._send_key.mac(self._send_seq, data)
         self._send_seq += 1
         return data + mac
 

@@ -14,6 +14,7 @@ wall clock, no throughput cap.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 
@@ -25,6 +26,9 @@ _SEQ = struct.Struct("!Q")
 _SERVER_LABEL = b"tokencache/1 server proof\x00"
 _CLIENT_LABEL = b"tokencache/1 client proof\x00"
 _KEYS_LABEL = b"tokencache/1 session keys\x00"
+_BLOCK = 64  # SHA-256's block size, HMAC's key padding
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 def as_key(secret: bytes | str) -> bytes:
@@ -56,11 +60,36 @@ def session_keys(secret: bytes, transcript: bytes) -> tuple[bytes, bytes]:
     return hmac.digest(master, b"c2s", "sha256"), hmac.digest(master, b"s2c", "sha256")
 
 
-def frame_mac(key: bytes, seq: int, frame: bytes | memoryview) -> bytes:
-    """The MAC of the ``seq``-th frame sent with ``key`` (``frame``: length prefix to payload)."""
-    return hmac.digest(key, _SEQ.pack(seq) + frame, "sha256")[:MAC_BYTES]
+class FrameKey:
+    """One direction's frame key: ``mac(seq, frame)`` is ``HMAC-SHA256(key, seq || frame)``
+    truncated to `MAC_BYTES`.
 
+    HMAC is ``H((K ^ opad) || H((K ^ ipad) || m))``: the hash states after the first block of
+    each ``H`` depend on the key alone, so they are worked out once per connection and copied
+    per frame (RFC 2104's precomputation). ``hmac.digest`` keys a new HMAC every call, under
+    OpenSSL 3 with an algorithm fetch and locks: measured here 1.3-1.8 us a frame against
+    0.6-1.1 us this way, at four MACs per remote hit. The output is the same bytes.
+    """
 
-def mac_matches(key: bytes, seq: int, frame: bytes | memoryview, mac: bytes | bytearray) -> bool:
-    """Whether ``mac`` authenticates ``frame`` as the ``seq``-th frame under ``key``."""
-    return hmac.compare_digest(frame_mac(key, seq, frame), mac)
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\x00")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def mac(self, seq: int, frame: bytes | memoryview) -> bytes:
+        """The MAC of the ``seq``-th frame sent with this key (``frame``: length prefix to
+        payload)."""
+        inner = self._inner.copy()
+        inner.update(_SEQ.pack(seq))
+        inner.update(frame)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:MAC_BYTES]
+
+    def matches(self, seq: int, frame: bytes | memoryview, mac: bytes | bytearray) -> bool:
+        """Whether ``mac`` authenticates ``frame`` as the ``seq``-th frame under this key."""
+        return hmac.compare_digest(self.mac(seq, frame), mac)
