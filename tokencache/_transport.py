@@ -59,7 +59,10 @@ class _Connection(asyncio.Protocol):
         self.peer = peer
         self.channel = channel
         self.inflight: InFlight[_Waiter] = InFlight(liveness)
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() makes a getpid() system call per call on CPython
+        # 3.11, twice per request on the hit path.
+        self._loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self._loop.create_future()
         self.open = False
         self._clock = clock
         self._transport: asyncio.Transport | None = None
@@ -74,7 +77,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self._writer = BatchWriter(self._transport, asyncio.get_running_loop())
+        self._writer = BatchWriter(self._transport, self._loop)
         self._transport.write(self.channel.start())
 
     def data_received(self, data: bytes) -> None:
@@ -113,12 +116,12 @@ class _Connection(asyncio.Protocol):
     def request(self, kind: int, payload: bytes, max_wait: float) -> _Waiter:
         """Send one request; the future gets its answer (or a ``PeerError``)."""
         self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1  # 0 is the connection's own id
-        waiter: _Waiter = asyncio.get_running_loop().create_future()
+        waiter: _Waiter = self._loop.create_future()
         self.inflight.add(rid, waiter, self._clock.now(), max_wait)
         assert self._writer is not None
         self._writer.write(self.channel.frame(kind, rid, payload))
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._tick, self._check)
+            self._timer = self._loop.call_later(self._tick, self._check)
         return waiter
 
     def _check(self) -> None:
@@ -131,7 +134,7 @@ class _Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(PeerError(self.peer, "no answer within the maximum load time"))
         if len(self.inflight):
-            self._timer = asyncio.get_running_loop().call_later(self._tick, self._check)
+            self._timer = self._loop.call_later(self._tick, self._check)
 
     def _fail(self, reason: str) -> None:
         """Fail everything on this connection as unreachable and drop it (idempotent)."""
