@@ -151,8 +151,29 @@ _EPSILON = 0.001
 _MAX_CONTEXT_BYTES = 64 << 10
 
 
-def _request_id() -> bytes:
-    return secrets.token_bytes(12)
+class RequestIds:
+    """Fresh random 12-byte request ids, drawn from the system's random source 256 at a time:
+    one ``getrandom`` system call per id was a measurable part of a remote hit. Ids must not
+    repeat across the cluster (an owner's pass record names the request that triggered it);
+    96 random bits make that as unlikely as drawing them one by one. A process makes its own
+    (proxy workers are exec'd, never forked with a filled buffer)."""
+
+    __slots__ = ("_buf", "_pos")
+
+    _SIZE = 12
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf = secrets.token_bytes(self._SIZE * self._BATCH)
+            pos = 0
+        self._pos = pos + self._SIZE
+        return self._buf[pos : pos + self._SIZE]
 
 
 class CacheHandler:
@@ -169,7 +190,7 @@ class CacheHandler:
         trace_client_sampled_hits: bool = False,
         now: Callable[[], float] = time.perf_counter,
         purge_token: bytes | None = None,
-        new_request_id: Callable[[], bytes] = _request_id,
+        new_request_id: Callable[[], bytes] | None = None,
         ready_bytes: int = READY_BYTES,
     ) -> None:
         self._policy = policy
@@ -177,7 +198,7 @@ class CacheHandler:
         self._forwarder = forwarder
         self.forwarder = forwarder
         self.logger = logger
-        self.new_request_id = new_request_id
+        self.new_request_id = new_request_id or RequestIds()
         self._purge_token = purge_token or None
         # key -> (monotonic time until which this node forwards it, why): hit-for-pass
         self._passes: dict[str, tuple[float, str]] = {}

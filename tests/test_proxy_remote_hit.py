@@ -20,6 +20,7 @@ import tokencache
 from tests.support.fake_transport import FakeTransport
 from tests.support.proxy_app import proxy_app
 from tokencache.proxy._app import ProxyApp
+from tokencache.proxy._handler import RequestIds
 from tokencache.proxy._http import Connection
 
 Done = Callable[[tokencache.Fetched | BaseException], None]
@@ -218,3 +219,12 @@ async def test_a_drain_waits_for_a_held_request_that_goes_down_the_slow_path(set
     assert not drained.done(), "the drain ended while the request was still being answered"
     await _until(lambda: b"body of /d" in transport.out, "the slow path's answer")
     assert await drained
+
+
+def test_request_ids_are_fresh_across_batches_and_handlers() -> None:
+    # Drawn 256 at a time: ids must still never repeat, within a batch, across refills and
+    # between two processes' handlers (an owner's pass record names its trigger by id).
+    first, second = RequestIds(), RequestIds()
+    ids = [first() for _ in range(1000)] + [second() for _ in range(1000)]
+    assert all(len(i) == 12 for i in ids)
+    assert len(set(ids)) == len(ids)
