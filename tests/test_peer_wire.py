@@ -143,21 +143,38 @@ async def test_every_operation_round_trips(server: tuple[Workspace, str]) -> Non
         await transport.close()
 
 
-async def test_many_requests_share_one_connection_and_answer_out_of_order(
-    server: tuple[Workspace, str],
-) -> None:
-    ws, url = server
+async def test_many_requests_share_one_connection_and_answer_out_of_order() -> None:
+    # The slow load waits for the test, not for a clock: it is under way before the quick ones
+    # are sent and ends only after all 200 were answered on the same connection.
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def load(key: str) -> Entry:
+        if key == "slow":
+            started.set()
+            await release.wait()
+        return Entry(key.encode(), 30)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ws = Workspace(url, peer_secret=SECRET)
+    ws.set_peers([url])
+    ws.new_group("echo", 1 << 20, load)
+    await ws.serve("127.0.0.1", port)
     transport = WireTransport(secret=SECRET)
     try:
-        slow = asyncio.create_task(transport.fetch(url, "echo", "sleep:0.3"))
-        await asyncio.sleep(0.05)
-        quick = await asyncio.gather(*(transport.fetch(url, "echo", f"q{i}") for i in range(200)))
+        slow = asyncio.create_task(transport.fetch(url, "echo", "slow"))
+        await asyncio.wait_for(started.wait(), 10)
+        fetches = asyncio.gather(*(transport.fetch(url, "echo", f"q{i}") for i in range(200)))
+        quick = await asyncio.wait_for(fetches, 10)  # in-order answers would never get here
         assert not slow.done()  # 200 answers overtook the slow one on the same connection
         assert [f.value for f in quick] == [f"q{i}".encode() for i in range(200)]
-        assert (await slow).value == b"sleep:0.3"
+        release.set()
+        assert (await asyncio.wait_for(slow, 10)).value == b"slow"
         assert ws._server is not None and len(ws._server._connections) == 1
     finally:
+        release.set()
         await transport.close()
+        await ws.close()
 
 
 async def test_unsigned_wrong_secret_replayed_reordered_and_forged_frames_are_refused(
