@@ -33,8 +33,10 @@ import hashlib
 import hmac
 import logging
 import math
+import os
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
@@ -155,10 +157,11 @@ class RequestIds:
     """Fresh random 12-byte request ids, drawn from the system's random source 256 at a time:
     one ``getrandom`` system call per id was a measurable part of a remote hit. Ids must not
     repeat across the cluster (an owner's pass record names the request that triggered it);
-    96 random bits make that as unlikely as drawing them one by one. A process makes its own
-    (proxy workers are exec'd, never forked with a filled buffer)."""
+    96 random bits make that as unlikely as drawing them one by one. A forked child forgets
+    the buffer it inherited (proxy workers are exec'd, but an application may fork after
+    serving, say gunicorn's ``--preload``): parent and child must not hand out the same ids."""
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("__weakref__", "_buf", "_pos")
 
     _SIZE = 12
     _BATCH = 256
@@ -166,6 +169,14 @@ class RequestIds:
     def __init__(self) -> None:
         self._buf = b""
         self._pos = 0
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: RequestIds._forget(ref()))
+
+    @staticmethod
+    def _forget(ids: RequestIds | None) -> None:
+        if ids is not None:
+            ids._buf = b""
+            ids._pos = 0
 
     def __call__(self) -> bytes:
         pos = self._pos

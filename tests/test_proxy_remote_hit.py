@@ -10,6 +10,7 @@ backend; real peers are exercised by the cluster end-to-end tests.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -223,8 +224,33 @@ async def test_a_drain_waits_for_a_held_request_that_goes_down_the_slow_path(set
 
 def test_request_ids_are_fresh_across_batches_and_handlers() -> None:
     # Drawn 256 at a time: ids must still never repeat, within a batch, across refills and
-    # between two processes' handlers (an owner's pass record names its trigger by id).
+    # between two handlers (an owner's pass record names its trigger by id).
     first, second = RequestIds(), RequestIds()
     ids = [first() for _ in range(1000)] + [second() for _ in range(1000)]
     assert all(len(i) == 12 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_child_draws_other_request_ids_than_its_parent() -> None:
+    # A child inherits the parent's unspent buffer: it must not hand out the ids the parent
+    # hands out next (another client's pass record would name the same trigger).
+    ids = RequestIds()
+    ids()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next three ids to the parent, then gone at once
+        try:
+            os.write(write_end, b"".join(ids() for _ in range(3)))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        child = os.read(read_end, 36)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0 and len(child) == 36
+    parent = b"".join(ids() for _ in range(3))
+    assert {child[i : i + 12] for i in range(0, 36, 12)}.isdisjoint(
+        {parent[i : i + 12] for i in range(0, 36, 12)}
+    )

@@ -74,6 +74,7 @@ class FrameKey:
     __slots__ = ("_inner", "_outer")
 
     def __init__(self, key: bytes) -> None:
+        key = bytes(key)
         if len(key) > _BLOCK:
             key = hashlib.sha256(key).digest()
         key = key.ljust(_BLOCK, b"\x00")
