@@ -561,7 +561,8 @@ class Settings:
         "GROUPCACHE_HOT_FRACTION",
         "0.5",
         parse_fraction,
-        "share of GROUPCACHE_SIZE_BYTES for hot copies of keys other pods own (0-1)",
+        "share of GROUPCACHE_SIZE_BYTES for hot copies of keys other pods own (0-1); hot copies "
+        "also use what the owned keys leave free, and give it back first",
     )
     health_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
         "HEALTH_ADDR", ":8888", parse_address, "liveness/readiness listener", kube=(":8888", "")

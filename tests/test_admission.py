@@ -161,8 +161,8 @@ class _Cluster:
         self.loads: Counter[str] = Counter()
         self.ws: dict[str, Workspace] = {}
         self.value = b"x" * 200
-        per_entry = entry_size("key-000", self.value)
-        max_bytes = 8 * hot_entries * per_entry
+        self.per_entry = per_entry = entry_size("key-000", self.value)
+        self.max_bytes = max_bytes = 8 * hot_entries * per_entry
         for url in URLS:
             ws = Workspace(url, clock=self.clock, transport=self.transport, rng=_NeverLucky(1))
             ws.set_peers(URLS)
@@ -187,9 +187,24 @@ class _Cluster:
         keys = (f"{prefix}-{i:03d}" for i in range(10_000))
         return [k for k in keys if self.ws[URLS[0]].owner(k) is not None][:n]
 
+    def own_keys(self, n: int, prefix: str) -> list[str]:
+        """``n`` keys of the form prefix-NNN that URLS[0] owns."""
+        keys = (f"{prefix}-{i:03d}" for i in range(10_000))
+        return [k for k in keys if self.ws[URLS[0]].owner(k) is None][:n]
+
+    async def fill_main(self) -> None:
+        """Load keys URLS[0] owns until its main cache leaves the hot cache only its share
+        (7/8 of the budget), so hot copies cannot borrow room beyond it."""
+        node = self.group(URLS[0])
+        for key in self.own_keys(10_000, "own"):
+            if node.main_cache.bytes + self.per_entry > self.max_bytes * 7 // 8:
+                break
+            await node.get(key)
+
 
 async def test_frequent_keys_stay_hot_through_a_scan_of_one_off_keys() -> None:
     cluster = _Cluster(hot_entries=4)
+    await cluster.fill_main()
     node = cluster.group(URLS[0])
     popular = cluster.remote_keys(4, "pop")
     for _ in range(5):
@@ -212,6 +227,7 @@ async def test_frequent_keys_stay_hot_through_a_scan_of_one_off_keys() -> None:
 
 async def test_a_key_that_becomes_popular_replaces_one_that_is_no_longer_asked_for() -> None:
     cluster = _Cluster(hot_entries=2)
+    await cluster.fill_main()
     node = cluster.group(URLS[0])
     old = cluster.remote_keys(2, "old")
     for _ in range(3):
@@ -224,6 +240,53 @@ async def test_a_key_that_becomes_popular_replaces_one_that_is_no_longer_asked_f
         await node.get(new)  # a miss each time until admitted: fetched from the owner again
     assert new in node.hot_cache
     assert sum(key in node.hot_cache for key in old) == 1
+
+
+async def test_hot_copies_borrow_the_room_main_leaves_free_and_give_it_back_first() -> None:
+    cluster = _Cluster(hot_entries=4)
+    node = cluster.group(URLS[0])
+    # Main is empty: hot copies may use the whole group, far beyond their share of 4 entries.
+    remote = cluster.remote_keys(24, "far")
+    for key in remote:
+        await node.get(key)
+    assert all(key in node.hot_cache for key in remote)
+    assert node.stats.hot_admissions == 24 and node.stats.hot_rejections == 0
+    # Main now loads the keys this node owns: hot copies go first, while they hold more than
+    # their share of main; no owned key is evicted for them.
+    own = cluster.own_keys(28, "myk")  # keys as long as the remote ones: entries of one size
+    for key in own:
+        await node.get(key)
+    assert all(key in node.main_cache for key in own)
+    assert node.main_cache.stats.evictions == 0
+    assert node.main_cache.bytes + node.hot_cache.bytes <= cluster.max_bytes
+    assert len(node.hot_cache) == 32 - 28  # what is left once main holds 28 of 32 entries
+    # Full now: a new remote key must win its place from a copy asked for as often (it is not).
+    extra = cluster.remote_keys(25, "far")[-1]
+    await node.get(extra)
+    assert extra not in node.hot_cache and node.stats.hot_rejections == 1
+
+
+async def test_a_hot_fraction_of_zero_keeps_no_copies_even_with_room_free() -> None:
+    clock, transport = FakeClock(), LocalTransport()
+    loads: Counter[str] = Counter()
+
+    async def load(key: str) -> Entry:
+        loads[key] += 1
+        return Entry(b"v" * 100, 60)
+
+    groups = []
+    for url in URLS:
+        ws = Workspace(url, clock=clock, transport=transport, rng=_NeverLucky(1))
+        ws.set_peers(URLS)
+        groups.append(ws.new_group("g", 1 << 20, load, hot_fraction=0))
+        transport.register(url, ws)
+    keys = [f"k{i}" for i in range(50)]
+    remote = [k for k in keys if groups[0]._peers.owner(k) is not None]
+    for key in remote:
+        await groups[0].get(key)
+        await groups[0].get(key)
+    assert len(groups[0].hot_cache) == 0 and groups[0].stats.hot_admissions == 0
+    assert set(loads.values()) == {1}
 
 
 async def test_remove_reaches_admitted_hot_copies_on_every_node() -> None:

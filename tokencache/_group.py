@@ -105,7 +105,10 @@ class Group:
         self.main_cache = LRUCache(clock, stale_window)
         self.hot_cache = LRUCache(clock, stale_window)
         self._hot_budget = int(max_bytes * hot_fraction)
-        self._admission = HotAdmission(self._hot_budget // HOT_ENTRY_GUESS, rng)
+        # Sized for the most hot copies there can be: hot may borrow what main leaves free.
+        self._admission = HotAdmission(
+            (max_bytes if self._hot_budget > 0 else 0) // HOT_ENTRY_GUESS, rng
+        )
         self.stats = GroupStats()
         self._generations = Generations()
         self._gets: SingleFlight[tuple[str, float], Fetched] = SingleFlight()
@@ -372,11 +375,22 @@ class Group:
         finally:
             self._generations.end(ticket)
 
+    def _hot_room(self) -> int:
+        """The bytes the hot cache may hold now: its share (``hot_fraction`` of ``max_bytes``),
+        or all that main leaves free when that is more. Memory main does not use would otherwise
+        sit idle while requests pay peer hops; it is lent, not given: when main needs room, hot
+        copies go first while they hold more than their share of main (`_store`). A share of 0
+        keeps hot copies off."""
+        budget = self._hot_budget
+        if budget <= 0:
+            return 0
+        return max(budget, self.max_bytes - self.main_cache.bytes)
+
     def _offer_hot(self, key: str, fetched: Fetched) -> None:
         """A copy fetched from its owner becomes a hot copy if the admission policy lets it in."""
         self._admission.record(key)
         size = entry_size(key, fetched.value)
-        if self._admission.make_room(self.hot_cache, key, size, self._hot_budget):
+        if self._admission.make_room(self.hot_cache, key, size, self._hot_room()):
             self.stats.hot_admissions += 1
             marker = fetched.kind is Kind.MARKER
             self._store(self.hot_cache, key, fetched.value, fetched.ttl, marker)
