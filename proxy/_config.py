@@ -553,7 +553,8 @@ class Settings:
             "strict: `1e+08` is refused (the chart renders numbers unquoted correctly)",
         ),
     )
-    # Half the group for hot copies (the engine's default is groupcache's 1/8): behind a
+    # Hot copies up to half the owned keys' bytes, a third of a full group (the engine's default
+    # is groupcache's 1/8 of main): behind a
     # Service every pod is asked for every key, so with N pods (N-1)/N of requests are for keys
     # another pod owns; a pod that can keep the popular part of the whole working set as hot
     # copies serves it without a peer hop, and still has half its budget for the keys it owns.
@@ -561,8 +562,9 @@ class Settings:
         "GROUPCACHE_HOT_FRACTION",
         "0.5",
         parse_fraction,
-        "share of GROUPCACHE_SIZE_BYTES for hot copies of keys other pods own (0-1); hot copies "
-        "also use what the owned keys leave free, and give it back first",
+        "hot copies of keys other pods own, as a share of the owned keys' bytes once the cache is "
+        "full (0-1; 0.5: a third of GROUPCACHE_SIZE_BYTES); they also use what the owned keys "
+        "leave free, and give it back first",
     )
     health_addr: Address = _setting(  # noqa: RUF009 - a dataclasses.field; Address is frozen
         "HEALTH_ADDR", ":8888", parse_address, "liveness/readiness listener", kube=(":8888", "")

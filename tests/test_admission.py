@@ -153,20 +153,36 @@ def test_make_room_takes_expired_entries_without_asking() -> None:
 
 
 class _Cluster:
-    """Three workspaces in-process; ``max_bytes`` small enough that the hot budget is a few keys."""
+    """Three workspaces in-process; ``max_bytes`` small enough that the hot copies' share (what
+    they keep once main is full: hot_fraction / (1 + hot_fraction) of the group) is
+    ``hot_entries``."""
 
-    def __init__(self, *, hot_entries: int, ttl: float | None = 60) -> None:
+    def __init__(
+        self,
+        *,
+        hot_entries: int,
+        ttl: float | None = 60,
+        stale_window: float = 0.0,
+        hot_fraction: float = 0.125,
+    ) -> None:
         self.clock = FakeClock()
         self.transport = LocalTransport()
         self.loads: Counter[str] = Counter()
         self.ws: dict[str, Workspace] = {}
         self.value = b"x" * 200
         self.per_entry = per_entry = entry_size("key-000", self.value)
-        self.max_bytes = max_bytes = 8 * hot_entries * per_entry
+        self.share = hot_entries * per_entry
+        self.max_bytes = max_bytes = round(self.share * (1 + hot_fraction) / hot_fraction)
         for url in URLS:
             ws = Workspace(url, clock=self.clock, transport=self.transport, rng=_NeverLucky(1))
             ws.set_peers(URLS)
-            ws.new_group("g", max_bytes, self._loader(ttl), hot_fraction=0.125)
+            ws.new_group(
+                "g",
+                max_bytes,
+                self._loader(ttl),
+                hot_fraction=hot_fraction,
+                stale_window=stale_window,
+            )
             self.transport.register(url, ws)
             self.ws[url] = ws
 
@@ -193,11 +209,11 @@ class _Cluster:
         return [k for k in keys if self.ws[URLS[0]].owner(k) is None][:n]
 
     async def fill_main(self) -> None:
-        """Load keys URLS[0] owns until its main cache leaves the hot cache only its share
-        (7/8 of the budget), so hot copies cannot borrow room beyond it."""
+        """Load keys URLS[0] owns until its main cache leaves the hot cache only its share, so
+        hot copies cannot borrow room beyond it."""
         node = self.group(URLS[0])
         for key in self.own_keys(10_000, "own"):
-            if node.main_cache.bytes + self.per_entry > self.max_bytes * 7 // 8:
+            if node.main_cache.bytes + self.per_entry > self.max_bytes - self.share:
                 break
             await node.get(key)
 
@@ -259,11 +275,51 @@ async def test_hot_copies_borrow_the_room_main_leaves_free_and_give_it_back_firs
     assert all(key in node.main_cache for key in own)
     assert node.main_cache.stats.evictions == 0
     assert node.main_cache.bytes + node.hot_cache.bytes <= cluster.max_bytes
-    assert len(node.hot_cache) == 32 - 28  # what is left once main holds 28 of 32 entries
+    assert len(node.hot_cache) == 36 - 28  # what is left once main holds 28 of 36 entries
     # Full now: a new remote key must win its place from a copy asked for as often (it is not).
     extra = cluster.remote_keys(25, "far")[-1]
     await node.get(extra)
     assert extra not in node.hot_cache and node.stats.hot_rejections == 1
+
+
+async def test_a_scan_cannot_flush_popular_hot_copies_once_main_is_full() -> None:
+    # Main over-full (more owned keys than the group holds): hot copies keep only their share,
+    # and a scan of one-off keys must neither be admitted for free nor push popular copies out
+    # (at the proxy's hot fraction, where the share is a third of the group).
+    cluster = _Cluster(hot_entries=4, hot_fraction=0.5)
+    node = cluster.group(URLS[0])
+    for key in cluster.own_keys(40, "own"):
+        await node.get(key)
+    popular = cluster.remote_keys(4, "pop")
+    for _ in range(6):
+        for key in popular:
+            await node.get(key)
+    held = [k for k in popular if k in node.hot_cache]
+    assert len(held) >= 3
+    admissions = node.stats.hot_admissions
+    for key in cluster.remote_keys(200, "scn"):  # entries the size of the popular ones
+        await node.get(key)
+    assert all(k in node.hot_cache for k in held)
+    assert node.stats.hot_admissions == admissions
+    assert node.hot_cache.stats.evictions_nonexpired == 0
+
+
+async def test_expired_entries_go_before_live_hot_copies_when_main_needs_room() -> None:
+    # Kept past expiry for stale answers, owned entries that expired are still the first to go:
+    # a live hot copy in borrowed room is not evicted while an expired entry remains.
+    cluster = _Cluster(hot_entries=4, ttl=10, stale_window=300)
+    node = cluster.group(URLS[0])
+    for key in cluster.own_keys(16, "old"):
+        await node.get(key)
+    cluster.clock.advance(11)  # the 16 owned entries expired (kept for stale answers)
+    remote = cluster.remote_keys(16, "hot")
+    for key in remote:
+        await node.get(key)  # fresh copies from their owners, in the room main leaves free
+    assert all(key in node.hot_cache for key in remote)
+    for key in cluster.own_keys(26, "new")[:10]:
+        await node.get(key)
+    assert all(key in node.hot_cache for key in remote)
+    assert node.hot_cache.stats.evictions == 0 and node.main_cache.stats.evictions >= 6
 
 
 async def test_a_hot_fraction_of_zero_keeps_no_copies_even_with_room_free() -> None:
@@ -286,6 +342,7 @@ async def test_a_hot_fraction_of_zero_keeps_no_copies_even_with_room_free() -> N
         await groups[0].get(key)
         await groups[0].get(key)
     assert len(groups[0].hot_cache) == 0 and groups[0].stats.hot_admissions == 0
+    assert groups[0].stats.hot_rejections == 0  # nothing offered: no copies, nothing turned away
     assert set(loads.values()) == {1}
 
 

@@ -26,8 +26,10 @@ detaches the key's flights so callers after it start a fresh load.
 Values loaded here go to the main cache; values fetched from the owner may become hot copies until
 the owner's remaining TTL ends (the wire carries remaining seconds, not a timestamp, so clocks need
 not agree). Which ones is decided by a frequency sketch (``_admission``, TinyLFU): the hot cache
-holds at most ``hot_fraction`` of ``max_bytes``; when full, a candidate displaces the least recently
-used hot copy only if it is asked for more often. A ``Kind.TRANSIENT`` result, or a TTL <= 0,
+holds its share (at most ``hot_fraction`` of main's bytes once the group is full, so
+``hot_fraction / (1 + hot_fraction)`` of ``max_bytes``), or what main leaves free when that is
+more; when full, a candidate displaces the least recently used hot copy only if it is asked for
+more often. A ``Kind.TRANSIENT`` result, or a TTL <= 0,
 reaches the current waiters and is stored nowhere.
 """
 
@@ -104,11 +106,12 @@ class Group:
         self._clock = clock
         self.main_cache = LRUCache(clock, stale_window)
         self.hot_cache = LRUCache(clock, stale_window)
-        self._hot_budget = int(max_bytes * hot_fraction)
-        # Sized for the most hot copies there can be: hot may borrow what main leaves free.
-        self._admission = HotAdmission(
-            (max_bytes if self._hot_budget > 0 else 0) // HOT_ENTRY_GUESS, rng
-        )
+        # Hot copies' share: what `_store` lets them keep once the group is full (hot <=
+        # hot_fraction x main). Admitting past it would only make `_store` evict the least
+        # recently used hot copy at once, unchecked by the sketch (a scan would flush popular
+        # copies).
+        self._hot_budget = int(max_bytes * hot_fraction / (1 + hot_fraction))
+        self._admission = HotAdmission(self._hot_budget // HOT_ENTRY_GUESS, rng)
         self.stats = GroupStats()
         self._generations = Generations()
         self._gets: SingleFlight[tuple[str, float], Fetched] = SingleFlight()
@@ -346,7 +349,8 @@ class Group:
         if elapsed_ms > stats.get_from_peers_latency_slowest_ms:
             stats.get_from_peers_latency_slowest_ms = elapsed_ms
         if (
-            _stores(fetched.ttl, fetched.kind)
+            self._hot_budget > 0
+            and _stores(fetched.ttl, fetched.kind)
             and self._rng.random() < self._hot_probability
             and self._generations.may_store(key, ticket)
         ):
@@ -376,11 +380,11 @@ class Group:
             self._generations.end(ticket)
 
     def _hot_room(self) -> int:
-        """The bytes the hot cache may hold now: its share (``hot_fraction`` of ``max_bytes``),
-        or all that main leaves free when that is more. Memory main does not use would otherwise
-        sit idle while requests pay peer hops; it is lent, not given: when main needs room, hot
-        copies go first while they hold more than their share of main (`_store`). A share of 0
-        keeps hot copies off."""
+        """The bytes the hot cache may hold now: its share (`_hot_budget`), or all that main
+        leaves free when that is more. Memory main does not use would otherwise sit idle while
+        requests pay peer hops; it is lent, not given: when main needs room, hot copies go first
+        while they hold more than ``hot_fraction`` of main's bytes (`_store`). A share that
+        rounds to 0 bytes keeps hot copies off."""
         budget = self._hot_budget
         if budget <= 0:
             return 0
@@ -521,8 +525,11 @@ class Group:
             return
         cache.add(key, value, ttl, marker=marker)
         main, hot = self.main_cache, self.hot_cache
-        # Evict until both fit: from hot while it holds more than its share of main (groupcache).
+        # Evict until both fit: expired entries of either cache first, then from hot while it
+        # holds more than its share of main (groupcache), else main's least recently used.
         while main.bytes + hot.bytes > self.max_bytes:
+            if main.evict_expired_one() or hot.evict_expired_one():
+                continue
             victim = hot if hot.bytes > main.bytes * self._hot_fraction or not len(main) else main
             if not victim.evict_one():
                 break

@@ -214,22 +214,30 @@ class LRUCache:
             self.stats.evictions_nonexpired += 1
         return True
 
-    def evict_one(self) -> bool:
-        """Evict one entry: an expired one if any, else the least recently used. False if empty."""
-        if not self._items:
-            return False
+    def evict_expired_one(self) -> bool:
+        """Evict one expired entry (stale ones included); False when none has expired."""
         now = self._clock.now()
-        while self._heap:
-            expires_at, seq, key = self._heap[0]
+        heap = self._heap
+        while heap:
+            expires_at, seq, key = heap[0]
             if expires_at > now:
-                break
-            heapq.heappop(self._heap)
+                return False
+            heapq.heappop(heap)
             item = self._items.get(key)
             if item is not None and item.seq == seq:
                 self._remove(key)
                 self.stats.evictions += 1
                 return True
-        key, item = self._items.popitem(last=False)
+        return False
+
+    def evict_one(self) -> bool:
+        """Evict one entry: an expired one if any, else the least recently used. False if empty."""
+        if not self._items:
+            return False
+        if self.evict_expired_one():
+            return True
+        now = self._clock.now()
+        _, item = self._items.popitem(last=False)
         item.live = False
         self.bytes -= item.size
         self.stats.evictions += 1

@@ -269,9 +269,10 @@ class Workspace:
     ) -> Group:
         """Create a group; its name must be the same on every process and unique here.
 
-        The hot cache (copies of values other peers own) holds ``hot_fraction`` of
-        ``max_bytes``, or all that main leaves free when that is more (lent: hot copies are
-        evicted first when main needs room; 0 keeps no hot copies); a value fetched from its owner is offered to it with ``hot_probability``
+        The hot cache (copies of values other peers own) keeps at most ``hot_fraction`` of
+        main's bytes once the group is full, or all that main leaves free when that is more
+        (lent: hot copies are evicted first when main needs room; 0 keeps no hot copies); a
+        value fetched from its owner is offered to it with ``hot_probability``
         (1: always, 0: never keep hot copies) and admitted by a TinyLFU frequency sketch.
         """
         if not wire.GROUP_NAME_RE.fullmatch(name):
