@@ -68,3 +68,20 @@ def test_edge_cases() -> None:
         Ring(["a"], replicas=0)
     with pytest.raises(ValueError, match="probes"):
         Ring(["a"], probes=9)
+
+
+def test_the_owner_memo_stays_bounded_keeps_its_newest_keys_and_never_changes_an_answer() -> None:
+    from tokencache import _ring
+
+    ring = Ring(["http://a:1", "http://b:1", "http://c:1"])
+    fresh = Ring(ring.peers)
+    keys = [f"k{i}" for i in range(_ring.MEMO_ENTRIES + 3000)]
+    for key in keys:
+        assert ring.owner(key) == fresh._hashed_owner(key)
+        assert len(ring._memo) <= _ring.MEMO_ENTRIES
+    # Full: the oldest eighth went, the newest keys are still remembered (not the whole memo).
+    assert keys[-1] in ring._memo and keys[-_ring.MEMO_ENTRIES // 2] in ring._memo
+    assert keys[0] not in ring._memo
+    assert all(ring.owner(k) == fresh._hashed_owner(k) for k in keys[::97])
+    long_key = "x" * (_ring.MEMO_KEY_CHARS + 1)
+    assert ring.owner(long_key) == fresh._hashed_owner(long_key) and long_key not in ring._memo
