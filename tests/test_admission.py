@@ -416,3 +416,19 @@ def test_a_hot_tickets_hits_count_exactly_as_records(runs: list[tuple[int, int]]
                 plain.record(f"k{key}")
         assert ticketed._table == plain._table
         assert (ticketed._samples, ticketed.resets) == (plain._samples, plain.resets)
+
+
+@given(
+    keys=st.lists(st.text(max_size=8), min_size=1, max_size=60),
+    width=st.sampled_from([256, 1024]),
+)
+def test_an_estimate_is_the_smallest_of_the_keys_four_counters(keys: list[str], width: int) -> None:
+    # The unrolled estimate against the definition, counters saturated and halved included.
+    sketch = FrequencySketch(width)
+    for i, key in enumerate(keys * 12):
+        sketch.record(key)
+        if i % 7 == 0:
+            for probe in keys[:5]:
+                table = sketch._table
+                counters = [(table[j >> 1] >> ((j & 1) << 2)) & 0xF for j in sketch.indexes(probe)]
+                assert sketch.estimate(probe) == min(counters)
