@@ -65,8 +65,11 @@ def test_a_burst_past_the_bound_reaches_the_transport_at_once_even_the_first_fra
     writer.write(big)  # alone over the bound: its flow control must see it in this turn
     assert transport.writes == [big]
     writer.write(b"small")
-    writer.write(b"y" * FLUSH_BYTES)
-    assert transport.writes == [big, b"small" + b"y" * FLUSH_BYTES]
+    writer.write(b"y" * FLUSH_BYTES)  # what was queued first, then the large frame, uncopied
+    assert transport.writes == [big, b"small", b"y" * FLUSH_BYTES]
+    for _ in range(3):
+        writer.write(b"z" * (FLUSH_BYTES // 3 + 1))  # small frames adding up past the bound
+    assert transport.writes[-1] == b"z" * (3 * (FLUSH_BYTES // 3 + 1))
     writer.write(b"tail")
     loop.turn()
     assert transport.writes[-1] == b"tail"

@@ -85,3 +85,34 @@ def test_the_owner_memo_stays_bounded_keeps_its_newest_keys_and_never_changes_an
     assert all(ring.owner(k) == fresh._hashed_owner(k) for k in keys[::97])
     long_key = "x" * (_ring.MEMO_KEY_CHARS + 1)
     assert ring.owner(long_key) == fresh._hashed_owner(long_key) and long_key not in ring._memo
+
+
+def test_threads_sharing_a_ring_get_answers_while_its_memo_evicts() -> None:
+    import sys
+    import threading
+
+    from tokencache import _ring
+
+    ring = Ring(["http://a:1", "http://b:1", "http://c:1"])
+    errors: list[BaseException] = []
+
+    def look(thread: int) -> None:
+        try:
+            for i in range(3 * _ring.MEMO_ENTRIES):
+                ring.owner(f"{thread}-{i}")
+        except Exception as exc:  # what the test counts
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: evictions overlap
+    try:
+        threads = [threading.Thread(target=look, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert len(ring._memo) <= _ring.MEMO_ENTRIES

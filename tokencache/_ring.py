@@ -26,7 +26,9 @@ from collections.abc import Iterable
 
 _MASK = (1 << 64) - 1
 _MAX_PROBES = 8  # BLAKE2b gives at most 64 bytes: eight 64-bit probes from one call
-MEMO_ENTRIES = 16384  # owners remembered per ring (oldest eighth dropped when full): ~2 MiB at most
+# Owners remembered per ring (oldest eighth dropped when full): ~5 MiB at most with 256-character
+# ASCII keys, more with wider characters (measured with tracemalloc).
+MEMO_ENTRIES = 16384
 MEMO_KEY_CHARS = 256  # longer keys are hashed every time
 
 
@@ -75,8 +77,13 @@ class Ring:
         owner = self._hashed_owner(key)
         if len(key) <= MEMO_KEY_CHARS:
             if len(memo) >= MEMO_ENTRIES:
-                for old in list(itertools.islice(memo, MEMO_ENTRIES // 8)):
-                    del memo[old]
+                # A ring may be shared by threads (it is immutable but for this memo): another
+                # thread may drop the same keys, or change the dict while it is read.
+                try:
+                    for old in list(itertools.islice(memo, max(1, MEMO_ENTRIES // 8))):
+                        memo.pop(old, None)
+                except RuntimeError:
+                    memo.clear()
             memo[key] = owner
         return owner
 

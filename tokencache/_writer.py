@@ -37,6 +37,14 @@ class BatchWriter:
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` behind everything written before."""
+        if len(data) >= FLUSH_BYTES:
+            # Large (a big value): what is queued goes first, then it, uncopied by a join.
+            scheduled = self._scheduled
+            self._flush()
+            self._scheduled = scheduled  # a scheduled call still comes; it finds nothing
+            if not self._transport.is_closing():
+                self._transport.write(data)
+            return
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._pending_bytes >= FLUSH_BYTES:
