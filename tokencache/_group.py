@@ -29,8 +29,8 @@ not agree). Which ones is decided by a frequency sketch (``_admission``, TinyLFU
 holds its share (at most ``hot_fraction`` of main's bytes once the group is full, so
 ``hot_fraction / (1 + hot_fraction)`` of ``max_bytes``), or what main leaves free when that is
 more; when full, a candidate displaces the least recently used hot copy only if it is asked for
-more often. A ``Kind.TRANSIENT`` result, or a TTL <= 0,
-reaches the current waiters and is stored nowhere.
+more often. A ``Kind.TRANSIENT`` result, or a TTL <= 0, reaches the current waiters and is stored
+nowhere.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ class Group:
         if elapsed_ms > stats.get_from_peers_latency_slowest_ms:
             stats.get_from_peers_latency_slowest_ms = elapsed_ms
         if (
-            self._hot_budget > 0
+            self._hot_budget > 0  # a share that rounds to 0 bytes keeps hot copies off
             and _stores(fetched.ttl, fetched.kind)
             and self._rng.random() < self._hot_probability
             and self._generations.may_store(key, ticket)
@@ -383,12 +383,8 @@ class Group:
         """The bytes the hot cache may hold now: its share (`_hot_budget`), or all that main
         leaves free when that is more. Memory main does not use would otherwise sit idle while
         requests pay peer hops; it is lent, not given: when main needs room, hot copies go first
-        while they hold more than ``hot_fraction`` of main's bytes (`_store`). A share that
-        rounds to 0 bytes keeps hot copies off."""
-        budget = self._hot_budget
-        if budget <= 0:
-            return 0
-        return max(budget, self.max_bytes - self.main_cache.bytes)
+        while they hold more than ``hot_fraction`` of main's bytes (`_store`)."""
+        return max(self._hot_budget, self.max_bytes - self.main_cache.bytes)
 
     def _offer_hot(self, key: str, fetched: Fetched) -> None:
         """A copy fetched from its owner becomes a hot copy if the admission policy lets it in."""
