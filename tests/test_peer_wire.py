@@ -49,14 +49,20 @@ async def echo(key: str) -> Entry:
     return Entry(key.encode("utf-8"), 30)
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[tuple[Workspace, str]]:
+async def serve_group(load: Callable[[str], Awaitable[Entry]]) -> tuple[Workspace, str]:
+    """A lone signed workspace on a free loopback port, its group "echo" loaded by `load`."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     ws = Workspace(url, peer_secret=SECRET)
     ws.set_peers([url])
-    ws.new_group("echo", 1 << 20, echo)
+    ws.new_group("echo", 1 << 20, load)
     await ws.serve("127.0.0.1", port)
+    return ws, url
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[Workspace, str]]:
+    ws, url = await serve_group(echo)
     try:
         yield ws, url
     finally:
@@ -154,12 +160,7 @@ async def test_many_requests_share_one_connection_and_answer_out_of_order() -> N
             await release.wait()
         return Entry(key.encode(), 30)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    ws = Workspace(url, peer_secret=SECRET)
-    ws.set_peers([url])
-    ws.new_group("echo", 1 << 20, load)
-    await ws.serve("127.0.0.1", port)
+    ws, url = await serve_group(load)
     transport = WireTransport(secret=SECRET)
     try:
         slow = asyncio.create_task(transport.fetch(url, "echo", "slow"))
