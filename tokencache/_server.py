@@ -16,7 +16,9 @@ Write flow control: while the transport's write buffer is above its high-water m
 (``pause_writing``) the connection stops reading and stops answering: frames already read wait,
 in order, until ``resume_writing``. A client that sends requests and never reads their answers
 therefore costs about one read's frames and one high-water mark of answers, not an answer per
-request; one that takes nothing for ``write_timeout`` seconds is aborted.
+request; one that takes nothing for ``write_timeout`` seconds is aborted. A refused connection
+gets the same time to take what is left to send (its close waits for the buffer to drain), then
+it is aborted too.
 
 Connection bounds: at most ``max_handshaking`` connections may be between accept and a completed
 handshake (each for at most ``handshake_timeout`` seconds; with TLS the TLS handshake has the same
@@ -125,13 +127,17 @@ class PeerServer:
             )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ServerConnection(self),
+            self.accepted,
             host,
             port,
             ssl=self.ssl,
             ssl_handshake_timeout=self.handshake_timeout if self.ssl is not None else None,
             reuse_address=True,
         )
+
+    def accepted(self) -> asyncio.Protocol:
+        """The protocol for one accepted connection (what the listening socket makes)."""
+        return _ServerConnection(self)
 
     @property
     def port(self) -> int:
@@ -167,6 +173,8 @@ class _ServerConnection(asyncio.Protocol):
         self._service = server.service
         self._channel = Channel(client=False, secret=server.secret, limits=server.limits)
         self._transport: asyncio.Transport | None = None
+        # After a refusal: the transport closing while it sends what is buffered (see `_refuse`)
+        self._refused: asyncio.Transport | None = None
         self._writer: BatchWriter | None = None
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._remote = "?"
@@ -175,6 +183,7 @@ class _ServerConnection(asyncio.Protocol):
         self._frames: deque[Frame] = deque()  # read, authenticated, not yet dispatched
         self._write_paused = False
         self._stalled: asyncio.TimerHandle | None = None  # the write timeout while paused
+        self._linger: asyncio.TimerHandle | None = None  # the write timeout once refused
         self._handshaking = False  # counted in the server's `handshaking`
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -205,18 +214,19 @@ class _ServerConnection(asyncio.Protocol):
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
-        self._transport = None
+        self._transport = self._refused = None
 
     def abort(self) -> None:
-        """Close at once."""
-        if self._transport is not None:
-            self._transport.abort()
+        """Close at once (also a refused connection still sending its buffered bytes)."""
+        transport = self._transport or self._refused
+        if transport is not None:
+            transport.abort()
 
     def _stop_timers(self) -> None:
-        for timer in (self._heartbeat, self._deadline, self._stalled):
+        for timer in (self._heartbeat, self._deadline, self._stalled, self._linger):
             if timer is not None:
                 timer.cancel()
-        self._heartbeat = self._deadline = self._stalled = None
+        self._heartbeat = self._deadline = self._stalled = self._linger = None
 
     def pause_writing(self) -> None:
         # The client is not taking our answers as fast as we make them: stop reading and
@@ -259,12 +269,23 @@ class _ServerConnection(asyncio.Protocol):
     def _refuse(self, exc: p.ProtocolError) -> None:
         self._server.refuse(self._remote, exc)
         transport = self._transport
-        if transport is not None:
-            if self._writer is not None:
-                self._writer.flush()  # answers already sealed go first: the sequence is strict
-            transport.write(self._channel.refusal(exc.code, str(exc)))
-            transport.close()  # flushes the refusal, then closes
-            self._transport = None
+        if transport is None:
+            return
+        if self._writer is not None:
+            self._writer.flush()  # answers already sealed go first: the sequence is strict
+        transport.write(self._channel.refusal(exc.code, str(exc)))
+        transport.close()  # flushes the refusal, then closes
+        self._transport = None
+        self._frames.clear()
+        self._stop_timers()
+        self._handshake_over()
+        # close() waits for the write buffer to drain: a client that stops reading would keep
+        # the connection and its unsent answers until TCP gives up. It gets `write_timeout`
+        # (connection_lost cancels this once the close is done).
+        self._refused = transport
+        self._linger = asyncio.get_running_loop().call_later(
+            self._server.write_timeout, self.abort
+        )
 
     def _send(self, kind: int, rid: int, payload: bytes = b"") -> None:
         if self._transport is not None and self._writer is not None:

@@ -1,0 +1,98 @@
+"""A refused peer connection is closed within the write timeout, whatever its client does.
+
+After a refusal the server writes the refusal and closes; the close waits for the write buffer to
+drain. These tests drive one server-side connection with a transport that never drains (a client
+that stopped reading), so the only way out is the server's own abort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support import peer_wire as pw
+from tokencache import Entry, PeerServer, Workspace
+
+SECRET = "peer-secret-for-tests"
+
+
+class StuckTransport:
+    """A transport whose peer reads nothing: writes pile up, close() never completes."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closing = False
+        self.aborted = 0
+        self.gone = asyncio.Event()  # set by abort()
+        self.protocol: asyncio.Protocol | None = None
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        if not self.closing:
+            self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.written)  # nothing ever leaves
+
+    def close(self) -> None:
+        self.closing = True  # connection_lost only once the buffer drained: never
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.aborted += 1
+        self.gone.set()
+        self.closing = True
+        if self.protocol is not None:
+            protocol, self.protocol = self.protocol, None
+            protocol.connection_lost(None)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _connection(write_timeout: float) -> tuple[PeerServer, StuckTransport, asyncio.Protocol]:
+    async def load(key: str) -> Entry:
+        return Entry(key.encode(), 60)
+
+    ws = Workspace("http://127.0.0.1:1", peer_secret=SECRET)
+    ws.new_group("echo", 1 << 20, load)
+    server = PeerServer(ws, secret=SECRET, write_timeout=write_timeout)
+    protocol = server.accepted()
+    transport = StuckTransport()
+    transport.protocol = protocol
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return server, transport, protocol
+
+
+async def test_a_refused_connection_that_never_drains_is_aborted_after_the_write_timeout() -> None:
+    server, transport, protocol = await _connection(write_timeout=0.2)
+    protocol.data_received(b"GET / HTTP/1.1\r\n\r\n")  # not the peer protocol: refused
+    assert transport.closing and transport.written  # the refusal, waiting to be read
+    assert transport.aborted == 0  # not yet: the client gets the write timeout to read it
+    await asyncio.wait_for(transport.gone.wait(), 5.0)
+    assert transport.aborted == 1
+    assert server.stats.bad_requests == 1  # one refusal, counted once
+    await server.close()
+
+
+async def test_a_refused_connection_is_aborted_when_the_server_closes() -> None:
+    server, transport, protocol = await _connection(write_timeout=60.0)
+    protocol.data_received(pw.client_hello(version=9))  # a version we do not speak
+    assert transport.closing and transport.aborted == 0
+    await server.close()  # shutdown does not wait for a client that reads nothing
+    assert transport.aborted == 1
+
+
+async def test_a_refusal_during_the_handshake_frees_its_handshake_slot() -> None:
+    server, _, protocol = await _connection(write_timeout=60.0)
+    assert server.handshaking == 1
+    protocol.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    assert server.handshaking == 0  # a closing connection does not hold back new handshakes
+    await server.close()
+    assert server.handshaking == 0
