@@ -283,9 +283,7 @@ class _ServerConnection(asyncio.Protocol):
         # the connection and its unsent answers until TCP gives up. It gets `write_timeout`
         # (connection_lost cancels this once the close is done).
         self._refused = transport
-        self._linger = asyncio.get_running_loop().call_later(
-            self._server.write_timeout, self.abort
-        )
+        self._linger = asyncio.get_running_loop().call_later(self._server.write_timeout, self.abort)
 
     def _send(self, kind: int, rid: int, payload: bytes = b"") -> None:
         if self._transport is not None and self._writer is not None:
