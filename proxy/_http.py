@@ -59,6 +59,10 @@ __all__ = ["HEAD_MEMO_BYTES", "Connection"]
 
 # Reads up to this size are looked up in the listener's head memo (hashing costs ~1 ns a byte).
 HEAD_MEMO_BYTES = 2048
+# One string object per common method and version, not a new one per parse: a remembered head
+# keeps them (~100 bytes a head). A fixed table: a client's own tokens are decoded as they come.
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_VERSIONS = {v: v for v in ("1.1", "1.0")}
 
 
 class _Held:
@@ -249,10 +253,12 @@ class Connection(InputFlow, asyncio.Protocol):
         if self._discard:
             return  # parsing on after a refusal: nothing more is answered on this connection
         parser = self._parser
+        method = parser.get_method()
+        version = parser.get_http_version()
         req = Request(
-            parser.get_method().decode("ascii", "replace"),
+            _METHODS.get(method) or method.decode("ascii", "replace"),
             self._url.decode("latin-1"),
-            parser.get_http_version(),
+            _VERSIONS.get(version, version),
             self._headers,
             parser.should_keep_alive() and not parser.should_upgrade(),
         )

@@ -38,9 +38,11 @@ class ListenerLimits:
     # keep-alive connection is closed to make room, else the new one is closed at once.
     max_connections: int = 0
     # Entries of the listener's head memo (`Listener.heads`; 0 = no memo), and the memory they
-    # may take by the memo's estimate (`Listener.remember_head`).
-    head_memo_entries: int = 16384
-    head_memo_bytes: int = 16 << 20
+    # may take by the memo's estimate (`proxy._head_memo`). The bytes are the bound that counts:
+    # 24 MiB holds ~32,000 heads of one short field (~780 bytes each), ~13,000 of a browser's
+    # (~400 bytes, a dozen fields).
+    head_memo_entries: int = 65536
+    head_memo_bytes: int = 24 << 20
 
 
 class Request:

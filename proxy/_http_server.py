@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import logging
 
+from ._head_memo import HeadMemo
 from ._http import Connection
 from ._http_request import Handler, ListenerLimits, Request
-from ._memo import Memo
 from ._metrics import ProxyMetrics
 
 __all__ = ["ERROR_LOG_INTERVAL", "Listener"]
@@ -26,13 +26,6 @@ __all__ = ["ERROR_LOG_INTERVAL", "Listener"]
 ERROR_LOG_INTERVAL = 10.0
 # Heads with more fields than this are never remembered (see `Listener.remember_head`).
 HEAD_MEMO_FIELDS = 48
-
-
-def _head_cost(data: bytes, req: Request) -> int:
-    """What a head memo entry may take, estimated: its key, the parse (~200 bytes a field in the
-    list and the map, ~600 for the request and its maps) and the contexts derived from it
-    (`Request.derived`: a few strings of about the head's size)."""
-    return 4 * len(data) + 200 * len(req.headers) + 600
 
 
 class Listener:
@@ -65,10 +58,9 @@ class Listener:
         # message boundary reuses the result (clients repeat their requests byte for byte).
         # Bounded: the oldest go when full, so hostile variety costs at most `head_memo_entries`
         # entries of at most HEAD_MEMO_BYTES and HEAD_MEMO_FIELDS each, and about
-        # `head_memo_bytes` of memory in all.
-        self._heads: Memo[bytes, Request] = Memo(
-            _head_cost, self.limits.head_memo_entries, self.limits.head_memo_bytes
-        )
+        # `head_memo_bytes` of memory in all. Equal field sections share one parse, counted
+        # once (proxy._head_memo).
+        self._heads = HeadMemo(self.limits.head_memo_entries, self.limits.head_memo_bytes)
         self.heads = self._heads.entries
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> tuple[str, int]:
@@ -121,7 +113,7 @@ class Listener:
         """Keep `req` as the parse of `data` in the head memo (`heads`), within its limits."""
         if len(req.headers) <= HEAD_MEMO_FIELDS:
             # (real clients send a dozen fields or so; many fields are parsed every time)
-            self._heads.put(data, req)
+            self._heads.remember(data, req)
 
     def refused(self, reason: str) -> None:
         """Count a request the listener refused itself (`proxy._http_rules.Verdict.reason`)."""

@@ -31,10 +31,12 @@ class Memo(Generic[K, V]):
         self._max_entries = max_entries
         self._max_bytes = max_bytes
 
-    def put(self, key: K, value: V) -> bool:
+    def put(self, key: K, value: V, extra: int = 0) -> bool:
         """Remember `value` under `key` (the newest entry); False (and `key` forgotten) when it
-        can never fit."""
-        cost = self._cost(key, value)
+        can never fit. `extra`: bytes that come with this entry beyond its `cost` (a part it
+        shares with later entries, see `proxy._head_memo`), counted in `bytes` from now on; the
+        caller takes them off again (`release`) when the last entry using that part goes."""
+        cost = self._cost(key, value) + extra
         self.pop(key)  # (also when the new value does not fit: the old one is no longer right)
         if not self._max_entries or cost > self._max_bytes:
             return False
@@ -47,6 +49,10 @@ class Memo(Generic[K, V]):
         entries[key] = value
         self.bytes += cost
         return True
+
+    def release(self, extra: int) -> None:
+        """Stop counting `extra` bytes given to `put` (their last user is gone)."""
+        self.bytes -= extra
 
     def pop(self, key: K) -> V | None:
         """Forget `key`; its value, or None when it was not remembered."""

@@ -15,6 +15,7 @@ import gc
 import tracemalloc
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -232,20 +233,23 @@ async def test_the_memo_is_bounded_under_endless_variety() -> None:
     assert big not in listener.heads
 
 
-async def test_hostile_variety_of_large_heads_stays_within_the_memory_budget() -> None:
+@pytest.mark.parametrize("sections", ["shared", "distinct"])
+async def test_hostile_variety_of_large_heads_stays_within_the_memory_budget(sections: str) -> None:
     # Distinct heads with many fields: each parse costs far more than its bytes (a review
-    # measured ~40 MB for 2047 such heads before the memo counted fields).
+    # measured ~40 MB for 2047 such heads before the memo counted fields). Either one field
+    # section for all (shared by the memo) or a different one per head (shared by none).
     budget = 2 << 20
     echo = _Echo()
     listener = Listener(
         echo, ListenerLimits(head_memo_entries=4096, head_memo_bytes=budget), metrics=None
     )
     listener.now = 1.0
-    fields = b"".join(b"X-F%d: v\r\n" % i for i in range(40))
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for i in range(1500):
+            tag = i if sections == "distinct" else 0
+            fields = b"".join(b"X-F%d: v%d\r\n" % (f, tag) for f in range(40))
             await _converse(listener, [b"GET /hit/%d HTTP/1.1\r\nHost: h\r\n%s\r\n" % (i, fields)])
             echo.seen.clear()
         # What the memo holds, not garbage waiting for the collector (whose thresholds an
@@ -261,6 +265,49 @@ async def test_hostile_variety_of_large_heads_stays_within_the_memory_budget() -
     data = b"GET /hit HTTP/1.1\r\nHost: h\r\n%s\r\n" % many
     await _converse(listener, [data])
     assert data not in listener.heads
+
+
+@pytest.mark.parametrize(
+    ("fields", "sections"),
+    [
+        (b"Host: 127.0.0.1:41234\r\n", "shared"),  # one client (wrk, a service), many URLs
+        (
+            b"Host: h\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: text/html\r\n"
+            b"Accept-Language: en-GB,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\n"
+            b"Referer: https://example.org/some/page\r\nDNT: 1\r\nSec-Fetch-Dest: document\r\n"
+            b"Sec-Fetch-Mode: navigate\r\nSec-Fetch-Site: same-origin\r\n",
+            "shared",
+        ),
+        (b"Host: h\r\nX-Id: %d\r\n", "distinct"),
+    ],
+)
+async def test_the_memo_counts_at_least_what_its_heads_hold(fields: bytes, sections: str) -> None:
+    # The budget is only a bound if the estimate covers the memory: remembered heads, their
+    # shared or own field sections, and what a handler derives from each (a load context).
+    echo = _Echo()
+    listener = Listener(echo, ListenerLimits(head_memo_bytes=64 << 20), metrics=None)
+    listener.now = 1.0
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            section = fields % i if sections == "distinct" else fields
+            data = b"GET /hit/k%d?size=1024 HTTP/1.1\r\n%s\r\n" % (i, section)
+            await _converse(listener, [data])
+            head = listener.heads[data]
+            head.express = f"GET /hit/k{i}?size=1024"
+            head.derived[("context", "127.0.0.1", False)] = b"c" * len(data)
+            echo.seen.clear()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    memo = listener._heads
+    assert len(memo.entries) == 2000
+    assert memo.sections == (1 if sections == "shared" else 2000)
+    print(f"{sections}: {grown / 2000:.0f} bytes a head, counted {memo.bytes / 2000:.0f}")
+    assert grown <= memo.bytes, (grown, memo.bytes)
 
 
 async def test_a_remembered_head_on_a_busy_connection_waits_its_turn() -> None:

@@ -66,3 +66,49 @@ def test_a_ready_record_counts_its_key() -> None:
     fields = (b"v" * 100, 200, 0, 60.0, 60.0, 0, 10, 60, 0, b"d" * 150, None, 0.0, None)
     ready = _Ready(*fields)  # type: ignore[arg-type]
     assert _ready_cost(key, ready) >= len(key) + 250
+
+
+_SECTIONS = [
+    [(b"Host", b"h")],
+    [(b"Host", b"h"), (b"Accept", b"*/*")],
+    [(b"host", b"h")],  # equal but for case: not the same section
+    [(b"Host", b"other"), (b"X-Pad", b"p" * 300)],
+]
+_HEAD_OPS = st.lists(
+    st.tuples(st.sampled_from(["remember", "pop"]), st.integers(0, 15), st.integers(0, 3)),
+    max_size=120,
+)
+
+
+@given(ops=_HEAD_OPS, max_entries=st.integers(0, 10), max_bytes=st.integers(0, 6000))
+def test_head_memo_counts_each_shared_section_once_while_it_is_used(
+    ops: list[tuple[str, int, int]], max_entries: int, max_bytes: int
+) -> None:
+    from tokencache.proxy._head_memo import HeadMemo, head_cost, section_cost
+    from tokencache.proxy._http_request import Request
+
+    memo = HeadMemo(max_entries, max_bytes)
+    for op, n, s in ops:
+        data = b"GET /%d HTTP/1.1\r\n" % n
+        if op == "remember":
+            # A fresh parse, as the listener makes it: its own list and map.
+            req = Request("GET", f"/{n}", "1.1", list(_SECTIONS[s]), True)
+            fits = max_entries > 0 and head_cost(data, req) + section_cost(req.headers) <= max_bytes
+            kept = memo.remember(data, req)
+            if fits:
+                assert kept and memo.entries[data] is req
+            if kept:
+                assert list(memo.entries)[-1] == data and req.headers == _SECTIONS[s]
+        else:
+            memo.pop(data)
+            assert data not in memo.entries
+        used: dict[tuple[tuple[bytes, bytes], ...], list[tuple[bytes, bytes]]] = {}
+        for req in memo.entries.values():
+            # Equal sections are one object; a section is counted once, while it is used.
+            assert used.setdefault(tuple(req.headers), req.headers) is req.headers
+            assert req.hmap == {k.lower(): v for k, v in req.headers}
+        expected = sum(head_cost(d, r) for d, r in memo.entries.items())
+        expected += sum(section_cost(h) for h in used.values())
+        assert memo.bytes == expected <= max_bytes
+        assert memo.sections == len(used)
+        assert len(memo.entries) <= max_entries
