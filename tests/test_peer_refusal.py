@@ -8,6 +8,7 @@ that stopped reading), so the only way out is the server's own abort.
 from __future__ import annotations
 
 import asyncio
+import struct
 
 from tests.support import peer_wire as pw
 from tokencache import Entry, PeerServer, Workspace
@@ -56,13 +57,17 @@ class StuckTransport:
         pass
 
 
-async def _connection(write_timeout: float) -> tuple[PeerServer, StuckTransport, asyncio.Protocol]:
+async def _connection(
+    write_timeout: float, handshake_timeout: float = 10.0, secret: str | None = SECRET
+) -> tuple[PeerServer, StuckTransport, asyncio.Protocol]:
     async def load(key: str) -> Entry:
         return Entry(key.encode(), 60)
 
-    ws = Workspace("http://127.0.0.1:1", peer_secret=SECRET)
+    ws = Workspace("http://127.0.0.1:1", peer_secret=secret)
     ws.new_group("echo", 1 << 20, load)
-    server = PeerServer(ws, secret=SECRET, write_timeout=write_timeout)
+    server = PeerServer(
+        ws, secret=secret, write_timeout=write_timeout, handshake_timeout=handshake_timeout
+    )
     protocol = server.accepted()
     transport = StuckTransport()
     transport.protocol = protocol
@@ -71,9 +76,12 @@ async def _connection(write_timeout: float) -> tuple[PeerServer, StuckTransport,
 
 
 async def test_a_refused_connection_that_never_drains_is_aborted_after_the_write_timeout() -> None:
-    server, transport, protocol = await _connection(write_timeout=0.2)
-    protocol.data_received(b"GET / HTTP/1.1\r\n\r\n")  # not the peer protocol: refused
-    assert transport.closing and transport.written  # the refusal, waiting to be read
+    # (no secret: the handshake is a hello each way, which this test can write by hand)
+    server, transport, protocol = await _connection(write_timeout=0.2, secret=None)
+    protocol.data_received(pw.client_hello(flags=0))
+    assert server.handshaking == 0 and not transport.is_closing()  # open
+    protocol.data_received(struct.pack("!IBI", 5, 0x42, 1))  # an unknown frame type: refused
+    assert transport.is_closing() and transport.written  # hello and refusal, waiting to be read
     assert transport.aborted == 0  # not yet: the client gets the write timeout to read it
     await asyncio.wait_for(transport.gone.wait(), 5.0)
     assert transport.aborted == 1
@@ -84,15 +92,23 @@ async def test_a_refused_connection_that_never_drains_is_aborted_after_the_write
 async def test_a_refused_connection_is_aborted_when_the_server_closes() -> None:
     server, transport, protocol = await _connection(write_timeout=60.0)
     protocol.data_received(pw.client_hello(version=9))  # a version we do not speak
-    assert transport.closing and transport.aborted == 0
+    assert transport.is_closing() and transport.aborted == 0
     await server.close()  # shutdown does not wait for a client that reads nothing
     assert transport.aborted == 1
 
 
-async def test_a_refusal_during_the_handshake_frees_its_handshake_slot() -> None:
-    server, _, protocol = await _connection(write_timeout=60.0)
+async def test_a_refusal_in_the_handshake_keeps_its_slot_until_gone_within_the_handshake_timeout() -> (
+    None
+):
+    # Before the handshake nothing sealed waits: the connection goes within what is left of
+    # handshake_timeout, not write_timeout, and holds its handshake slot until then, so
+    # max_handshaking still bounds connections that never let their close finish (over TLS,
+    # a client that never sends close_notify).
+    server, transport, protocol = await _connection(write_timeout=60.0, handshake_timeout=0.2)
     assert server.handshaking == 1
     protocol.data_received(b"GET / HTTP/1.1\r\n\r\n")
-    assert server.handshaking == 0  # a closing connection does not hold back new handshakes
+    assert transport.is_closing() and server.handshaking == 1
+    await asyncio.wait_for(transport.gone.wait(), 5.0)
+    assert server.handshaking == 0
     await server.close()
     assert server.handshaking == 0

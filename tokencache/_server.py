@@ -185,6 +185,7 @@ class _ServerConnection(asyncio.Protocol):
         self._stalled: asyncio.TimerHandle | None = None  # the write timeout while paused
         self._linger: asyncio.TimerHandle | None = None  # the write timeout once refused
         self._handshaking = False  # counted in the server's `handshaking`
+        self._handshake_ends = 0.0  # the loop time the handshake must be done by
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -205,6 +206,7 @@ class _ServerConnection(asyncio.Protocol):
         self._deadline = asyncio.get_running_loop().call_later(
             self._server.handshake_timeout, self._handshake_too_slow
         )
+        self._handshake_ends = self._deadline.when()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
@@ -261,6 +263,9 @@ class _ServerConnection(asyncio.Protocol):
             self._handshaking = False
             self._server.handshaking -= 1
 
+    def _handshake_left(self) -> float:
+        return max(0.0, self._handshake_ends - asyncio.get_running_loop().time())
+
     def _handshake_too_slow(self) -> None:
         self._deadline = None
         if self._channel.state != "open":
@@ -278,12 +283,15 @@ class _ServerConnection(asyncio.Protocol):
         self._transport = None
         self._frames.clear()
         self._stop_timers()
-        self._handshake_over()
-        # close() waits for the write buffer to drain: a client that stops reading would keep
-        # the connection and its unsent answers until TCP gives up. It gets `write_timeout`
-        # (connection_lost cancels this once the close is done).
+        # close() waits for the write buffer to drain (with TLS, for the client's close_notify
+        # too): a client that stops reading would keep the connection and its unsent answers
+        # until TCP gives up. After the handshake it gets `write_timeout`; before, nothing sealed
+        # waits, the connection keeps its handshake slot (so `max_handshaking` still bounds such
+        # connections) and gets what was left of `handshake_timeout` at most. connection_lost
+        # cancels this once the close is done.
+        wait = self._server.write_timeout if not self._handshaking else self._handshake_left()
         self._refused = transport
-        self._linger = asyncio.get_running_loop().call_later(self._server.write_timeout, self.abort)
+        self._linger = asyncio.get_running_loop().call_later(wait, self.abort)
 
     def _send(self, kind: int, rid: int, payload: bytes = b"") -> None:
         if self._transport is not None and self._writer is not None:
