@@ -47,7 +47,7 @@ import tokencache
 
 from ._forward import Forwarder, fault_response
 from ._http import Connection
-from ._http_request import Request
+from ._http_request import DERIVED_MAX, Request
 from ._keys import base_key, join_variant
 from ._memo import Memo
 from ._metrics import ProxyMetrics, Series
@@ -135,8 +135,6 @@ def ready_until(
     return min(expires_at, born + math.floor(elapsed) + 1, born + fresh - ttl_s)
 
 
-# Entries a request head keeps of what is derived from it (one per client address).
-_DERIVED_MAX = 8
 # Request fields that need more than a lookup: conditionals, Range, request directives.
 _SLOW_FIELDS = frozenset(
     {b"if-none-match", b"if-modified-since", b"range", b"cache-control", b"pragma"}
@@ -854,14 +852,14 @@ class _Flight:
             self._made = True
             handler, conn, req = self._handler, self._conn, self._req
             credentials = handler.policy.allow_auth_caching
-            # The header part is the same for every repeat of a request head from one client
-            # address: kept with the head (`Request.derived`), only the request id is new.
+            # The header part is the same for every request with these fields from one client
+            # address: kept with the head's fields (`Request.derived`), only the request id is new.
             memo = ("context", conn.peer, credentials)
             fields = req.derived.get(memo)
             if not isinstance(fields, bytes):
                 headers = handler.forwarder.request_headers(conn, req, shared=True)
                 fields = context_fields(headers, credentials=credentials)
-                if len(req.derived) < _DERIVED_MAX:
+                if len(req.derived) < DERIVED_MAX:
                     req.derived[memo] = fields
             data = with_request_id(self.request_id, fields)
             self._context = data if len(data) <= _MAX_CONTEXT_BYTES else None

@@ -3,19 +3,20 @@
 Parsing a head and checking it are pure functions of its bytes, and clients repeat their requests
 byte for byte, so a read of the same bytes reuses the parse (`Listener.heads`). A client also sends
 the same field section (Host, User-Agent, Accept ...) with every request and varies the request
-line: heads whose field sections are equal share one parse of it, the field list and the map.
-A shared section is counted once in the memo's bytes, from the first head that uses it until the
-last one goes, so the count stays what the memo holds. For a head with one short field that
-halves its memory (~470 against ~800 bytes, tracemalloc) and the same budget keeps about 1.6 x the
-heads (the estimate below also covers what the handler derives from a head later).
+line: heads whose field sections are equal share one parse of it (the field list and the map)
+and what the handler derives from it (`Request.derived`: load contexts per client address). A
+shared section is counted once in the memo's bytes, from the first head that uses it until the
+last one goes, so the count stays what the memo holds. A head with one short field then takes
+~440 bytes (tracemalloc) where it took ~1,300 with its own parse and derived contexts.
 
 Sharing is safe because a request's head is never changed in place (`Request.again`,
-`Request.set_host`), and a section is shared only by heads whose fields are equal byte for byte.
+`Request.set_host`), a section is shared only by heads whose fields are equal byte for byte, and
+what is derived from a head depends on its fields and the connection, not on its request line.
 """
 
 from __future__ import annotations
 
-from ._http_request import Request
+from ._http_request import DERIVED_MAX, Request
 from ._memo import Memo
 
 __all__ = ["HeadMemo", "head_cost", "section_cost"]
@@ -25,27 +26,30 @@ Fields = tuple[tuple[bytes, bytes], ...]
 
 def head_cost(data: bytes, req: Request) -> int:
     """What a remembered head takes besides its field section, estimated: its bytes as the key,
-    its target, its express key and what the handler derives from it (`Request.derived`: a load
-    context of about the head's size per client address), ~3 x its size; and ~600 bytes of
-    objects (the request, the derived map, its key, the memo's slot). tracemalloc measured ~740
-    bytes for a 62-byte head with all of these; this says 786 (tests/test_proxy_head_memo.py)."""
-    return 3 * len(data) + 600
+    its target and its express key (the target again), up to 3 x its size when the target is
+    most of it; and ~450 bytes of objects (the request, the memo's slot). tracemalloc measured
+    ~440 bytes for a 62-byte head (this says 636) and 1.4 x what 2 x its size said for heads of
+    a 1,900-byte target (tests/test_proxy_head_memo.py)."""
+    return 3 * len(data) + 450
 
 
 def section_cost(headers: list[tuple[bytes, bytes]]) -> int:
     """What one parsed field section takes, estimated: ~250 bytes a field (its pair, its name
-    and value, the lower-case name, the list's and the map's slots), its bytes twice, and ~400
-    for the list, the map and the key tuple. Measured ~800 bytes for two short fields; this says
-    926."""
-    return 250 * len(headers) + 2 * sum(len(n) + len(v) for n, v in headers) + 400
+    and value, the lower-case name, the list's and the map's slots), its bytes twice, ~400 for
+    the list, the map and the key tuple; and what the handler derives from these fields
+    (`Request.derived`, shared by the section's heads): up to DERIVED_MAX load contexts, one per
+    client address, each the fields again with ``X-Forwarded-*`` and ~300 bytes of objects."""
+    size = sum(len(n) + len(v) for n, v in headers)
+    return 250 * len(headers) + 2 * size + 400 + DERIVED_MAX * (2 * size + 300)
 
 
 class _Section:
-    __slots__ = ("cost", "counted", "headers", "hmap", "users")
+    __slots__ = ("cost", "counted", "derived", "headers", "hmap", "users")
 
     def __init__(self, req: Request) -> None:
         self.headers = req.headers
         self.hmap = req.hmap
+        self.derived = req.derived
         self.cost = section_cost(req.headers)
         self.users = 0  # remembered heads that use it (and one being remembered)
         self.counted = False  # its cost is in the memo's bytes
@@ -75,7 +79,7 @@ class HeadMemo(Memo[bytes, Request]):
             section = self._sections[fields] = _Section(req)
             extra = section.cost
         else:
-            req.headers, req.hmap = section.headers, section.hmap
+            req.headers, req.hmap, req.derived = section.headers, section.hmap, section.derived
         # Counted before the put: the put may evict this section's other users.
         section.users += 1
         if self.put(data, req, extra):

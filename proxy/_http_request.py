@@ -16,7 +16,10 @@ if TYPE_CHECKING:
     from ._body import BodyStream
     from ._http import Connection
 
-__all__ = ["Handler", "ListenerLimits", "Request", "rejection_response"]
+__all__ = ["DERIVED_MAX", "Handler", "ListenerLimits", "Request", "rejection_response"]
+
+# Entries a request head keeps in `Request.derived` (one per client address).
+DERIVED_MAX = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ class ListenerLimits:
     max_connections: int = 0
     # Entries of the listener's head memo (`Listener.heads`; 0 = no memo), and the memory they
     # may take by the memo's estimate (`proxy._head_memo`). The bytes are the bound that counts:
-    # 24 MiB holds ~32,000 heads of one short field (~780 bytes each), ~13,000 of a browser's
+    # 24 MiB holds ~39,000 heads of one short field (~640 bytes each), ~15,000 of a browser's
     # (~400 bytes, a dozen fields).
     head_memo_entries: int = 65536
     head_memo_bytes: int = 24 << 20
@@ -94,7 +97,9 @@ class Request:
         self.key: str | None = None
         self.bypass: str | None = None
         self.flight: object = None  # the handler's own state for a held request
-        # What the handler derives from the head alone: shared by every repeat of it (`again`).
+        # What the handler derives from the head's fields and the connection, never from its
+        # request line: shared by every repeat of it (`again`) and, in the head memo, by every
+        # head with the same field section. At most DERIVED_MAX entries (the memo counts that).
         self.derived: dict[object, object] = {}
         # The handler's verdict on answering repeats of this head from ready bytes (see
         # `Handler.serve_express`): None until it looked; shared by every repeat, like `derived`.

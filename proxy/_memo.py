@@ -46,6 +46,8 @@ class Memo(Generic[K, V]):
                 self.pop(old)
             while entries and self.bytes + cost > self._max_bytes:
                 self.pop(next(iter(entries)))
+            if self.bytes + cost > self._max_bytes:
+                return False  # bytes no entry holds alone (a shared part being put) do not fit
         entries[key] = value
         self.bytes += cost
         return True

@@ -75,21 +75,26 @@ _SECTIONS = [
     [(b"Host", b"other"), (b"X-Pad", b"p" * 300)],
 ]
 _HEAD_OPS = st.lists(
-    st.tuples(st.sampled_from(["remember", "pop"]), st.integers(0, 15), st.integers(0, 3)),
+    st.tuples(
+        st.sampled_from(["remember", "pop"]),
+        st.integers(0, 15),
+        st.integers(0, 3),
+        st.sampled_from([0, 1, 300]),  # target padding: heads of very different sizes
+    ),
     max_size=120,
 )
 
 
 @given(ops=_HEAD_OPS, max_entries=st.integers(0, 10), max_bytes=st.integers(0, 6000))
 def test_head_memo_counts_each_shared_section_once_while_it_is_used(
-    ops: list[tuple[str, int, int]], max_entries: int, max_bytes: int
+    ops: list[tuple[str, int, int, int]], max_entries: int, max_bytes: int
 ) -> None:
     from tokencache.proxy._head_memo import HeadMemo, head_cost, section_cost
     from tokencache.proxy._http_request import Request
 
     memo = HeadMemo(max_entries, max_bytes)
-    for op, n, s in ops:
-        data = b"GET /%d HTTP/1.1\r\n" % n
+    for op, n, s, pad in ops:
+        data = b"GET /%d%s HTTP/1.1\r\n" % (n, b"p" * (pad + n % 2 * pad))
         if op == "remember":
             # A fresh parse, as the listener makes it: its own list and map.
             req = Request("GET", f"/{n}", "1.1", list(_SECTIONS[s]), True)
@@ -112,3 +117,26 @@ def test_head_memo_counts_each_shared_section_once_while_it_is_used(
         assert memo.bytes == expected <= max_bytes
         assert memo.sections == len(used)
         assert len(memo.entries) <= max_entries
+
+
+def test_a_head_whose_shared_section_leaves_it_no_room_is_not_kept() -> None:
+    # (review finding) A head whose section is already counted needs room for itself alone;
+    # evicting every other head still leaves the section counted while this head is pending,
+    # so the put must fail rather than go over the budget.
+    from tokencache.proxy._head_memo import HeadMemo, head_cost, section_cost
+    from tokencache.proxy._http_request import Request
+
+    def head(target: str) -> tuple[bytes, Request]:
+        data = b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % target.encode()
+        return data, Request("GET", target, "1.1", [(b"Host", b"h")], True)
+
+    small, large = head("/"), head("/" + "p" * 1500)
+    budget = head_cost(*large) + 10  # the large head fits alone, not with its section
+    assert head_cost(*small) + section_cost(small[1].headers) <= budget
+    memo = HeadMemo(16, budget)
+    assert memo.remember(*small)
+    assert not memo.remember(*large)
+    assert memo.bytes <= budget
+    assert memo.bytes == sum(head_cost(d, r) for d, r in memo.entries.items()) + (
+        section_cost(small[1].headers) if memo.entries else 0
+    )
