@@ -85,6 +85,7 @@ __all__ = [
     "fault_response",
     "forwarded_headers",
     "log_fault",
+    "upstream_headers",
     "with_detail",
 ]
 
@@ -141,6 +142,16 @@ def forwarded_headers(
         forwarded = earlier + b", " + forwarded
     out.append((b"Forwarded", forwarded))
     return out
+
+
+def upstream_headers(req: Request, peer: str, *, shared: bool = False) -> list[tuple[bytes, bytes]]:
+    """The headers a backend request for `req` from client address `peer` carries: the client's
+    end-to-end fields and ``X-Forwarded-*`` (the one place they are made: forwards and,
+    `shared`, cache fills). A function of the fields and the address, never of the request
+    line: what is derived from it may be shared by heads of one field section (`_head_memo`)."""
+    headers = [(n, v) for n, v in strip_hop_by_hop(req.headers) if n.lower() not in _REPLACED]
+    headers.extend(forwarded_headers(req.hmap, peer, shared=shared))
+    return headers
 
 
 # What a backend request can fail with before its response: transport faults, and the OAuth2
@@ -309,11 +320,8 @@ class Forwarder:
     def request_headers(
         self, conn: Connection, req: Request, *, shared: bool = False
     ) -> list[tuple[bytes, bytes]]:
-        """The headers a backend request for `req` carries: the client's end-to-end fields and
-        ``X-Forwarded-*`` (the one place they are made: forwards and, `shared`, cache fills)."""
-        headers = [(n, v) for n, v in strip_hop_by_hop(req.headers) if n.lower() not in _REPLACED]
-        headers.extend(forwarded_headers(req.hmap, conn.peer, shared=shared))
-        return headers
+        """The headers a backend request for `req` carries (`upstream_headers`)."""
+        return upstream_headers(req, conn.peer, shared=shared)
 
     async def forward(
         self,

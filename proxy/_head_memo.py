@@ -38,9 +38,12 @@ def section_cost(headers: list[tuple[bytes, bytes]]) -> int:
     and value, the lower-case name, the list's and the map's slots), its bytes twice, ~400 for
     the list, the map and the key tuple; and what the handler derives from these fields
     (`Request.derived`, shared by the section's heads): up to DERIVED_MAX load contexts, one per
-    client address, each the fields again with ``X-Forwarded-*`` and ~300 bytes of objects."""
+    client address, each the fields again (with their separators) and ``X-Forwarded-For`` and
+    ``Forwarded`` naming the address (up to 45 characters of IPv6, twice), and ~300 bytes of
+    objects (the bytes, the key with its address string, the map's slot)."""
     size = sum(len(n) + len(v) for n, v in headers)
-    return 250 * len(headers) + 2 * size + 400 + DERIVED_MAX * (2 * size + 300)
+    context = 2 * size + 4 * len(headers) + 450
+    return 250 * len(headers) + 2 * size + 400 + DERIVED_MAX * context
 
 
 class _Section:

@@ -20,10 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.fake_transport import FakeTransport
+from tokencache.proxy._forward import upstream_headers
 from tokencache.proxy._http import Connection
 from tokencache.proxy._http_request import DERIVED_MAX, ListenerLimits, Request
 from tokencache.proxy._http_server import Listener
 from tokencache.proxy._metrics import ProxyMetrics
+from tokencache.proxy._request_context import context_fields
 
 
 class _Echo:
@@ -303,10 +305,15 @@ async def test_the_memo_counts_at_least_what_its_heads_hold(fields: bytes, secti
             head = listener.heads[data]
             head.express = f"GET {target}"
             # What the handler derives, as it does (proxy._handler._Flight.context): a load
-            # context (the fields and X-Forwarded-*) per client address, DERIVED_MAX at most.
+            # context per client address, DERIVED_MAX at most; the longest addresses (IPv6
+            # with an IPv4 tail, 45 characters), a new string per connection as the socket's.
             for a in range(10):
+                peer = "".join(f"ffff:ffff:ffff:ffff:ffff:ffff:255.255.{100 + a}.200")
                 if len(head.derived) < DERIVED_MAX:
-                    head.derived[("context", f"10.0.0.{a}", False)] = b"c" * (len(section) + 80)
+                    context = context_fields(
+                        upstream_headers(head, peer, shared=True), credentials=False
+                    )
+                    head.derived[("context", peer, False)] = context
             echo.seen.clear()
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - before

@@ -16,9 +16,10 @@ Write flow control: while the transport's write buffer is above its high-water m
 (``pause_writing``) the connection stops reading and stops answering: frames already read wait,
 in order, until ``resume_writing``. A client that sends requests and never reads their answers
 therefore costs about one read's frames and one high-water mark of answers, not an answer per
-request; one that takes nothing for ``write_timeout`` seconds is aborted. A refused connection
-gets the same time to take what is left to send (its close waits for the buffer to drain), then
-it is aborted too.
+request; one that takes nothing for ``write_timeout`` seconds is aborted. A connection refused
+after its handshake gets the same time to take what is left to send (its close waits for the
+buffer to drain), then it is aborted too; one refused in its handshake keeps its handshake slot
+and gets what is left of ``handshake_timeout``.
 
 Connection bounds: at most ``max_handshaking`` connections may be between accept and a completed
 handshake (each for at most ``handshake_timeout`` seconds; with TLS the TLS handshake has the same
