@@ -112,3 +112,16 @@ async def test_a_refusal_in_the_handshake_keeps_its_slot_until_gone_within_the_h
     assert server.handshaking == 0
     await server.close()
     assert server.handshaking == 0
+
+
+async def test_a_hello_and_a_bad_frame_in_one_read_get_the_hello_and_the_reason() -> None:
+    # (second review) The refusal after a hello answered in the same read was the hello alone:
+    # the client saw the connection open and close with no reason given.
+    server, transport, protocol = await _connection(write_timeout=60.0, secret=None)
+    protocol.data_received(pw.client_hello(flags=0) + struct.pack("!IBI", 5, 0x42, 1))
+    hello, rest = bytes(transport.written[:72]), bytes(transport.written[72:])
+    assert hello[:4] == b"TKCP" and hello[5] == 0  # the hello, accepting
+    length, kind, rid = struct.unpack("!IBI", rest[:9])
+    assert (kind, rid) == (pw.ERROR, 0) and len(rest) == 4 + length
+    assert rest[9] == pw.ERR_BAD_REQUEST
+    await server.close()

@@ -265,6 +265,7 @@ class Channel:
         or (server, once open) an ERROR frame about the connection (request id 0). Nothing when
         the other side never proved the secret: it could not check the frame anyway."""
         pending = self.data_to_send()
-        if pending or self._client or not self._opened:
+        if self._client or not self._opened:
             return pending
-        return self.frame(p.ERROR, 0, p.encode_error(code, message))
+        # (pending: a hello that opened the connection in the same read as the bad frame)
+        return pending + self.frame(p.ERROR, 0, p.encode_error(code, message))
