@@ -47,15 +47,14 @@ def section_cost(headers: list[tuple[bytes, bytes]]) -> int:
 
 
 class _Section:
-    __slots__ = ("cost", "counted", "derived", "headers", "hmap", "users")
+    __slots__ = ("cost", "derived", "headers", "hmap", "users")
 
     def __init__(self, req: Request) -> None:
         self.headers = req.headers
         self.hmap = req.hmap
         self.derived = req.derived
         self.cost = section_cost(req.headers)
-        self.users = 0  # remembered heads that use it (and one being remembered)
-        self.counted = False  # its cost is in the memo's bytes
+        self.users = 1  # remembered heads that use it (and one being remembered)
 
 
 class HeadMemo(Memo[bytes, Request]):
@@ -77,16 +76,18 @@ class HeadMemo(Memo[bytes, Request]):
         can never fit. Its field list and map become the shared ones of an equal section."""
         fields = tuple(req.headers)
         section = self._sections.get(fields)
-        extra = 0
         if section is None:
-            section = self._sections[fields] = _Section(req)
-            extra = section.cost
-        else:
-            req.headers, req.hmap, req.derived = section.headers, section.hmap, section.derived
+            # A new section: no remembered head uses it, so the put cannot evict it; it joins
+            # the table (and the count, with the head) only if the head is kept.
+            section = _Section(req)
+            if not self.put(data, req, section.cost):
+                return False
+            self._sections[fields] = section
+            return True
+        req.headers, req.hmap, req.derived = section.headers, section.hmap, section.derived
         # Counted before the put: the put may evict this section's other users.
         section.users += 1
-        if self.put(data, req, extra):
-            section.counted = True
+        if self.put(data, req):
             return True
         self._drop_user(fields, section)
         return False
@@ -105,5 +106,4 @@ class HeadMemo(Memo[bytes, Request]):
         section.users -= 1
         if section.users <= 0:
             del self._sections[fields]
-            if section.counted:
-                self.release(section.cost)
+            self.release(section.cost)
