@@ -11,50 +11,32 @@ import asyncio
 import struct
 
 from tests.support import peer_wire as pw
+from tests.support.fake_transport import FakeTransport
 from tokencache import Entry, PeerServer, Workspace
 
 SECRET = "peer-secret-for-tests"
 
 
-class StuckTransport:
-    """A transport whose peer reads nothing: writes pile up, close() never completes."""
+class StuckTransport(FakeTransport):
+    """A transport whose peer reads nothing: writes pile up in `out`, close() never completes
+    (connection_lost comes only with an abort)."""
 
     def __init__(self) -> None:
-        self.written = bytearray()
-        self.closing = False
+        super().__init__()
         self.aborted = 0
         self.gone = asyncio.Event()  # set by abort()
         self.protocol: asyncio.Protocol | None = None
 
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data: bytes) -> None:
-        if not self.closing:
-            self.written += data
-
     def get_write_buffer_size(self) -> int:
-        return len(self.written)  # nothing ever leaves
-
-    def close(self) -> None:
-        self.closing = True  # connection_lost only once the buffer drained: never
-
-    def is_closing(self) -> bool:
-        return self.closing
+        return len(self.out)  # nothing ever leaves
 
     def abort(self) -> None:
+        super().abort()
         self.aborted += 1
         self.gone.set()
-        self.closing = True
         if self.protocol is not None:
             protocol, self.protocol = self.protocol, None
             protocol.connection_lost(None)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 async def _connection(
@@ -81,7 +63,7 @@ async def test_a_refused_connection_that_never_drains_is_aborted_after_the_write
     protocol.data_received(pw.client_hello(flags=0))
     assert server.handshaking == 0 and not transport.is_closing()  # open
     protocol.data_received(struct.pack("!IBI", 5, 0x42, 1))  # an unknown frame type: refused
-    assert transport.is_closing() and transport.written  # hello and refusal, waiting to be read
+    assert transport.is_closing() and transport.out  # hello and refusal, waiting to be read
     assert transport.aborted == 0  # not yet: the client gets the write timeout to read it
     await asyncio.wait_for(transport.gone.wait(), 5.0)
     assert transport.aborted == 1
@@ -119,7 +101,7 @@ async def test_a_hello_and_a_bad_frame_in_one_read_get_the_hello_and_the_reason(
     # the client saw the connection open and close with no reason given.
     server, transport, protocol = await _connection(write_timeout=60.0, secret=None)
     protocol.data_received(pw.client_hello(flags=0) + struct.pack("!IBI", 5, 0x42, 1))
-    hello, rest = bytes(transport.written[:72]), bytes(transport.written[72:])
+    hello, rest = bytes(transport.out[:72]), bytes(transport.out[72:])
     assert hello[:4] == b"TKCP" and hello[5] == 0  # the hello, accepting
     length, kind, rid = struct.unpack("!IBI", rest[:9])
     assert (kind, rid) == (pw.ERROR, 0) and len(rest) == 4 + length
