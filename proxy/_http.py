@@ -99,7 +99,7 @@ class Connection(InputFlow, asyncio.Protocol):
         self._write_paused = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._written = 0  # bytes written so far: tells whether a request was answered at all
+        self.written = 0  # bytes written so far: tells whether a request was answered at all
         self._messages = 0  # request heads begun in the slice being parsed
         self._candidate: Request | None = None  # the slice's request, if the memo may keep it
 
@@ -134,14 +134,15 @@ class Connection(InputFlow, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._discard:
             return
-        self._progress = self.listener.now
+        listener = self.listener
+        self._progress = now = listener.now
         if self._held or self._read_blocks:
             # A read that was under way when parsing blocked: keep it for later, in order.
             self._held += data
             self._pause_socket()
             return
         if len(data) <= HEAD_MEMO_BYTES:
-            head = self.listener.heads.get(data)
+            head = listener.heads.get(data)
             if (
                 head is not None
                 and not self._reading_head
@@ -152,8 +153,8 @@ class Connection(InputFlow, asyncio.Protocol):
             ):
                 # The same bytes as a complete, accepted request head seen before: the same
                 # parse and the same verdict, so neither is done again (see Listener.heads).
-                self._since = self.listener.now
-                written = self._written
+                self._since = now
+                written = self.written
                 try:
                     if self._express(self, head):
                         return
@@ -343,7 +344,7 @@ class Connection(InputFlow, asyncio.Protocol):
             self._finished(req)
 
     def _serve_fast(self, req: Request) -> bool:
-        written = self._written
+        written = self.written
         try:
             return self.listener.handler.serve_fast(self, req)
         except Exception as exc:  # noqa: BLE001 - the one boundary for handler exceptions
@@ -355,7 +356,7 @@ class Connection(InputFlow, asyncio.Protocol):
         self._active = asyncio.get_running_loop().create_task(self._run(req))
 
     async def _run(self, req: Request) -> None:
-        written = self._written
+        written = self.written
         try:
             await self.listener.handler.serve(self, req)
         except asyncio.CancelledError:
@@ -374,7 +375,7 @@ class Connection(InputFlow, asyncio.Protocol):
         # The one boundary for handler exceptions: a 500 when nothing of the answer was sent
         # yet (else the closing connection is the only signal left), a counter, a short line.
         self.listener.handler_failed(exc)
-        if self._written == written:
+        if self.written == written:
             self.write(local_response(500))
         req.keep_alive = False
         self._close()
@@ -400,7 +401,7 @@ class Connection(InputFlow, asyncio.Protocol):
     def write(self, data: bytes | memoryview) -> None:
         """Write bytes (ignored once the connection is closing)."""
         if self.transport is not None and not self._closing:
-            self._written += len(data)
+            self.written += len(data)
             self.transport.write(data)
 
     async def drain(self) -> None:
@@ -418,7 +419,7 @@ class Connection(InputFlow, asyncio.Protocol):
         connection answers nothing else, as while a `serve` task runs."""
         self.listener._task_started()
         self._active = _HELD
-        self._held_written = self._written
+        self._held_written = self.written
 
     def release(self, req: Request) -> None:
         """The held request `req` was answered."""

@@ -52,6 +52,15 @@ class Memo(Generic[K, V]):
         self.bytes += cost
         return True
 
+    def renewed(self, key: K, grown: int) -> None:
+        """`key`'s value (remembered) was changed in place and its cost by `grown` bytes: count
+        that and make it the newest entry; older entries go if it no longer fits."""
+        entries = self.entries
+        entries[key] = entries.pop(key)
+        self.bytes += grown
+        while self.bytes > self._max_bytes and entries:
+            self.pop(next(iter(entries)))
+
     def release(self, extra: int) -> None:
         """Stop counting `extra` bytes given to `put` (their last user is gone)."""
         self.bytes -= extra

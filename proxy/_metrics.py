@@ -93,16 +93,16 @@ _METHODS = frozenset(
 class Series:
     """One label combination: non-cumulative bucket counts (last slot = +Inf), count and sum."""
 
-    __slots__ = ("_bounds", "buckets", "total")
+    __slots__ = ("bounds", "buckets", "total")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self._bounds = bounds
+        self.bounds = bounds
         self.buckets = [0] * (len(bounds) + 1)
         self.total = 0.0
 
     def observe(self, seconds: float) -> None:
         """Count one response that took `seconds`."""
-        self.buckets[bisect_left(self._bounds, seconds)] += 1
+        self.buckets[bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,8 +25,9 @@ import tokencache
 from tests.support.fake_transport import FakeTransport
 from tests.support.proxy_app import proxy_app
 from tokencache.proxy._app import ProxyApp
-from tokencache.proxy._handler import ready_until
+from tokencache.proxy._handler import READY_EARLY, _ready_cost, ready_until
 from tokencache.proxy._http import Connection
+from tokencache.proxy._memo import Memo
 from tokencache.testing import FakeClock
 
 
@@ -182,14 +184,16 @@ def test_ready_until_is_never_late_nor_early(
     expires_at = born + stored_ttl
     ttl_s, age = int(fresh - elapsed), int(elapsed)
     until = ready_until(expires_at, stored_ttl, elapsed, fresh, ttl_s)
-    assert until > born + elapsed - 1e-6  # what was just written is right now
-    # Just before `until` the same bytes are still right: same ttl, same age, still fresh.
-    before = (until - 1e-6) - born
+    assert until > born + elapsed - READY_EARLY - 1e-6  # what was just written is right now
+    # Just before `until` the same bytes are still right: same ttl, same age, still fresh, in
+    # the lookup's own arithmetic (`_write_hit`: stored ttl minus what the cache has left).
+    now = math.nextafter(until, -math.inf)  # the last instant before it
+    before = stored_ttl - (expires_at - now)
     if before >= elapsed:
         assert int(fresh - before) == ttl_s and int(before) == age and before < fresh
-        assert born + before < expires_at
-    # Just after it something changed (else the bytes were given up early).
-    after = (until + 1e-6) - born
+        assert now < expires_at
+    # Just after the margin something changed (else the bytes were given up early).
+    after = (until + READY_EARLY + 1e-6) - born
     changed = after >= fresh or int(fresh - after) != ttl_s or int(after) != age
     assert changed or born + after >= expires_at
 
@@ -238,6 +242,47 @@ async def test_age_and_ttl_move_on_the_second(setup: Setup) -> None:
         b"tokencache; hit; ttl=298",
     )
     assert await _ask(conn, transport, raw) == later
+
+
+async def test_a_later_second_is_renewed_without_a_lookup(setup: Setup) -> None:
+    app, backend, clock = setup
+    raw = _get("/renew")
+    conn, transport, hit = await _warm(setup, raw)
+    group = app.group
+    gets, hits = group.stats.cache_hits, group.main_cache.stats.hits
+    spy = _Spy(app)
+    later = []
+    for _ in range(3):
+        clock.advance(1.0)
+        later.append(await _ask(conn, transport, raw))
+    assert spy.calls == 0  # each second's first repeat renewed the bytes, no lookup
+    assert [(_field(r, b"age"), _field(r, b"cache-status")) for r in later] == [
+        (b"%d" % s, b"tokencache; hit; ttl=%d" % (299 - s)) for s in (1, 2, 3)
+    ]
+
+    # Only those two fields changed: the stored head and body are spliced as before.
+    def rest(response: bytes) -> list[bytes]:
+        head, body = response.split(b"\r\n\r\n", 1)
+        kept = [x for x in head.split(b"\r\n") if not x.lower().startswith((b"age:", b"cache-"))]
+        return [*kept, body]
+
+    assert all(rest(r) == rest(hit) for r in later)
+    # Counted as the lookups they replace, and the same bytes answer the rest of the second.
+    assert group.stats.cache_hits - gets == 3
+    assert group.main_cache.stats.hits - hits == 3
+    assert app.metrics.count("GET", 200, "hit") == 4
+    assert await _ask(conn, transport, raw) == later[-1]
+    assert spy.calls == 0 and backend.counts == {"/renew": 1}
+
+
+async def test_an_entry_removed_within_the_second_is_not_renewed(setup: Setup) -> None:
+    app, _backend, clock = setup
+    raw = _get("/renew-gone")
+    conn, transport, _ = await _warm(setup, raw)
+    assert app.group.remove_local("GET /renew-gone")
+    clock.advance(1.0)
+    again = await _ask(conn, transport, raw)
+    assert b"fwd=miss" in again and b"2 of /renew-gone" in again
 
 
 async def test_freshness_ends_on_time(setup: Setup) -> None:
@@ -349,3 +394,145 @@ async def test_credentials_are_never_answered_from_ready_bytes(setup: Setup) -> 
         response = await _ask(conn, transport, raw)
         assert b"tokencache; hit" not in response
         assert backend.counts["/private"] == 2 + n  # forwarded each time
+
+
+# --- renewals against the lookup they replace (from a break-it review) ----------------------
+
+_DIFF_TARGETS = [
+    "/d1?cc=max-age%3D3",
+    "/d2?cc=max-age%3D4,%20stale-while-revalidate%3D3",
+    "/d3?cc=max-age%3D2,%20must-revalidate",
+    "/d4?cc=",
+]
+_DIFF_STEPS = [0.0, 0.001, 0.25, 0.5, 0.749, 0.999, 1.0, 1.0, 1.5, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_every_express_answer_is_what_a_lookup_writes_at_that_instant(
+    setup: Setup, seed: int
+) -> None:
+    # A random walk of the fake clock (whole seconds, fractions, the end of freshness) with
+    # removals, HEADs, HTTP/1.0 and revalidations mixed in. At each step the reference is a
+    # lookup at the same instant (a head never seen before, through serve_fast, with an empty
+    # ready memo); the express answer must be byte-identical and count one hit.
+    app, _backend, clock = setup
+    rng = random.Random(seed)
+    handler = app.handler
+    target = f"{_DIFF_TARGETS[seed % len(_DIFF_TARGETS)]}&s={seed}"
+    key = "GET " + target
+    raw = _get(target)
+    conn, transport = _connect(app)
+    ref, ref_transport = _connect(app)
+    spy = _Spy(app)
+    await _ask(conn, transport, raw)
+    compared = 0
+    for i in range(80):
+        clock.advance(rng.choice(_DIFF_STEPS) + (rng.random() * 0.01 if rng.random() < 0.2 else 0))
+        if rng.random() < 0.03:
+            app.group.remove_local(key)
+        x = rng.random()
+        if x < 0.05:
+            await _ask(ref, ref_transport, _get(target, method=b"HEAD"), head_only=True)
+        elif x < 0.10:
+            other, other_transport = _connect(app)
+            await _ask(
+                other, other_transport, _get(target, b"Connection: keep-alive\r\n", b"GET", b"1.0")
+            )
+        elif x < 0.13:
+            other, other_transport = _connect(app)
+            await _ask(other, other_transport, _get(target, b"Cache-Control: no-cache\r\n"))
+        saved = handler._readies
+        handler._readies = Memo(_ready_cost, 1024, 1 << 20)
+        handler._ready = handler._readies.entries
+        try:
+            expected = await _ask(ref, ref_transport, _get(target, b"X-N: %d\r\n" % i))
+        finally:
+            handler._readies, handler._ready = saved, saved.entries
+        hits, before = app.group.stats.cache_hits, spy.calls
+        answer = await _ask(conn, transport, raw)
+        if spy.calls == before:  # answered by serve_express
+            assert answer == expected, i
+            assert app.group.stats.cache_hits - hits == 1
+            compared += 1
+        readies = handler._readies
+        assert readies.bytes == sum(_ready_cost(k, v) for k, v in readies.entries.items())
+    assert compared > 5
+
+
+async def test_a_renewed_hot_copy_counts_as_a_lookup_and_yields_to_the_main_cache(
+    setup: Setup,
+) -> None:
+    app, _backend, clock = setup
+    group = app.group
+    key, raw = "GET /hot", _get("/hot")
+    conn, transport = _connect(app)
+    await _ask(conn, transport, raw)  # a miss: stored in the main cache...
+    value = group.main_cache.value_of(key)
+    found = group.main_cache.get(key)
+    assert value is not None and found is not None
+    group.main_cache.remove(key)
+    group.hot_cache.add(key, value, found[1])  # ...and now only a hot copy
+    clock.advance(0.25)
+
+    def counters() -> list[int]:
+        return [
+            group.stats.gets,
+            group.stats.cache_hits,
+            group.main_cache.stats.gets,
+            group.main_cache.stats.hits,
+            group.hot_cache.stats.gets,
+            group.hot_cache.stats.hits,
+            app.metrics.count("GET", 200, "hit"),
+        ]
+
+    ref, ref_transport = _connect(app)
+    start = counters()
+    await _ask(ref, ref_transport, _get("/hot", b"X-N: 0\r\n"))  # a lookup's counts
+    looked_up = [b - a for a, b in zip(start, counters(), strict=True)]
+    await _ask(conn, transport, raw)  # a lookup that keeps the record (a hot copy's ticket)
+    spy = _Spy(app)
+    clock.advance(1.0)
+    start = counters()
+    renewed = await _ask(conn, transport, raw)
+    assert spy.calls == 0 and _field(renewed, b"age") == b"1"
+    assert [b - a for a, b in zip(start, counters(), strict=True)] == looked_up
+    # The main cache gets the key: a lookup reads it first, so the hot copy answers no more.
+    group.main_cache.add(key, value.replace(b"1 of /hot", b"X of /hot"), found[1])
+    clock.advance(1.0)
+    after = await _ask(conn, transport, raw)
+    assert spy.calls == 1 and b"X of /hot" in after
+
+
+async def test_a_renewed_hit_counts_under_the_targets_current_label() -> None:
+    # An error answer counts under a shared uri label until its path has a label of its own;
+    # a renewal must count where a lookup at that instant would (not where the record began).
+    async def handle(request: web.Request) -> web.Response:
+        status = 404 if "a" in request.query else 200
+        return web.Response(status=status, body=b"b", headers={"Cache-Control": "max-age=60"})
+
+    backend = web.Application()
+    backend.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(backend, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    clock = FakeClock()
+    ws = tokencache.Workspace(clock=clock)
+    app = proxy_app(f"http://127.0.0.1:{runner.addresses[0][1]}", ws)
+    await app.start("127.0.0.1", 0)
+    try:
+        raw = _get("/nf?a=1")
+        conn, transport = _connect(app)
+        await _ask(conn, transport, raw)
+        clock.advance(0.25)
+        await _ask(conn, transport, raw)  # a hit, kept ready with its series
+        await _ask(conn, transport, _get("/nf"))  # a 200: the path gets its own label
+        clock.advance(1.0)
+        await _ask(conn, transport, raw)  # renewed
+        other, other_transport = _connect(app)
+        await _ask(other, other_transport, _get("/nf?a=1", b"X-N: 1\r\n"))  # a lookup
+        counts = {k: sum(s.buckets) for k, s in app.metrics._series.items()}
+        assert counts.get(("GET", 404, "hit", "/nf")) == 2, counts
+    finally:
+        await app.close()
+        await ws.close()
+        await runner.cleanup()

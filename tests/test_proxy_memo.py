@@ -8,13 +8,13 @@ from hypothesis import strategies as st
 from tokencache.proxy._memo import Memo
 
 
-def _cost(key: str, value: bytes) -> int:
+def _cost(key: str, value: bytes | bytearray) -> int:
     return len(key) + len(value)
 
 
 _OPS = st.lists(
     st.tuples(
-        st.sampled_from(["put", "pop"]),
+        st.sampled_from(["put", "pop", "renew"]),
         st.sampled_from([f"k{i}" for i in range(20)]),
         st.binary(max_size=60),
     ),
@@ -26,15 +26,27 @@ _OPS = st.lists(
 def test_bounds_and_accounting_hold(
     ops: list[tuple[str, str, bytes]], max_entries: int, max_bytes: int
 ) -> None:
-    memo: Memo[str, bytes] = Memo(_cost, max_entries, max_bytes)
+    # Values are changed in place by "renew" (as the handler renews a ready record).
+    memo: Memo[str, bytearray] = Memo(_cost, max_entries, max_bytes)
     for op, key, value in ops:
         if op == "put":
-            kept = memo.put(key, value)
+            kept = memo.put(key, bytearray(value))
             fits = max_entries > 0 and _cost(key, value) <= max_bytes
             assert kept == fits
             if fits:
                 assert memo.entries[key] == value  # the newest entry is always kept...
                 assert list(memo.entries)[-1] == key  # ...as the newest
+        elif op == "renew":
+            old = memo.entries.get(key)
+            if old is None:
+                continue
+            grown = len(value) - len(old)
+            old[:] = value
+            memo.renewed(key, grown)
+            if _cost(key, value) <= max_bytes:
+                assert list(memo.entries)[-1] == key  # kept, as the newest
+            else:
+                assert key not in memo.entries
         else:
             memo.pop(key)
             assert key not in memo.entries

@@ -15,10 +15,10 @@ class Clock(Protocol):
 
 
 class MonotonicClock:
-    """The real clock: :func:`time.monotonic`."""
+    """The real clock: ``now`` is :func:`time.monotonic` itself."""
 
     __slots__ = ()
 
-    def now(self) -> float:
-        """Return :func:`time.monotonic`."""
-        return time.monotonic()
+    # The builtin, not a method that calls it: the hit path reads the clock on every hit, and
+    # a Python-level call around a C function cost ~50 ns of a ~900 ns ready hit.
+    now = staticmethod(time.monotonic)

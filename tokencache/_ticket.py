@@ -72,7 +72,13 @@ class HitTicket:
             if self._key in missed:
                 return False  # the main cache has the key now: a peek may answer from it
             missed.stats.gets += 1
-        self._cache.touch(self._key)
+        # LRUCache.touch inlined (the ticket is the cache's friend, as `item` shows): the call
+        # was ~30 ns of a ~900 ns ready hit.
+        cache = self._cache
+        cache._items.move_to_end(self._key)
+        counts = cache.stats
+        counts.gets += 1
+        counts.hits += 1
         stats = self._stats
         stats.gets += 1
         stats.cache_hits += 1
